@@ -1,0 +1,181 @@
+"""The JSON API under /api/ (shared/protocol.md, "HTTP JSON API"), as plain function views.
+
+Each view parses input, calls the write path or the read path, and answers JSON. Errors are always
+`{"error": code, "detail": text}` with the matching status; CSRF applies to unsafe methods as usual.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from chat import longpoll, services, tokens
+from chat.services import ChatError
+
+View = Callable[..., HttpResponse]
+
+
+def error(code: str, detail: str, status: int, **extra: Any) -> JsonResponse:
+    response = JsonResponse({"error": code, "detail": detail, **extra}, status=status)
+    if "retry_after" in extra:
+        response["Retry-After"] = str(max(1, round(extra["retry_after"])))
+    return response
+
+
+def chat_error(exc: ChatError) -> JsonResponse:
+    extra = {"retry_after": exc.retry_after} if exc.retry_after is not None else {}
+    return error(exc.code, exc.detail, exc.status, **extra)
+
+
+def api(*methods: str) -> Callable[[View], View]:
+    """Allowed methods, a logged-in user (401, not a login redirect), and ChatError as JSON."""
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = error("method_not_allowed", f"Use {' or '.join(methods)}.", 405)
+                response["Allow"] = ", ".join(methods)
+                return response
+            if not request.user.is_authenticated:
+                return error("unauthorized", "Log in first.", 401)
+            try:
+                return view(request, *args, **kwargs)
+            except ChatError as exc:
+                return chat_error(exc)
+
+        return wrapper
+
+    return decorator
+
+
+def json_body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise ChatError("too_large", "The request body is too large.") from None
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        raise ChatError("bad_request", "The body must be a JSON object.") from None
+    if not isinstance(data, dict):
+        raise ChatError("bad_request", "The body must be a JSON object.")
+    return data
+
+
+def query_int(request: HttpRequest, name: str) -> int | None:
+    value = request.GET.get(name)
+    if value is None:
+        return None
+    return services.clean_seq(value, name)
+
+
+# --- /api/rooms/ ---
+
+
+@api("GET", "POST")
+def rooms(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        data = json_body(request)
+        room = services.create_room(
+            request.user,
+            data.get("slug"),
+            data.get("title"),
+            data.get("private", False),
+        )
+        return JsonResponse(room.to_dict(unread=0), status=201)
+    return JsonResponse({"rooms": services.visible_rooms(request.user)})
+
+
+@api("GET", "POST")
+def messages(request: HttpRequest, slug: str) -> HttpResponse:
+    room = services.get_room(request.user, slug)
+    if request.method == "POST":
+        data = json_body(request)
+        posted = services.post_message(request.user, room, data.get("body"), data.get("client_id"))
+        return JsonResponse(posted.message.to_event(), status=201 if posted.created else 200)
+    after = query_int(request, "after")
+    if after is not None:
+        changes, seq = services.changes_after(room, after)
+        if changes is None:
+            return JsonResponse({"resync": True, "seq": seq})
+        return JsonResponse({"messages": changes, "seq": seq})
+    limit = query_int(request, "limit")
+    if limit is None:
+        limit = 50
+    if not 1 <= limit <= 100:
+        raise ChatError("bad_request", "`limit` must be between 1 and 100.")
+    return JsonResponse(services.history(room, query_int(request, "before"), limit))
+
+
+@api("PATCH", "DELETE")
+def message(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
+    room = services.get_room(request.user, slug)
+    if request.method == "DELETE":
+        changed = services.delete_message(request.user, room, message_id)
+    else:
+        changed = services.edit_message(
+            request.user, room, message_id, json_body(request).get("body")
+        )
+    return JsonResponse(changed.to_event())
+
+
+@api("POST")
+def read(request: HttpRequest, slug: str) -> HttpResponse:
+    room = services.get_room(request.user, slug)
+    services.mark_read(request.user, room, json_body(request).get("seq"))
+    return HttpResponse(status=204)
+
+
+@api("POST")
+def typing(request: HttpRequest, slug: str) -> HttpResponse:
+    room = services.get_room(request.user, slug)
+    services.send_typing(request.user, room)
+    return HttpResponse(status=204)
+
+
+async def poll(request: HttpRequest, slug: str) -> HttpResponse:
+    """The long-poll as a Django view: what WSGI and Lambda serve (the ASGI server routes the same
+    path to chat.longpoll.PollConsumer)."""
+    if request.method != "GET":
+        return error("method_not_allowed", "Use GET.", 405)
+    user = await request.auser()
+    try:
+        answer = await longpoll.poll(
+            user, slug, request.GET.get("after"), request.GET.get("timeout")
+        )
+    except ChatError as exc:
+        return chat_error(exc)
+    return JsonResponse(answer, headers={"Cache-Control": "no-store"})
+
+
+@api("POST")
+def ws_token(request: HttpRequest) -> HttpResponse:
+    ws_url = settings.CHAT_WS_URL or _default_ws_url(request)
+    return JsonResponse(
+        {
+            "token": tokens.make_token(request.user),
+            "ws_url": ws_url,
+            "expires_in": settings.CHAT_WS_TOKEN_MAX_AGE,
+        }
+    )
+
+
+def _default_ws_url(request: HttpRequest) -> str:
+    scheme = "wss" if request.is_secure() else "ws"
+    return f"{scheme}://{request.get_host()}/ws/"
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF refusals under /api/ are JSON like every other API error."""
+    if request.path.startswith("/api/"):
+        return error("forbidden", f"CSRF check failed: {reason}", 403)
+    from django.views.csrf import csrf_failure as default
+
+    return default(request, reason)

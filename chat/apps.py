@@ -1,0 +1,44 @@
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core import checks
+
+
+class ChatConfig(AppConfig):
+    name = "chat"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        checks.register(check_settings, checks.Tags.compatibility)
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Combinations of settings that cannot work, caught at start-up rather than in production."""
+    errors: list[checks.CheckMessage] = []
+    if settings.CHAT_POLL_MAX_TIMEOUT >= 29:
+        errors.append(
+            checks.Error(
+                "CHAT_POLL_MAX_TIMEOUT must stay below API Gateway's 29 s integration timeout.",
+                id="chat.E001",
+            )
+        )
+    layer = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    if settings.CHAT_POLL_WAIT == "hub" and not layer:
+        errors.append(
+            checks.Error(
+                "CHAT_POLL_WAIT=hub needs a channel layer; use 'database'.",
+                id="chat.E002",
+            )
+        )
+    if layer.endswith("InMemoryChannelLayer") and settings.DATABASES["default"]["ENGINE"].endswith(
+        "postgresql"
+    ):
+        errors.append(
+            checks.Warning(
+                "The in-memory channel layer reaches only this process: with several processes, "
+                "set REDIS_URL so that they share rooms.",
+                id="chat.W001",
+            )
+        )
+    return errors

@@ -1,0 +1,67 @@
+"""Constructors for the protocol's events (shared/protocol.md): the one wire format of every transport.
+
+`message` events come from `Message.to_event()`; everything else is built here so that no transport
+spells an event by hand.
+"""
+
+from typing import Any
+
+Event = dict[str, Any]
+
+
+def subscribed(room: str, seq: int, resumed: bool, reason: str | None = None) -> Event:
+    event: Event = {"type": "subscribed", "room": room, "seq": seq, "resumed": resumed}
+    if reason:
+        event["reason"] = reason
+    return event
+
+
+def unsubscribed(room: str) -> Event:
+    return {"type": "unsubscribed", "room": room}
+
+
+def ack(client_id: str | None, room: str, seq: int, message_id: int) -> Event:
+    return {
+        "type": "ack",
+        "client_id": client_id,
+        "room": room,
+        "seq": seq,
+        "id": message_id,
+    }
+
+
+def typing(room: str, user: str) -> Event:
+    return {"type": "typing", "room": room, "user": user}
+
+
+def presence(room: str, users: list[str]) -> Event:
+    return {"type": "presence", "room": room, "users": users}
+
+
+def room_state(room: str, locked: bool, title: str) -> Event:
+    return {"type": "room", "room": room, "locked": locked, "title": title}
+
+
+def pong() -> Event:
+    return {"type": "pong"}
+
+
+def error(
+    code: str,
+    detail: str,
+    *,
+    client_id: str | None = None,
+    room: str | None = None,
+    retry_after: float | None = None,
+    fatal: bool = False,
+) -> Event:
+    event: Event = {"type": "error", "code": code, "detail": detail}
+    if client_id is not None:
+        event["client_id"] = client_id
+    if room is not None:
+        event["room"] = room
+    if retry_after is not None:
+        event["retry_after"] = retry_after
+    if fatal:
+        event["fatal"] = True
+    return event

@@ -1,0 +1,63 @@
+"""Fan-out: `publish(room_id, event)`, one call for every live transport.
+
+The backends are chosen by the CHAT_PUBLISHERS setting: the Channels layer (self-hosted, where each
+process's room hub hands events to its sockets and long-poll waiters) and, on Lambda, API Gateway
+connections. Publication is best effort by design: the write path has already committed, and clients
+fill any gap from the database by `seq`. A failing backend is logged, never raised into the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[int, dict[str, Any], str], None]
+
+
+def group_name(room_id: int) -> str:
+    return f"room.{room_id}"
+
+
+def encode(event: dict[str, Any]) -> str:
+    """Serialise an event once; every socket of every process sends these same bytes."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def channel_layer_publisher(room_id: int, event: dict[str, Any], text: str) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {
+        "type": "chat.event",
+        "room": room_id,
+        "kind": event["type"],
+        "seq": event.get("seq"),
+        "user": event.get("user") if event["type"] == "typing" else None,
+        "text": text,
+    }
+    async_to_sync(layer.group_send)(group_name(room_id), message)
+
+
+@cache
+def _publishers() -> tuple[Publisher, ...]:
+    return tuple(import_string(path) for path in settings.CHAT_PUBLISHERS)
+
+
+def publish(room_id: int, event: dict[str, Any]) -> None:
+    text = encode(event)
+    for publisher in _publishers():
+        try:
+            publisher(room_id, event, text)
+        except Exception:
+            # Live push is an optimisation; clients recover what it misses from the database.
+            log.exception("publishing %s to room %s failed", event["type"], room_id)

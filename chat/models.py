@@ -1,0 +1,158 @@
+"""Rooms, memberships and messages.
+
+`Room.seq` is the room's change counter: every change to one of its messages takes the next value
+under a lock on the room row (see chat/services.py), so `seq` order is commit order and a reader
+asking for `seq > n` never skips a change that commits later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+slug_validator = RegexValidator(
+    r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
+    "Use 1–50 lowercase letters, digits and dashes, not starting or ending with a dash.",
+)
+
+
+class RoomQuerySet(models.QuerySet["Room"]):
+    def visible_to(self, user: Any) -> RoomQuerySet:
+        """Public rooms and the private rooms the user is a member of."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(Q(private=False) | Q(memberships__user=user)).distinct()
+
+
+class Room(models.Model):
+    slug = models.SlugField(max_length=50, unique=True, validators=[slug_validator])
+    title = models.CharField(max_length=100)
+    private = models.BooleanField(default=False)
+    locked = models.BooleanField(default=False)
+    seq = models.BigIntegerField(default=0, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = RoomQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def group(self) -> str:
+        # Built from the id, never from user text: group names have a restricted alphabet.
+        return f"room.{self.pk}"
+
+    def to_dict(self, unread: int | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "slug": self.slug,
+            "title": self.title,
+            "private": self.private,
+            "locked": self.locked,
+            "seq": self.seq,
+        }
+        if unread is not None:
+            data["unread"] = unread
+        return data
+
+
+class Membership(models.Model):
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    joined = models.DateTimeField(auto_now_add=True)
+    # The user's read cursor: only ever moves forward, so every device agrees on `unread`.
+    read_seq = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            # Serves the membership check on every read and write (room, user).
+            models.UniqueConstraint(fields=["room", "user"], name="membership_room_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.room}"
+
+
+class MessageQuerySet(models.QuerySet["Message"]):
+    def for_room(self, room: Room | int) -> MessageQuerySet:
+        return self.filter(room=room)
+
+    def after(self, seq: int) -> MessageQuerySet:
+        """Every change after the cursor, in commit order (the resume read)."""
+        return self.filter(seq__gt=seq).order_by("seq")
+
+    def before(self, seq: int | None, limit: int) -> list[Message]:
+        """A history page: up to `limit` messages posted before `seq`, oldest first."""
+        qs = self if seq is None else self.filter(posted_seq__lt=seq)
+        page = list(qs.order_by("-posted_seq")[:limit])
+        page.reverse()
+        return page
+
+    def with_author(self) -> MessageQuerySet:
+        return self.select_related("author", "room")
+
+
+class Message(models.Model):
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages"
+    )
+    body = models.TextField()
+    client_id = models.CharField(max_length=64, null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    edited = models.DateTimeField(null=True, blank=True)
+    deleted = models.BooleanField(default=False)
+    # The room seq at which the message was posted (fixed: history pages are ordered by it) and the
+    # room seq of its latest change (moves on every edit or delete: resume reads follow it).
+    posted_seq = models.BigIntegerField()
+    seq = models.BigIntegerField()
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # Serves `after(seq)`: the resume read, long-poll and gap fills (room, seq > n).
+            models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq"),
+            # Serves `before(seq, limit)`: history pages and the latest page (room, posted_seq < n).
+            models.UniqueConstraint(fields=["room", "posted_seq"], name="message_room_posted_seq"),
+            # Serves idempotent retries: the same author and client_id is the same message.
+            models.UniqueConstraint(
+                fields=["author", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="message_author_client_id",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room}#{self.posted_seq} by {self.author_id}"
+
+    def to_event(self) -> dict[str, Any]:
+        """The `message` event: the full current state of this message, the one wire format."""
+        return {
+            "type": "message",
+            "room": self.room.slug,
+            "seq": self.seq,
+            "id": self.pk,
+            "author": self.author.get_username(),
+            "body": "" if self.deleted else self.body,
+            "created": self.created.isoformat(),
+            "client_id": self.client_id,
+            "attachment": None,
+            "edited": self.edited is not None,
+            "deleted": self.deleted,
+        }

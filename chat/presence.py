@@ -1,0 +1,152 @@
+"""Who is online in a room, across processes and transports.
+
+Each open WebSocket subscription and each long-poller is an entry `(connection, username)` with an
+expiry; holders refresh their entries, so the entries of a process that died simply run out, and the
+next sweep (any process with listeners in the room) announces the change. With REDIS_URL the entries
+live in one Redis sorted set per room (score = expiry time); without it, in this process's memory.
+The API is synchronous: it is called from the protocol handlers' threads and the hub's sweeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import cache
+from typing import Protocol
+
+import redis
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from chat import events, fanout
+
+
+class Store(Protocol):
+    def touch(self, room_id: int, conn: str, user: str, ttl: float) -> bool: ...
+    def leave(self, room_id: int, conn: str, user: str) -> bool: ...
+    def users(self, room_id: int) -> list[str]: ...
+    def sweep(self, room_id: int) -> bool: ...
+
+
+def _member(conn: str, user: str) -> str:
+    return f"{conn}|{user}"
+
+
+def _user(member: str | bytes) -> str:
+    text = member.decode() if isinstance(member, bytes) else member
+    return text.split("|", 1)[1]
+
+
+class RedisStore:
+    def __init__(self, url: str, prefix: str) -> None:
+        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.prefix = prefix
+
+    def key(self, room_id: int) -> str:
+        return f"{self.prefix}:presence:{room_id}"
+
+    def touch(self, room_id: int, conn: str, user: str, ttl: float) -> bool:
+        now = time.time()
+        key = self.key(room_id)
+        pipe = self.redis.pipeline()
+        pipe.zrangebyscore(key, now, "+inf")
+        pipe.zadd(key, {_member(conn, user): now + ttl})
+        pipe.expire(key, int(ttl) + 60)
+        before, _, _ = pipe.execute()
+        return user not in {_user(m) for m in before}
+
+    def leave(self, room_id: int, conn: str, user: str) -> bool:
+        key = self.key(room_id)
+        pipe = self.redis.pipeline()
+        pipe.zrem(key, _member(conn, user))
+        pipe.zrangebyscore(key, time.time(), "+inf")
+        removed, after = pipe.execute()
+        return bool(removed) and user not in {_user(m) for m in after}
+
+    def users(self, room_id: int) -> list[str]:
+        members = self.redis.zrangebyscore(self.key(room_id), time.time(), "+inf")
+        return sorted({_user(m) for m in members})
+
+    def sweep(self, room_id: int) -> bool:
+        now = time.time()
+        key = self.key(room_id)
+        # One MULTI: of several processes sweeping the same room, only one sees the removal.
+        pipe = self.redis.pipeline()
+        pipe.zrangebyscore(key, "-inf", now)
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zrangebyscore(key, now, "+inf")
+        expired, removed, alive = pipe.execute()
+        if not removed:
+            return False
+        return bool({_user(m) for m in expired} - {_user(m) for m in alive})
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.rooms: dict[int, dict[str, float]] = {}
+        self.lock = threading.Lock()
+
+    def _alive(self, room_id: int) -> set[str]:
+        now = time.time()
+        return {_user(m) for m, exp in self.rooms.get(room_id, {}).items() if exp > now}
+
+    def touch(self, room_id: int, conn: str, user: str, ttl: float) -> bool:
+        with self.lock:
+            before = self._alive(room_id)
+            self.rooms.setdefault(room_id, {})[_member(conn, user)] = time.time() + ttl
+            return user not in before
+
+    def leave(self, room_id: int, conn: str, user: str) -> bool:
+        with self.lock:
+            removed = self.rooms.get(room_id, {}).pop(_member(conn, user), None)
+            return removed is not None and user not in self._alive(room_id)
+
+    def users(self, room_id: int) -> list[str]:
+        with self.lock:
+            return sorted(self._alive(room_id))
+
+    def sweep(self, room_id: int) -> bool:
+        with self.lock:
+            entries = self.rooms.get(room_id, {})
+            now = time.time()
+            expired = [m for m, exp in entries.items() if exp <= now]
+            for m in expired:
+                del entries[m]
+            return bool({_user(m) for m in expired} - self._alive(room_id))
+
+
+@cache
+def store() -> Store:
+    if settings.REDIS_URL:
+        return RedisStore(settings.REDIS_URL, settings.CHAT_REDIS_PREFIX)
+    return MemoryStore()
+
+
+def announce(room_id: int, slug: str) -> None:
+    fanout.publish(room_id, events.presence(slug, store().users(room_id)))
+
+
+def join(room_id: int, slug: str, conn: str, user: str) -> None:
+    if store().touch(room_id, conn, user, settings.CHAT_PRESENCE_TTL):
+        announce(room_id, slug)
+
+
+def refresh(room_id: int, conn: str, user: str) -> None:
+    store().touch(room_id, conn, user, settings.CHAT_PRESENCE_TTL)
+
+
+def leave(room_id: int, slug: str, conn: str, user: str) -> None:
+    if store().leave(room_id, conn, user):
+        announce(room_id, slug)
+
+
+def _sweep(room_id: int) -> None:
+    from chat.models import Room
+
+    if store().sweep(room_id):
+        slug = Room.objects.filter(pk=room_id).values_list("slug", flat=True).first()
+        if slug:
+            announce(room_id, slug)
+
+
+sweep = database_sync_to_async(_sweep)

@@ -1,0 +1,240 @@
+"""The WebSocket protocol (shared/protocol.md), shared by the Channels consumer and the Zappa handlers.
+
+A transport owns the socket and a `Connection` (who is connected, which rooms it receives); this
+module owns everything else: frame limits, parsing, validation, rate limiting, the action table, and
+turning every failure into an `error` event. Handlers are synchronous (they call the write path, which
+talks to the database) and safe to run twice, because API Gateway and clients retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from chat import events, presence, services
+from chat.events import Event
+from chat.models import Room
+from chat.services import ChatError
+
+log = logging.getLogger(__name__)
+
+Frame = dict[str, Any]
+
+
+class TokenBucket:
+    """`rate` frames a second with bursts of `burst`: a flood is refused, not queued."""
+
+    def __init__(self, rate: float, burst: float, tokens: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst if tokens is None else tokens
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """Take one token; returns 0 when allowed, else the seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return round((1 - self.tokens) / self.rate, 3)
+
+
+class Connection(ABC):
+    """One client connection, as a transport keeps it."""
+
+    def __init__(self, user: Any, conn_id: str, default_room: str | None = None) -> None:
+        self.user = user
+        self.conn_id = conn_id
+        self.default_room = default_room or None
+        self.bucket = TokenBucket(settings.CHAT_FRAME_RATE, settings.CHAT_FRAME_BURST)
+
+    @abstractmethod
+    def join(self, room: Room) -> None:
+        """Start receiving the room's live events (before the history read, so nothing slips)."""
+
+    @abstractmethod
+    def leave(self, room: Room) -> bool:
+        """Stop receiving the room's live events; False if the connection was not subscribed."""
+
+
+# --- parsing ---
+
+
+def parse(text: str | None, binary: bytes | None = None) -> Frame:
+    if text is None:
+        size = len(binary or b"")
+        if size > settings.CHAT_MAX_FRAME:
+            raise ChatError("too_large", f"Frames are at most {settings.CHAT_MAX_FRAME} bytes.")
+        raise ChatError("bad_request", "Send JSON text frames; binary frames are not accepted.")
+    if len(text) > settings.CHAT_MAX_FRAME or len(text.encode()) > settings.CHAT_MAX_FRAME:
+        raise ChatError("too_large", f"Frames are at most {settings.CHAT_MAX_FRAME} bytes.")
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ChatError("bad_request", "A frame must be a JSON object.") from None
+    if not isinstance(frame, dict):
+        raise ChatError("bad_request", "A frame must be a JSON object.")
+    action = frame.get("action")
+    if not isinstance(action, str) or not action:
+        raise ChatError("bad_request", "A frame needs an `action`.")
+    if action not in ACTIONS:
+        raise ChatError("unknown_action", f"Unknown action {action[:40]!r}.")
+    return frame
+
+
+def _room(conn: Connection, frame: Frame, *, default: bool = False) -> Room:
+    slug = frame.get("room")
+    if slug is None and default:
+        slug = conn.default_room
+    if slug is None:
+        raise ChatError("bad_request", "Name the `room`.")
+    return services.get_room(conn.user, slug)
+
+
+def _body(frame: Frame) -> Any:
+    for name in ("body", "message", "data"):
+        if name in frame:
+            return frame[name]
+    raise ChatError("bad_request", "A message needs a `body`.")
+
+
+# --- actions ---
+
+
+def subscribe(conn: Connection, frame: Frame) -> list[Event]:
+    room = _room(conn, frame)
+    after = frame.get("after")
+    if after is not None:
+        after = services.clean_seq(after, "after")
+    conn.join(room)
+    replies: list[Event]
+    if after is None:
+        seq = Room.objects.values_list("seq", flat=True).get(pk=room.pk)
+        replies = [events.subscribed(room.slug, seq, resumed=False)]
+    else:
+        changes, seq = services.changes_after(room, after)
+        if changes is None:
+            replies = [events.subscribed(room.slug, seq, resumed=False, reason="resync")]
+        else:
+            replies = [events.subscribed(room.slug, seq, resumed=True), *changes]
+    presence.join(room.pk, room.slug, conn.conn_id, conn.user.get_username())
+    replies.append(events.presence(room.slug, presence.store().users(room.pk)))
+    return replies
+
+
+def unsubscribe(conn: Connection, frame: Frame) -> list[Event]:
+    room = _room(conn, frame)
+    if conn.leave(room):
+        presence.leave(room.pk, room.slug, conn.conn_id, conn.user.get_username())
+    return [events.unsubscribed(room.slug)]
+
+
+def sendmessage(conn: Connection, frame: Frame) -> list[Event]:
+    room = _room(conn, frame, default=True)
+    posted = services.post_message(conn.user, room, _body(frame), frame.get("client_id"))
+    return [posted.ack()]
+
+
+def editmessage(conn: Connection, frame: Frame) -> list[Event]:
+    room = _room(conn, frame)
+    services.edit_message(conn.user, room, frame.get("id"), _body(frame))
+    return []
+
+
+def deletemessage(conn: Connection, frame: Frame) -> list[Event]:
+    room = _room(conn, frame)
+    services.delete_message(conn.user, room, frame.get("id"))
+    return []
+
+
+def read(conn: Connection, frame: Frame) -> list[Event]:
+    room = _room(conn, frame)
+    services.mark_read(conn.user, room, frame.get("seq"))
+    return []
+
+
+def typing(conn: Connection, frame: Frame) -> list[Event]:
+    room = _room(conn, frame, default=True)
+    services.send_typing(conn.user, room)
+    return []
+
+
+def ping(conn: Connection, frame: Frame) -> list[Event]:
+    return [events.pong()]
+
+
+ACTIONS: dict[str, Callable[[Connection, Frame], list[Event]]] = {
+    "subscribe": subscribe,
+    "unsubscribe": unsubscribe,
+    "sendmessage": sendmessage,
+    "editmessage": editmessage,
+    "deletemessage": deletemessage,
+    "read": read,
+    "typing": typing,
+    "ping": ping,
+}
+
+
+# --- running a frame ---
+
+
+def _error(exc: ChatError, frame: Frame | None) -> Event:
+    frame = frame or {}
+    client_id = frame.get("client_id")
+    room = frame.get("room")
+    return events.error(
+        exc.code,
+        exc.detail,
+        client_id=client_id if isinstance(client_id, str) else None,
+        room=room if isinstance(room, str) else None,
+        retry_after=exc.retry_after,
+    )
+
+
+def admit(
+    conn: Connection, text: str | None, binary: bytes | None = None
+) -> tuple[Frame | None, Event | None]:
+    """Rate limit and parse a frame without touching the database: (frame, None) or (None, error)."""
+    wait = conn.bucket.take()
+    if wait:
+        return None, events.error("rate_limited", "Too many frames; slow down.", retry_after=wait)
+    try:
+        return parse(text, binary), None
+    except ChatError as exc:
+        return None, _error(exc, None)
+
+
+def execute(conn: Connection, frame: Frame) -> list[Event]:
+    """Run one parsed frame; every failure becomes an `error` event and nothing half-written stays."""
+    try:
+        return ACTIONS[frame["action"]](conn, frame)
+    except ChatError as exc:
+        return [_error(exc, frame)]
+    except DatabaseError:
+        log.exception("database error in %s", frame["action"])
+        return [
+            _error(
+                ChatError("server_error", "Try again: the server could not store it."),
+                frame,
+            )
+        ]
+    except Exception:
+        log.exception("unexpected error in %s", frame["action"])
+        return [_error(ChatError("server_error", "Something went wrong on our side."), frame)]
+
+
+def handle(conn: Connection, text: str | None, binary: bytes | None = None) -> list[Event]:
+    """admit() then execute(), for transports that run frames synchronously (Lambda)."""
+    frame, error = admit(conn, text, binary)
+    if frame is None:
+        return [error] if error else []
+    return execute(conn, frame)

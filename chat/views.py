@@ -1,0 +1,84 @@
+"""The pages: sign up, the rooms list, a room. They work without JavaScript; static/chat/ adds the
+live client on top of the room page."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib import messages as flash
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+
+from chat import services
+from chat.services import ChatError
+
+PAGE_SIZE = 50
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("index")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+@login_required
+def index(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        try:
+            room = services.create_room(
+                request.user,
+                request.POST.get("slug", ""),
+                request.POST.get("title", ""),
+                request.POST.get("private") == "on",
+            )
+        except ChatError as exc:
+            flash.error(request, exc.detail)
+        else:
+            return redirect("room", slug=room.slug)
+    rooms = services.visible_rooms(request.user)
+    return render(request, "chat/index.html", {"rooms": rooms})
+
+
+@login_required
+def room(request: HttpRequest, slug: str) -> HttpResponse:
+    try:
+        room = services.get_room(request.user, slug)
+    except ChatError:
+        raise Http404("No such room.") from None
+    if request.method == "POST":
+        try:
+            services.post_message(
+                request.user,
+                room,
+                request.POST.get("body", ""),
+                request.POST.get("client_id"),
+            )
+        except ChatError as exc:
+            flash.error(request, exc.detail)
+        return redirect("room", slug=room.slug)
+    before = request.GET.get("before")
+    try:
+        before_seq = services.clean_seq(before, "before") if before else None
+    except ChatError:
+        before_seq = None
+    page = services.history(room, before_seq, PAGE_SIZE)
+    oldest = min((m["seq"] for m in page["messages"]), default=None)
+    context = {
+        "room": room,
+        "messages": page["messages"],
+        "has_more": page["has_more"],
+        "older_url": f"{reverse('room', args=[room.slug])}?before={oldest}" if oldest else None,
+        "client_id": uuid.uuid4().hex,
+        "rooms": services.visible_rooms(request.user),
+        "is_latest": before_seq is None,
+        "max_body": settings.CHAT_MAX_BODY,
+    }
+    return render(request, "chat/room.html", context)

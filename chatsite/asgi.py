@@ -1,0 +1,36 @@
+"""The ASGI application: Django for HTTP, Channels for WebSockets and the long-poll path."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+# Set up Django before importing anything that touches models.
+django_http = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
+
+from chat.consumers import ChatConsumer, SameOriginOrToken, allowed_origins  # noqa: E402
+from chat.longpoll import PollConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": URLRouter(
+            [
+                # Long-poll waiters skip Django's sync middleware (see chat/longpoll.py); it is a
+                # GET, so CSRF does not apply, and the session comes from Channels' auth stack.
+                path(
+                    "api/rooms/<slug:slug>/poll",
+                    AuthMiddlewareStack(PollConsumer.as_asgi()),
+                ),
+                re_path(r"", django_http),
+            ]
+        ),
+        "websocket": SameOriginOrToken(
+            AuthMiddlewareStack(URLRouter([path("ws/", ChatConsumer.as_asgi())])),
+            allowed_origins(),
+        ),
+    }
+)

@@ -1,0 +1,195 @@
+"""Settings, all read from the environment.
+
+Every variable is documented in README.md ("Settings"). The defaults serve the chat on one machine with
+nothing installed (SQLite and the in-memory channel layer); production sets DATABASE_URL and REDIS_URL.
+A value that cannot be parsed stops the process with ImproperlyConfigured instead of running half
+configured.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), not {value!r}")
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
+    return number
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_url(name: str, schemes: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "")
+    if value and urlparse(value).scheme not in schemes:
+        raise ImproperlyConfigured(f"{name} must be a URL with scheme {' or '.join(schemes)}")
+    return value
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and env_bool("CHAT_REQUIRE_SECRET_KEY", False):
+        raise ImproperlyConfigured("SECRET_KEY must be set in production")
+    # A development key: only safe because it never leaves this machine. Production sets SECRET_KEY.
+    SECRET_KEY = "dev-only-insecure-key-set-SECRET_KEY-in-production"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+SITE_ROOT = env_str("SITE_ROOT")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "chatsite.wsgi.application"
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+# Database: SQLite by default, PostgreSQL (or anything dj-database-url parses) from DATABASE_URL.
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0)
+        )
+    }
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite serialises writers; wait for the lock instead of failing under concurrent posts.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Channel layer: in-memory for one process; Redis pub/sub when REDIS_URL is set, so processes and
+# hosts share rooms. Pub/sub rather than the list-based layer: each process subscribes once per room
+# (see chat/hub.py), so there are no per-socket queues to overflow and a publish is one PUBLISH.
+REDIS_URL = env_url("REDIS_URL", ("redis", "rediss", "unix"))
+CHAT_REDIS_PREFIX = env_str("CHAT_REDIS_PREFIX", "chat")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": CHAT_REDIS_PREFIX},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 10000},
+        }
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = env_str("STATIC_URL", "/static/")
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
+
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"chat": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL", "INFO")}},
+}
+
+# --- The chat's own settings (README.md, "Settings") ---
+CHAT_MAX_BODY = env_int("CHAT_MAX_BODY", 4000, minimum=1)
+CHAT_MAX_FRAME = env_int("CHAT_MAX_FRAME", 32 * 1024, minimum=1024)
+CHAT_RESUME_LIMIT = env_int("CHAT_RESUME_LIMIT", 1000, minimum=1)
+CHAT_POLL_MAX_TIMEOUT = env_int("CHAT_POLL_MAX_TIMEOUT", 25, minimum=1)
+CHAT_WS_TOKEN_MAX_AGE = env_int("CHAT_WS_TOKEN_MAX_AGE", 300, minimum=1)
+CHAT_WS_URL = env_str("CHAT_WS_URL")
+CHAT_FRAME_RATE = env_int("CHAT_FRAME_RATE", 20, minimum=1)
+CHAT_FRAME_BURST = env_int("CHAT_FRAME_BURST", 60, minimum=1)
+CHAT_PRESENCE_TTL = env_int("CHAT_PRESENCE_TTL", 60, minimum=5)
+CHAT_SEND_QUEUE = env_int("CHAT_SEND_QUEUE", 1000, minimum=10)
+CHAT_EDIT_WINDOW = env_int("CHAT_EDIT_WINDOW", 900, minimum=0)
+CHAT_PUBLISHERS = env_list("CHAT_PUBLISHERS", "chat.fanout.channel_layer_publisher")
+# How a long-poll waits: "hub" (woken by the room's publication) or "database" (re-reads; for
+# deployments without a channel layer, such as Lambda).
+CHAT_POLL_WAIT = env_str("CHAT_POLL_WAIT", "hub")
+if CHAT_POLL_WAIT not in ("hub", "database"):
+    raise ImproperlyConfigured("CHAT_POLL_WAIT must be 'hub' or 'database'")
+CSRF_FAILURE_VIEW = "chat.api.csrf_failure"

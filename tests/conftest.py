@@ -1,0 +1,137 @@
+"""Shared fixtures: the users every test talks about, and real servers started for real sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from chat.models import Membership, Room
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def alice(db: Any) -> Any:
+    return get_user_model().objects.create_user("alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def bob(db: Any) -> Any:
+    return get_user_model().objects.create_user("bob", password="pw-bob-123")
+
+
+@pytest.fixture
+def outsider(db: Any) -> Any:
+    return get_user_model().objects.create_user("mallory", password="pw-mallory-123")
+
+
+@pytest.fixture
+def moderator(db: Any) -> Any:
+    return get_user_model().objects.create_user("mod", password="pw-mod-123", is_staff=True)
+
+
+@pytest.fixture
+def room(db: Any) -> Room:
+    return Room.objects.create(slug="general", title="General")
+
+
+@pytest.fixture
+def private_room(db: Any, alice: Any, bob: Any) -> Room:
+    room = Room.objects.create(slug="secret", title="Secret", private=True, created_by=alice)
+    Membership.objects.create(room=room, user=alice)
+    Membership.objects.create(room=room, user=bob)
+    return room
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def database_url() -> str:
+    s = connection.settings_dict
+    return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+class Server:
+    """An ASGI server in its own process, on the test database."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": database_url(),
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/"
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "chatsite.asgi:application",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--ws",
+                "websockets",
+            ],
+            cwd=ROOT,
+            env=self.env,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server_proc(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Server]:
+    with django_db_blocker.unblock():
+        server = Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(live_server_proc: Server, transactional_db: Any) -> Server:
+    """A running ASGI server; the test's data is committed so the server sees it."""
+    return live_server_proc

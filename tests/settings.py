@@ -1,0 +1,12 @@
+"""Test settings: the real PostgreSQL and Redis on this machine unless DATABASE_URL/REDIS_URL say
+otherwise; a Redis key prefix per test run, so runs never see each other's rooms."""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ.setdefault("CHAT_REDIS_PREFIX", f"chattest{os.getpid()}")
+
+from chatsite.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
