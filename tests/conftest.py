@@ -123,6 +123,20 @@ class Server:
                 self.proc.wait()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Consumers' worker threads keep database connections; end them so the test database can be
+    dropped at the end of the run."""
+    yield
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture(scope="session")
 def live_server_proc(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Server]:
     with django_db_blocker.unblock():
