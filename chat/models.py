@@ -7,12 +7,14 @@ asking for `seq > n` never skips a change that commits later.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 slug_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
@@ -156,3 +158,69 @@ class Message(models.Model):
             "edited": self.edited is not None,
             "deleted": self.deleted,
         }
+
+
+# --- The serverless transport (chat/serverless.py): API Gateway holds the sockets, these rows say
+# who is behind each one and which rooms it receives. Rows can outlive their socket ($disconnect is
+# not guaranteed): a 410 from @connections deletes one, and expiry sweeps the rest.
+
+
+class ApiConnectionQuerySet(models.QuerySet["ApiConnection"]):
+    def live(self, idle_seconds: int, max_seconds: int) -> ApiConnectionQuerySet:
+        """Connections API Gateway may still hold: active within its idle timeout, and younger
+        than its maximum duration."""
+        now = timezone.now()
+        return self.filter(
+            last_seen__gt=now - timedelta(seconds=idle_seconds),
+            connected_at__gt=now - timedelta(seconds=max_seconds),
+        )
+
+
+class ApiConnection(models.Model):
+    # API Gateway's connectionId (e.g. "L0SM9cOFvHcCIhw="), unique per API.
+    connection_id = models.CharField(max_length=128, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_connections"
+    )
+    # Where its @connections endpoint is: https://{domain}/{stage} unless a setting says otherwise.
+    domain = models.CharField(max_length=255)
+    stage = models.CharField(max_length=128)
+    default_room = models.CharField(max_length=50, blank=True)
+    connected_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    # The frame rate limiter's state, kept between invocations (protocol.TokenBucket).
+    bucket_tokens = models.FloatField(null=True, blank=True)
+    bucket_at = models.FloatField(null=True, blank=True)
+
+    objects = ApiConnectionQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # Serves the expiry sweep (last_seen older than the idle timeout).
+            models.Index(fields=["last_seen"], name="apiconnection_last_seen"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id} ({self.user_id})"
+
+
+class Subscription(models.Model):
+    connection = models.ForeignKey(
+        ApiConnection, on_delete=models.CASCADE, related_name="subscriptions"
+    )
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="api_subscriptions")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # Serves subscribe's idempotency (connection, room); the fan-out read uses the
+            # index below.
+            models.UniqueConstraint(fields=["connection", "room"], name="subscription_conn_room"),
+        ]
+        indexes = [
+            # Serves the fan-out read: every connection subscribed to a room.
+            models.Index(fields=["room", "connection"], name="subscription_room_conn"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id} in {self.room_id}"

@@ -2,11 +2,14 @@
 
 import os
 
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # Set up Django before importing anything that touches models.
-django_http = get_asgi_application()
+# Static files are served by the app itself (uvicorn serves nothing on its own); a STATIC_URL on
+# another host (S3/CloudFront) turns this off.
+django_http = ASGIStaticFilesHandler(get_asgi_application())
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -34,6 +34,16 @@ async def receive_until(comm: WebsocketCommunicator, kind: str, timeout: float =
             return event
 
 
+async def next_events(comm: WebsocketCommunicator, n: int) -> list[dict[str, Any]]:
+    """The next n events, leaving out presence announcements."""
+    received: list[dict[str, Any]] = []
+    while len(received) < n:
+        event = json.loads(await comm.receive_from(3))
+        if event["type"] != "presence":
+            received.append(event)
+    return received
+
+
 async def test_it_refuses_missing_forged_and_expired_tokens(alice: Any, settings: Any) -> None:
     for url in ("/ws/", "/ws/?token=forged", f"/ws/?token={make_token(alice)}x"):
         comm = WebsocketCommunicator(application, url)
@@ -64,7 +74,7 @@ async def test_subscribe_send_and_receive(alice: Any, bob: Any, room: Room) -> N
         assert subscribed == {"type": "subscribed", "room": "general", "seq": 0, "resumed": False}
     await a.send_json_to({"action": "sendmessage", "room": "general", "body": "hi bob", "client_id": "c1"})
     # The sender gets its ack and the message, in either order; the other subscriber the message.
-    got = {e["type"]: e for e in [json.loads(await a.receive_from(3)) for _ in range(2)]}
+    got = {e["type"]: e for e in await next_events(a, 2)}
     ack = got["ack"]
     assert ack["client_id"] == "c1" and ack["seq"] == 1 and got["message"]["id"] == ack["id"]
     for message in (got["message"], await receive_until(b, "message")):
@@ -255,7 +265,7 @@ async def test_many_rooms_on_one_connection(alice: Any, room: Room) -> None:
     await a.send_json_to({"action": "sendmessage", "room": "lobby", "body": "not for me"})
     await a.send_json_to({"action": "sendmessage", "room": "general", "body": "for me"})
     # The live message may arrive before or after the acks; the lobby one never does.
-    received = [json.loads(await a.receive_from(3)) for _ in range(3)]
+    received = await next_events(a, 3)
     assert sorted(e["type"] for e in received) == ["ack", "ack", "message"]
     assert [e["body"] for e in received if e["type"] == "message"] == ["for me"]
     await a.disconnect()

@@ -1,0 +1,239 @@
+"""End to end over real sockets: WebSocket clients and long-pollers against running ASGI servers on
+the real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import Client
+from websockets.asyncio.client import ClientConnection, connect
+
+from chat import services
+from chat.models import Message, Room
+from chat.tokens import make_token
+from tests.conftest import Server
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(params=["channels"])
+def chat_server(request: pytest.FixtureRequest, server: Server) -> Server:
+    """Every deployment that speaks the protocol; each test runs against all of them."""
+    return server
+
+
+class Peer:
+    """A protocol client on a real socket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def next(self, kind: str | None = None, timeout: float = 5) -> dict[str, Any]:
+        while True:
+            event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+            if kind is None and event["type"] != "presence" or event["type"] == kind:
+                return event
+
+    async def messages(self, n: int) -> list[dict[str, Any]]:
+        return [await self.next("message") for _ in range(n)]
+
+    async def subscribe(self, room: str, after: int | None = None) -> dict[str, Any]:
+        frame: dict[str, Any] = {"action": "subscribe", "room": room}
+        if after is not None:
+            frame["after"] = after
+        await self.send(frame)
+        return await self.next("subscribed")
+
+    async def nothing_more(self, kind: str = "message", within: float = 0.3) -> None:
+        try:
+            event = await self.next(kind, within)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected {event}")
+
+
+async def peer(server: Server, user: Any, query: str = "") -> Peer:
+    token = await sync_to_async(make_token)(user)
+    ws = await connect(f"{server.ws_url}?token={token}{query}", open_timeout=5)
+    return Peer(ws)
+
+
+async def test_two_users_chat(chat_server: Server, alice: Any, bob: Any, room: Room) -> None:
+    a, b = await peer(chat_server, alice), await peer(chat_server, bob)
+    await a.subscribe("general")
+    await b.subscribe("general")
+    await a.send({"action": "sendmessage", "room": "general", "body": "hi bob", "client_id": "a1"})
+    await b.send({"action": "sendmessage", "room": "general", "body": "hi alice", "client_id": "b1"})
+    for p in (a, b):
+        got = await p.messages(2)
+        assert sorted((m["author"], m["body"]) for m in got) == [("alice", "hi bob"), ("bob", "hi alice")]
+        assert [m["seq"] for m in got] == [1, 2]
+    await a.ws.close()
+    await b.ws.close()
+
+
+async def test_reconnect_with_after_gets_exactly_the_missed(
+    chat_server: Server, alice: Any, bob: Any, room: Room
+) -> None:
+    a, b = await peer(chat_server, alice), await peer(chat_server, bob)
+    await a.subscribe("general")
+    await b.subscribe("general")
+    await a.send({"action": "sendmessage", "room": "general", "body": "before"})
+    cursor = (await b.next("message"))["seq"]
+    await b.ws.close()
+    for i in range(3):
+        await a.send({"action": "sendmessage", "room": "general", "body": f"missed {i}"})
+    await a.messages(4)
+    b = await peer(chat_server, bob)
+    subscribed = await b.subscribe("general", after=cursor)
+    assert subscribed["resumed"] is True and subscribed["seq"] == 4
+    got = await b.messages(3)
+    assert [(m["seq"], m["body"]) for m in got] == [(2, "missed 0"), (3, "missed 1"), (4, "missed 2")]
+    await b.nothing_more()
+    await a.ws.close()
+    await b.ws.close()
+
+
+async def test_the_aws_tutorial_way(chat_server: Server, alice: Any, bob: Any) -> None:
+    await sync_to_async(services.ensure_lobby)()
+    a = await peer(chat_server, alice, "&room=lobby")
+    b = await peer(chat_server, bob, "&room=lobby")
+    await a.next("subscribed")
+    await b.next("subscribed")
+    await a.send({"action": "sendmessage", "message": "hello, everyone!"})
+    for p in (a, b):
+        assert (await p.next("message"))["body"] == "hello, everyone!"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("hello", "bad_request"),
+        ('"just a string"', "bad_request"),
+        ('{"action": "dance"}', "unknown_action"),
+        ('{"action": "sendmessage", "room": "general", "body": "' + "x" * 5000 + '"}', "too_large"),
+        ('{"action": "ping", "pad": "' + "y" * 40000 + '"}', "too_large"),
+        (b"\x00binary", "bad_request"),
+    ],
+)
+async def test_bad_input_over_a_real_socket(
+    chat_server: Server, alice: Any, room: Room, frame: str | bytes, code: str
+) -> None:
+    a = await peer(chat_server, alice)
+    await a.ws.send(frame)
+    assert (await a.next("error"))["code"] == code
+    await a.send({"action": "ping"})
+    assert await a.next("pong") == {"type": "pong"}
+    assert await sync_to_async(Message.objects.count)() == 0
+
+
+async def test_forged_tokens_are_refused_at_the_handshake(chat_server: Server) -> None:
+    with pytest.raises(Exception) as info:
+        await connect(f"{chat_server.ws_url}?token=forged", open_timeout=5)
+    assert "403" in str(info.value) or "401" in str(info.value)
+
+
+async def test_a_flood_is_limited_and_others_are_served(
+    chat_server: Server, alice: Any, bob: Any, room: Room
+) -> None:
+    a, b = await peer(chat_server, alice), await peer(chat_server, bob)
+    await b.subscribe("general")
+    for _ in range(200):
+        await a.send({"action": "ping"})
+    codes = [await a.next() for _ in range(200)]
+    limited = [e for e in codes if e["type"] == "error"]
+    assert limited and all(e["code"] == "rate_limited" and e["retry_after"] > 0 for e in limited)
+    started = time.monotonic()
+    await b.send({"action": "sendmessage", "room": "general", "body": "still served"})
+    assert (await b.next("message"))["body"] == "still served"
+    assert time.monotonic() - started < 2
+
+
+@pytest.fixture
+def second_server(live_server_proc: Server, transactional_db: Any) -> Iterator[Server]:
+    other = Server().start()
+    yield other
+    other.stop()
+
+
+async def test_two_processes_behave_as_one(
+    server: Server, second_server: Server, alice: Any, bob: Any, room: Room
+) -> None:
+    a, b = await peer(server, alice), await peer(second_server, bob)
+    await a.subscribe("general")
+    await b.subscribe("general")
+    await b.send({"action": "sendmessage", "room": "general", "body": "from process two"})
+    assert (await a.next("message"))["body"] == "from process two"
+    await a.send({"action": "sendmessage", "room": "general", "body": "from process one"})
+    got = [m["body"] for m in await b.messages(2)]
+    assert got == ["from process two", "from process one"]
+    await b.send({"action": "typing", "room": "general"})
+    assert await a.next("typing") == {"type": "typing", "room": "general", "user": "bob"}
+
+
+# --- long-poll ---
+
+
+@pytest.fixture
+async def http(server: Server, alice: Any) -> AsyncIterator[aiohttp.ClientSession]:
+    client = Client()
+    await sync_to_async(client.force_login)(alice)
+    cookies = {"sessionid": client.cookies["sessionid"].value}
+    async with aiohttp.ClientSession(server.url, cookies=cookies) as session:
+        yield session
+
+
+async def test_long_poll_answers_at_once_when_behind(http: aiohttp.ClientSession, bob: Any, room: Room) -> None:
+    await sync_to_async(services.post_message)(bob, room, "already there")
+    started = time.monotonic()
+    async with http.get("/api/rooms/general/poll?after=0&timeout=10") as response:
+        data = await response.json()
+    assert response.status == 200
+    assert [e["body"] for e in data["events"]] == ["already there"] and data["seq"] == 1
+    assert time.monotonic() - started < 5
+
+
+async def test_long_poll_is_woken_by_a_post(http: aiohttp.ClientSession, bob: Any, room: Room) -> None:
+    poll = asyncio.create_task(http.get("/api/rooms/general/poll?after=0&timeout=20"))
+    # Wait until the poller is present in the room, i.e. it is waiting, then post.
+    while not await sync_to_async(_online, thread_sensitive=False)(room):
+        await asyncio.sleep(0.02)
+    await sync_to_async(services.post_message)(bob, room, "wake up")
+    started = time.monotonic()
+    response = await asyncio.wait_for(poll, 10)
+    data = await response.json()
+    assert [e["body"] for e in data["events"]] == ["wake up"]
+    assert time.monotonic() - started < 5
+
+
+def _online(room: Room) -> bool:
+    from chat import presence
+
+    return "alice" in presence.store().users(room.pk)
+
+
+async def test_long_poll_times_out_empty(http: aiohttp.ClientSession, room: Room) -> None:
+    async with http.get("/api/rooms/general/poll?after=0&timeout=1") as response:
+        assert await response.json() == {"events": [], "seq": 0}
+
+
+async def test_long_poll_errors(http: aiohttp.ClientSession, server: Server, room: Room) -> None:
+    async with http.get("/api/rooms/general/poll?timeout=1") as response:
+        assert response.status == 400 and (await response.json())["error"] == "bad_request"
+    async with http.get("/api/rooms/nowhere/poll?after=0") as response:
+        assert response.status == 404
+    async with http.post("/api/rooms/general/poll?after=0") as response:
+        assert response.status == 405
+    async with aiohttp.ClientSession(server.url) as anonymous:
+        async with anonymous.get("/api/rooms/general/poll?after=0") as response:
+            assert response.status == 401
