@@ -126,9 +126,12 @@ def announce(room_id: int, slug: str) -> None:
     fanout.publish(room_id, events.presence(slug, store().users(room_id)))
 
 
-def join(room_id: int, slug: str, conn: str, user: str) -> None:
+def join(room_id: int, slug: str, conn: str, user: str) -> bool:
+    """Mark the connection present; True when that changed the list (and it was announced)."""
     if store().touch(room_id, conn, user, settings.CHAT_PRESENCE_TTL):
         announce(room_id, slug)
+        return True
+    return False
 
 
 def refresh(room_id: int, conn: str, user: str) -> None:

@@ -126,8 +126,10 @@ def subscribe(conn: Connection, frame: Frame) -> list[Event]:
             replies = [events.subscribed(room.slug, seq, resumed=False, reason="resync")]
         else:
             replies = [events.subscribed(room.slug, seq, resumed=True), *changes]
-    presence.join(room.pk, room.slug, conn.conn_id, conn.user.get_username())
-    replies.append(events.presence(room.slug, presence.store().users(room.pk)))
+    # A join that changes the list is announced to everyone, this connection included; otherwise
+    # the subscriber still needs the current list once.
+    if not presence.join(room.pk, room.slug, conn.conn_id, conn.user.get_username()):
+        replies.append(events.presence(room.slug, presence.store().users(room.pk)))
     return replies
 
 

@@ -12,4 +12,5 @@ from chatsite.settings import *  # noqa: F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # One test database per run, so that several runs on one machine never drop each other's database.
-DATABASES["default"]["TEST"] = {"NAME": f"test_chat_{os.environ.get('CHAT_TEST_DB_SUFFIX') or os.getpid()}"}  # noqa: F405
+_suffix = os.environ.get("CHAT_TEST_DB_SUFFIX") or os.getpid()
+DATABASES["default"]["TEST"] = {"NAME": f"test_chat_{_suffix}"}  # noqa: F405

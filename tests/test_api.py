@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from django.db import connection
 
 from chat import services
 from chat.models import Message, Room
@@ -40,7 +40,9 @@ def test_it_lists_rooms_the_user_may_see(as_alice: Client, room: Room, outsider:
 
 
 def test_it_creates_rooms_and_refuses_bad_ones(as_alice: Client) -> None:
-    response = post_json(as_alice, "/api/rooms/", {"slug": "team", "title": "Team", "private": True})
+    response = post_json(
+        as_alice, "/api/rooms/", {"slug": "team", "title": "Team", "private": True}
+    )
     assert response.status_code == 201
     assert response.json()["private"] is True
     again = post_json(as_alice, "/api/rooms/", {"slug": "team", "title": "Again", "private": False})
@@ -55,7 +57,12 @@ def test_posting_and_retrying_with_a_client_id(as_alice: Client, room: Room) -> 
     first = post_json(as_alice, url, {"body": "hi", "client_id": "abc"})
     assert first.status_code == 201
     event = first.json()
-    assert (event["type"], event["seq"], event["body"], event["author"]) == ("message", 1, "hi", "alice")
+    assert (event["type"], event["seq"], event["body"], event["author"]) == (
+        "message",
+        1,
+        "hi",
+        "alice",
+    )
     again = post_json(as_alice, url, {"body": "hi", "client_id": "abc"})
     assert again.status_code == 200
     assert again.json()["id"] == event["id"]
@@ -209,7 +216,11 @@ def test_signup_login_logout(db: Any) -> None:
     client = Client()
     response = client.post(
         "/signup/",
-        {"username": "newbie", "password1": "a-long-pass-phrase", "password2": "a-long-pass-phrase"},
+        {
+            "username": "newbie",
+            "password1": "a-long-pass-phrase",
+            "password2": "a-long-pass-phrase",
+        },
     )
     assert response.status_code == 302
     assert client.get("/").status_code == 200

@@ -41,7 +41,7 @@ class Peer:
     async def next(self, kind: str | None = None, timeout: float = 5) -> dict[str, Any]:
         while True:
             event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
-            if kind is None and event["type"] != "presence" or event["type"] == kind:
+            if (kind is None and event["type"] != "presence") or event["type"] == kind:
                 return event
 
     async def messages(self, n: int) -> list[dict[str, Any]]:
@@ -73,10 +73,15 @@ async def test_two_users_chat(chat_server: Server, alice: Any, bob: Any, room: R
     await a.subscribe("general")
     await b.subscribe("general")
     await a.send({"action": "sendmessage", "room": "general", "body": "hi bob", "client_id": "a1"})
-    await b.send({"action": "sendmessage", "room": "general", "body": "hi alice", "client_id": "b1"})
+    await b.send(
+        {"action": "sendmessage", "room": "general", "body": "hi alice", "client_id": "b1"}
+    )
     for p in (a, b):
         got = await p.messages(2)
-        assert sorted((m["author"], m["body"]) for m in got) == [("alice", "hi bob"), ("bob", "hi alice")]
+        assert sorted((m["author"], m["body"]) for m in got) == [
+            ("alice", "hi bob"),
+            ("bob", "hi alice"),
+        ]
         assert [m["seq"] for m in got] == [1, 2]
     await a.ws.close()
     await b.ws.close()
@@ -98,7 +103,11 @@ async def test_reconnect_with_after_gets_exactly_the_missed(
     subscribed = await b.subscribe("general", after=cursor)
     assert subscribed["resumed"] is True and subscribed["seq"] == 4
     got = await b.messages(3)
-    assert [(m["seq"], m["body"]) for m in got] == [(2, "missed 0"), (3, "missed 1"), (4, "missed 2")]
+    assert [(m["seq"], m["body"]) for m in got] == [
+        (2, "missed 0"),
+        (3, "missed 1"),
+        (4, "missed 2"),
+    ]
     await b.nothing_more()
     await a.ws.close()
     await b.ws.close()
@@ -193,7 +202,9 @@ async def http(server: Server, alice: Any) -> AsyncIterator[aiohttp.ClientSessio
         yield session
 
 
-async def test_long_poll_answers_at_once_when_behind(http: aiohttp.ClientSession, bob: Any, room: Room) -> None:
+async def test_long_poll_answers_at_once_when_behind(
+    http: aiohttp.ClientSession, bob: Any, room: Room
+) -> None:
     await sync_to_async(services.post_message)(bob, room, "already there")
     started = time.monotonic()
     async with http.get("/api/rooms/general/poll?after=0&timeout=10") as response:
@@ -203,10 +214,12 @@ async def test_long_poll_answers_at_once_when_behind(http: aiohttp.ClientSession
     assert time.monotonic() - started < 5
 
 
-async def test_long_poll_is_woken_by_a_post(http: aiohttp.ClientSession, bob: Any, room: Room) -> None:
+async def test_long_poll_is_woken_by_a_post(
+    http: aiohttp.ClientSession, bob: Any, room: Room
+) -> None:
     poll = asyncio.create_task(http.get("/api/rooms/general/poll?after=0&timeout=20"))
     # Wait until the poller is present in the room, i.e. it is waiting, then post.
-    while not await sync_to_async(_online, thread_sensitive=False)(room):
+    while not await sync_to_async(_online, thread_sensitive=False)(room):  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     await sync_to_async(services.post_message)(bob, room, "wake up")
     started = time.monotonic()

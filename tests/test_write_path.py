@@ -60,7 +60,9 @@ def test_it_rejects_non_members_of_private_rooms(outsider: Any, private_room: Ro
     assert Message.objects.count() == 0
 
 
-def test_locked_rooms_refuse_posts_but_not_moderators(alice: Any, moderator: Any, room: Room) -> None:
+def test_locked_rooms_refuse_posts_but_not_moderators(
+    alice: Any, moderator: Any, room: Room
+) -> None:
     room.locked = True
     room.save()
     with pytest.raises(ChatError) as info:
@@ -96,7 +98,7 @@ def test_a_too_old_cursor_asks_for_resync(alice: Any, room: Room, settings: Any)
     for i in range(4):
         services.post_message(alice, room, f"m{i}")
     assert services.changes_after(room, 1) == (None, 4)
-    changes, seq = services.changes_after(room, 2)
+    changes, _ = services.changes_after(room, 2)
     assert [c["seq"] for c in changes] == [3, 4]
 
 
