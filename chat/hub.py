@@ -10,6 +10,7 @@ block; each consumer has its own bounded queue, so a slow socket never holds the
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import weakref
 from collections.abc import Callable
@@ -47,10 +48,16 @@ class RoomHub:
             listeners.add(listener)
             if first:
                 await self.layer.group_add(group_name(room_id), self.channel)
+            # The hub outlives the request that started it: its tasks get a fresh context, not the
+            # request's (whose thread-sensitive executor is gone once the request ends).
             if self.reader is None or self.reader.done():
-                self.reader = asyncio.create_task(self._read(), name="room-hub-reader")
+                self.reader = asyncio.create_task(
+                    self._read(), name="room-hub-reader", context=contextvars.Context()
+                )
             if self.maintainer is None or self.maintainer.done():
-                self.maintainer = asyncio.create_task(self._maintain(), name="room-hub-maintain")
+                self.maintainer = asyncio.create_task(
+                    self._maintain(), name="room-hub-maintain", context=contextvars.Context()
+                )
 
     async def leave(self, room_id: int, listener: Listener) -> None:
         async with self.lock:

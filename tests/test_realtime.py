@@ -250,3 +250,47 @@ async def test_long_poll_errors(http: aiohttp.ClientSession, server: Server, roo
     async with aiohttp.ClientSession(server.url) as anonymous:
         async with anonymous.get("/api/rooms/general/poll?after=0") as response:
             assert response.status == 401
+
+
+async def test_long_poll_receives_typing(
+    http: aiohttp.ClientSession, server: Server, bob: Any, room: Room
+) -> None:
+    # A first poll marks alice present, so the long poll below is not woken by her own arrival.
+    async with http.get("/api/rooms/general/poll?after=0&timeout=0") as response:
+        assert await response.json() == {"events": [], "seq": 0}
+    poll = asyncio.create_task(http.get("/api/rooms/general/poll?after=0&timeout=20"))
+    b = await peer(server, bob)
+    # Typing is ephemeral: keep typing until the waiting poll has picked one up.
+    while not poll.done():
+        await b.send({"action": "typing", "room": "general"})
+        await asyncio.wait([poll], timeout=0.1)
+    data = await poll.result().json()
+    assert data == {"events": [{"type": "typing", "room": "general", "user": "bob"}], "seq": 0}
+
+
+@pytest.fixture
+def short_presence_servers(
+    live_server_proc: Server, transactional_db: Any
+) -> Iterator[list[Server]]:
+    servers = [Server(env={"CHAT_PRESENCE_TTL": "5"}).start() for _ in range(2)]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+async def test_presence_forgets_a_dead_process(
+    short_presence_servers: list[Server], alice: Any, bob: Any, room: Room
+) -> None:
+    survivor, doomed = short_presence_servers
+    a = await peer(survivor, alice, "&room=general")
+    await a.next("subscribed")
+    b = await peer(doomed, bob, "&room=general")
+    await b.next("subscribed")
+    while (await a.next("presence"))["users"] != ["alice", "bob"]:
+        pass
+    assert doomed.proc is not None
+    doomed.proc.kill()  # no disconnect handler runs: the entry has to expire
+    started = time.monotonic()
+    while (await a.next("presence", timeout=15))["users"] != ["alice"]:
+        pass
+    assert time.monotonic() - started < 15
