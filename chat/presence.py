@@ -152,4 +152,4 @@ def _sweep(room_id: int) -> None:
             announce(room_id, slug)
 
 
-sweep = database_sync_to_async(_sweep)
+sweep = database_sync_to_async(_sweep, thread_sensitive=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -176,15 +176,17 @@ def _check_can_post(user: Any, room: Room) -> None:
         raise ChatError("forbidden", "This room is locked.")
 
 
-def _locked_room(room: Room) -> Room:
-    """The room row, locked until commit: the next `seq` is taken under this lock."""
-    return Room.objects.select_for_update().get(pk=room.pk)
-
-
-def _next_seq(room: Room) -> int:
-    room.seq += 1
-    Room.objects.filter(pk=room.pk).update(seq=room.seq)
-    return room.seq
+def _take_seq(room: Room) -> tuple[int, bool]:
+    """Take the room's next seq: one UPDATE that also locks the room row until commit, so the
+    change that takes seq n commits before any change can take n + 1. Returns (seq, locked)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Room._meta.db_table} SET seq = seq + 1 WHERE id = %s RETURNING seq, locked",
+            [room.pk],
+        )
+        seq, locked = cursor.fetchone()
+    room.seq = seq
+    return seq, bool(locked)
 
 
 def _publish_on_commit(message: Message) -> None:
@@ -217,34 +219,25 @@ def post_message(user: Any, room: Room, body: Any, client_id: Any = None) -> Pos
         return Posted(existing, created=False)
     body = clean_body(body)
     _check_can_post(user, room)
+    if room.private:
+        if not is_member(user, room) and not is_moderator(user, room):
+            raise ChatError("not_found", f"There is no room {room.slug!r}.")
+    else:
+        # Public rooms are joined on first post (outside the room lock: it is idempotent).
+        Membership.objects.get_or_create(room=room, user=user)
     try:
         with transaction.atomic():
-            locked = _locked_room(room)
-            if locked.locked and not is_moderator(user, locked):
+            seq, locked = _take_seq(room)
+            if locked and not is_moderator(user, room):
+                # Locked while we were checking: the rollback gives the seq back.
                 raise ChatError("forbidden", "This room is locked.")
-            # A concurrent retry may have committed while we waited for the lock.
-            existing = _existing(user, client_id)
-            if existing is not None:
-                return Posted(existing, created=False)
-            if locked.private:
-                if not is_member(user, locked) and not is_moderator(user, locked):
-                    raise ChatError("not_found", f"There is no room {locked.slug!r}.")
-            else:
-                # Public rooms are joined on first post.
-                Membership.objects.get_or_create(room=locked, user=user)
-            seq = _next_seq(locked)
             message = Message.objects.create(
-                room=locked,
-                author=user,
-                body=body,
-                client_id=client_id,
-                posted_seq=seq,
-                seq=seq,
+                room=room, author=user, body=body, client_id=client_id, posted_seq=seq, seq=seq
             )
             _publish_on_commit(message)
     except IntegrityError:
-        # Only the (author, client_id) constraint can collide here: a retry that raced us in
-        # another room. The first one wins.
+        # A concurrent retry with the same client_id committed first (the unique constraint on
+        # author and client_id); our transaction, seq included, rolled back.
         existing = _existing(user, client_id)
         if existing is None:
             raise
@@ -268,15 +261,15 @@ def _own_message(user: Any, room: Room, message_id: Any) -> Message:
 def _change(message: Message, **fields: Any) -> Message:
     """Apply a change to a message under the room lock; it takes the room's next seq."""
     with transaction.atomic():
-        locked = _locked_room(message.room)
+        seq, _ = _take_seq(message.room)
         current = Message.objects.select_for_update().get(pk=message.pk)
         if current.deleted:
             raise ChatError("forbidden", "This message was deleted.")
         for name, value in fields.items():
             setattr(current, name, value)
-        current.seq = _next_seq(locked)
+        current.seq = seq
         current.save(update_fields=[*fields, "seq"])
-        current.room = locked
+        current.room = message.room
         current.author = message.author
         _publish_on_commit(current)
     return current
