@@ -366,11 +366,11 @@ def send_typing(user: Any, room: Room) -> None:
 
 
 def history(room: Room, before: int | None, limit: int) -> dict[str, Any]:
-    page = Message.objects.for_room(room).with_author().before(before, limit + 1)
+    page = Message.objects.for_room(room).before(before, limit + 1).events(room.slug)
     has_more = len(page) > limit
-    if has_more:
-        page = page[1:]
-    return {"messages": [m.to_event() for m in page], "has_more": has_more}
+    page = page[:limit]
+    page.reverse()
+    return {"messages": page, "has_more": has_more}
 
 
 def changes_after(room: Room, after: int) -> tuple[list[dict[str, Any]] | None, int]:
@@ -382,5 +382,5 @@ def changes_after(room: Room, after: int) -> tuple[list[dict[str, Any]] | None, 
         return None, room_seq
     if after == room_seq:
         return [], room_seq
-    changes = Message.objects.for_room(room).with_author().after(after).filter(seq__lte=room_seq)
-    return [m.to_event() for m in changes], room_seq
+    changes = Message.objects.for_room(room).after(after).filter(seq__lte=room_seq)
+    return changes.events(room.slug), room_seq
