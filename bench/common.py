@@ -122,6 +122,8 @@ class Server:
         self.cmd = [part.replace("{port}", str(self.port)) for part in cmd]
         self.env = env
         self.name = name
+        # A scratch copy of the project (prototypes) may be served instead: bench --server-root.
+        self.cwd = Path(env.get("BENCH_SERVER_ROOT") or ROOT)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -158,7 +160,7 @@ class Server:
         return f"ws://127.0.0.1:{self.port}/ws/"
 
     def start(self) -> Server:
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env)
+        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -222,14 +224,22 @@ def fmt(value: Any, digits: int = 1) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 1) -> str:
     cells = [[fmt(c, digits) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     lines = [
-        "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))),
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        ),
         "  ".join("-" * w for w in widths),
     ]
     for row in cells:
         lines.append(
-            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
         )
     return "\n".join(lines)
 
@@ -237,7 +247,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 1
 def budget(name: str, value: float, limit: float, kind: str, unit: str) -> dict[str, Any]:
     """A budget line: kind is "max" (value ≤ limit) or "min" (value ≥ limit)."""
     ok = value == value and (value <= limit if kind == "max" else value >= limit)
-    return {"name": name, "value": value, "limit": limit, "kind": kind, "unit": unit, "ok": bool(ok)}
+    return {
+        "name": name,
+        "value": value,
+        "limit": limit,
+        "kind": kind,
+        "unit": unit,
+        "ok": bool(ok),
+    }
 
 
 def write_json(path: str | None, data: dict[str, Any]) -> None:

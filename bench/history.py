@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 HISTORY_SLUG = "bench-history"
 POST_SLUG = "bench-post"
@@ -54,7 +54,10 @@ def fill(n: int) -> tuple[Any, float]:
     authors = users("bench-author", N_AUTHORS)
     room, _ = Room.objects.get_or_create(slug=HISTORY_SLUG, defaults={"title": "Bench history"})
     last = (
-        Message.objects.filter(room=room).order_by("-posted_seq").values_list("posted_seq", flat=True).first()
+        Message.objects.filter(room=room)
+        .order_by("-posted_seq")
+        .values_list("posted_seq", flat=True)
+        .first()
     )
     if room.seq == n and last == n and Message.objects.filter(room=room, posted_seq=1).exists():
         return room, 0.0
@@ -139,7 +142,11 @@ def count_queries(client: Any, room: Any) -> dict[str, int]:
     from django.test.utils import CaptureQueriesContext
 
     out = {}
-    for kind, p in (("latest", {}), ("after", {"after": room.seq - 20}), ("before", {"before": room.seq // 2})):
+    for kind, p in (
+        ("latest", {}),
+        ("after", {"after": room.seq - 20}),
+        ("before", {"before": room.seq // 2}),
+    ):
         with CaptureQueriesContext(connection) as ctx:
             client.get(f"/api/rooms/{room.slug}/messages", p)
         out[kind] = len(ctx.captured_queries)
@@ -160,7 +167,9 @@ def explain(room: Any) -> dict[str, str]:
     for kind, q in queries.items():
         plan = q.explain(analyze=True)
         lines = plan.splitlines()
-        out[kind] = " | ".join(line.strip() for line in lines if "Index" in line or "Execution" in line)
+        out[kind] = " | ".join(
+            line.strip() for line in lines if "Index" in line or "Execution" in line
+        )
     return out
 
 
@@ -232,15 +241,21 @@ def _gap_free(room_id: int, lo: int, hi: int) -> bool:
     from chat.models import Message
 
     seqs = list(
-        Message.objects.filter(room_id=room_id, seq__gt=lo, seq__lte=hi).values_list("seq", flat=True)
+        Message.objects.filter(room_id=room_id, seq__gt=lo, seq__lte=hi).values_list(
+            "seq", flat=True
+        )
     )
     return sorted(seqs) == list(range(lo + 1, hi + 1))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--requests", type=int, default=200, help="requests per page kind per run (≥ 200)")
+    ap.add_argument(
+        "--requests", type=int, default=200, help="requests per page kind per run (≥ 200)"
+    )
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0, help="posting duration per run")
     ap.add_argument("--messages", type=int, default=N_MESSAGES)
@@ -256,7 +271,10 @@ def main() -> int:
 
     print(f"database: {settings.DATABASES['default']['NAME']}  redis: {settings.REDIS_URL}")
     room, fill_s = fill(args.messages)
-    print(f"room {room.slug}: seq {room.seq:,}" + (f" (filled in {fill_s:.1f} s)" if fill_s else " (reused)"))
+    print(
+        f"room {room.slug}: seq {room.seq:,}"
+        + (f" (filled in {fill_s:.1f} s)" if fill_s else " (reused)")
+    )
 
     reader = users("bench-reader", 1)[0]
     client = Client(HTTP_HOST="127.0.0.1")
@@ -293,26 +311,52 @@ def main() -> int:
     for kind in kinds:
         for i, r in enumerate(per_run[kind]):
             rows.append(
-                [f"{labels[kind]} run {i + 1}", r["n"], r["view_p50"], r["view_p99"], r["svc_p50"], r["svc_p99"]]
+                [
+                    f"{labels[kind]} run {i + 1}",
+                    r["n"],
+                    r["view_p50"],
+                    r["view_p99"],
+                    r["svc_p50"],
+                    r["svc_p99"],
+                ]
             )
         rows.append(
             [
                 f"{labels[kind]} MEDIAN",
                 per_run[kind][0]["n"],
-                *(common.median(r[c] for r in per_run[kind]) for c in ("view_p50", "view_p99", "svc_p50", "svc_p99")),
+                *(
+                    common.median(r[c] for r in per_run[kind])
+                    for c in ("view_p50", "view_p99", "svc_p50", "svc_p99")
+                ),
             ]
         )
-    print(common.table(["page", "requests", "view p50", "view p99", "services p50", "services p99"], rows, 2))
+    print(
+        common.table(
+            ["page", "requests", "view p50", "view p99", "services p50", "services p99"], rows, 2
+        )
+    )
     print(f"SQL queries per view request: {queries}")
     for kind, plan in plans.items():
         print(f"plan {kind}: {plan}")
 
     print()
-    print(f"Posting: {args.threads} writer threads into one room, services.post_message, {args.seconds:g} s each")
+    print(
+        f"Posting: {args.threads} writer threads, one room, post_message, {args.seconds:g} s each"
+    )
     rows = []
     for label, series in (("publish to Redis (as shipped)", posts), ("publish off", posts_nopub)):
         for i, p in enumerate(series):
-            rows.append([f"{label} run {i + 1}", p["posted"], p["rate"], p["p50"], p["p99"], p["errors"], p["gap_free"]])
+            rows.append(
+                [
+                    f"{label} run {i + 1}",
+                    p["posted"],
+                    p["rate"],
+                    p["p50"],
+                    p["p99"],
+                    p["errors"],
+                    p["gap_free"],
+                ]
+            )
         rows.append(
             [
                 f"{label} MEDIAN",
@@ -324,11 +368,17 @@ def main() -> int:
                 all(p["gap_free"] for p in series),
             ]
         )
-    print(common.table(["writers", "posted", "msg/s", "p50 ms", "p99 ms", "errors", "gap-free"], rows))
+    print(
+        common.table(["writers", "posted", "msg/s", "p50 ms", "p99 ms", "errors", "gap-free"], rows)
+    )
 
     budgets = [
         common.budget(
-            f"history {labels[k]} p99 (view)", common.median(r["view_p99"] for r in per_run[k]), 10, "max", "ms"
+            f"history {labels[k]} p99 (view)",
+            common.median(r["view_p99"] for r in per_run[k]),
+            10,
+            "max",
+            "ms",
         )
         for k in kinds
     ]
@@ -345,7 +395,13 @@ def main() -> int:
     common.print_budgets(budgets)
     common.write_json(
         args.json,
-        {"budgets": budgets, "reads": per_run, "posts": posts, "posts_nopub": posts_nopub, "queries": queries},
+        {
+            "budgets": budgets,
+            "reads": per_run,
+            "posts": posts,
+            "posts_nopub": posts_nopub,
+            "queries": queries,
+        },
     )
     return 0 if all(b["ok"] for b in budgets) else 1
 
