@@ -23,17 +23,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="chat.E001",
             )
         )
-    layer = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
-    if settings.CHAT_POLL_WAIT == "hub" and not layer:
+    uses_layer = "chat.fanout.channel_layer_publisher" in settings.CHAT_PUBLISHERS
+    if settings.CHAT_POLL_WAIT == "hub" and not uses_layer:
         errors.append(
             checks.Error(
-                "CHAT_POLL_WAIT=hub needs a channel layer; use 'database'.",
+                "CHAT_POLL_WAIT=hub is woken by the channel layer, which CHAT_PUBLISHERS does not "
+                "publish to; use CHAT_POLL_WAIT=database.",
                 id="chat.E002",
             )
         )
-    if layer.endswith("InMemoryChannelLayer") and settings.DATABASES["default"]["ENGINE"].endswith(
-        "postgresql"
-    ):
+    layer = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    postgres = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+    if uses_layer and layer.endswith("InMemoryChannelLayer") and postgres:
         errors.append(
             checks.Warning(
                 "The in-memory channel layer reaches only this process: with several processes, "

@@ -17,6 +17,7 @@ from typing import Protocol
 import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from chat import events, fanout
 
@@ -117,6 +118,10 @@ class MemoryStore:
 
 @cache
 def store() -> Store:
+    if settings.CHAT_PRESENCE_STORE:
+        # Lambda: nothing runs between invocations to refresh entries, so presence comes from
+        # the connections' subscription rows instead (chat.serverless.SubscriptionPresence).
+        return import_string(settings.CHAT_PRESENCE_STORE)()
     if settings.REDIS_URL:
         return RedisStore(settings.REDIS_URL, settings.CHAT_REDIS_PREFIX)
     return MemoryStore()

@@ -73,7 +73,8 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     oldest = min((m["seq"] for m in page["messages"]), default=None)
     context = {
         "room": room,
-        "messages": page["messages"],
+        # Not "messages": that name is the messages framework's, which base.html shows as flashes.
+        "history": page["messages"],
         "has_more": page["has_more"],
         "older_url": f"{reverse('room', args=[room.slug])}?before={oldest}" if oldest else None,
         "client_id": uuid.uuid4().hex,

@@ -112,7 +112,10 @@ DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
 try:
     DATABASES = {
         "default": dj_database_url.parse(
-            DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0)
+            # Persistent connections: opening one costs a few milliseconds, more than a post.
+            DATABASE_URL,
+            conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+            conn_health_checks=True,
         )
     }
 except ValueError as exc:
@@ -193,3 +196,52 @@ CHAT_POLL_WAIT = env_str("CHAT_POLL_WAIT", "hub")
 if CHAT_POLL_WAIT not in ("hub", "database"):
     raise ImproperlyConfigured("CHAT_POLL_WAIT must be 'hub' or 'database'")
 CSRF_FAILURE_VIEW = "chat.api.csrf_failure"
+
+# --- Serverless (Zappa on Lambda; chat/serverless.py, zappa_settings.json) ---
+# The @connections endpoint for every connection; empty = https://{domain}/{stage} of its $connect.
+CHAT_APIGW_ENDPOINT = env_url("CHAT_APIGW_ENDPOINT", ("http", "https"))
+# The region the @connections calls are signed for (Lambda sets AWS_REGION).
+CHAT_APIGW_REGION = env_str("CHAT_APIGW_REGION", env_str("AWS_REGION", "us-east-1"))
+# Concurrent @connections posts per invocation (threads, and HTTP connections kept open).
+CHAT_APIGW_POOL = env_int("CHAT_APIGW_POOL", 64, minimum=1)
+# Connections one invocation posts to; the rest of a room goes to Zappa @task batches of this size.
+CHAT_APIGW_BATCH = env_int("CHAT_APIGW_BATCH", 250, minimum=1)
+# Retries of a throttled (LimitExceededException) or failed post, with jittered exponential backoff.
+CHAT_APIGW_RETRIES = env_int("CHAT_APIGW_RETRIES", 4, minimum=0)
+# Post events with botocore's signer over a urllib3 pool (a third of boto3's CPU per call); off =
+# boto3's post_to_connection.
+CHAT_APIGW_FAST_POST = env_bool("CHAT_APIGW_FAST_POST", True)
+# Seconds allowed for each @connections call (connect and read).
+CHAT_APIGW_CALL_TIMEOUT = env_int("CHAT_APIGW_CALL_TIMEOUT", 3, minimum=1)
+# API Gateway's idle timeout and maximum connection duration: older rows are probed or removed.
+CHAT_APIGW_IDLE_TIMEOUT = env_int("CHAT_APIGW_IDLE_TIMEOUT", 600, minimum=1)
+CHAT_APIGW_MAX_DURATION = env_int("CHAT_APIGW_MAX_DURATION", 7200, minimum=1)
+# Dotted path of the presence store class; empty = Redis with REDIS_URL, else memory. On Lambda:
+# chat.serverless.SubscriptionPresence (read by chat/presence.py's store(), see the README).
+CHAT_PRESENCE_STORE = env_str("CHAT_PRESENCE_STORE")
+
+# --- Files on S3 through django-storages (Lambda has no lasting disk); empty = local folders ---
+# The bucket for uploads (media).
+AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME")
+# The bucket `collectstatic` uploads static files to, served from it (or from STATIC_URL, a CDN).
+AWS_STATIC_BUCKET_NAME = env_str("AWS_STATIC_BUCKET_NAME")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+if AWS_STORAGE_BUCKET_NAME:
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {"bucket_name": AWS_STORAGE_BUCKET_NAME, "location": "media"},
+    }
+if AWS_STATIC_BUCKET_NAME:
+    STORAGES["staticfiles"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AWS_STATIC_BUCKET_NAME,
+            "location": "static",
+            "querystring_auth": False,
+        },
+    }
+    if "STATIC_URL" not in os.environ:
+        STATIC_URL = f"https://{AWS_STATIC_BUCKET_NAME}.s3.amazonaws.com/static/"

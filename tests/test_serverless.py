@@ -1,0 +1,824 @@
+"""The serverless transport: Zappa's real handler behind the local gateway, on the test database.
+
+Most tests drive real sockets through `python -m chat.localgateway` (a process of its own, as a
+Lambda container is), so $connect, $default, @connections, @task invocations and HTTP all take
+the deployed path. A few call the handlers in this process where a clock or a stub has to be
+controlled. `serverless_server` is the gateway counterpart of conftest's `server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import aiohttp
+import pytest
+import websockets
+from botocore.exceptions import ClientError
+from django.contrib.auth import get_user_model
+from django.middleware.csrf import _get_new_csrf_string
+from django.utils import timezone
+from websockets.exceptions import InvalidStatus
+
+from chat import fanout, serverless, services, tokens
+from chat.models import ApiConnection, Message, Room, Subscription
+from tests.conftest import ROOT, database_url, free_port
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+# --- the gateway, in its own process ---
+
+
+class Gateway:
+    """`python -m chat.localgateway` on the test database; `.url` and `.ws_url` as conftest's
+    Server, plus the @connections endpoint."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.args = args
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            # Small batches, so that a room of a few hundred goes through Zappa's @task.
+            "CHAT_APIGW_BATCH": "50",
+            **(env or {}),
+        }
+        self.env.pop("DJANGO_SETTINGS_MODULE", None)  # the stage's django_settings decides
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/"
+
+    @property
+    def management_url(self) -> str:
+        return f"{self.url}/dev"
+
+    def start(self) -> Gateway:
+        out = Path(f"/tmp/localgateway-{self.port}.out")
+        with out.open("wb") as stdout:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "chat.localgateway",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "WARNING",
+                    *self.args,
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=stdout,
+            )
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"local gateway exited with {self.proc.returncode}")
+                if b"Quit with" in out.read_bytes():  # printed once the cold start is done
+                    return self
+                time.sleep(0.05)
+        finally:
+            out.unlink(missing_ok=True)
+        raise RuntimeError("local gateway did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def serverless_proc(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
+    with django_db_blocker.unblock():
+        gateway = Gateway().start()
+    yield gateway
+    gateway.stop()
+
+
+def quiesce(timeout: float = 5.0) -> None:
+    """Wait for the $disconnect invocations of the test's closed sockets: the flush after a
+    transactional test would otherwise race them (and deadlock on PostgreSQL)."""
+    deadline = time.monotonic() + timeout
+    while ApiConnection.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # what those invocations publish
+
+
+@pytest.fixture
+def serverless_server(serverless_proc: Gateway, transactional_db: Any) -> Iterator[Gateway]:
+    """The local gateway in front of Zappa's handler; the test's data is committed so it sees it."""
+    yield serverless_proc
+    quiesce()
+
+
+@pytest.fixture(scope="module")
+def throttled_proc(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
+    """A gateway that answers a fifth of all @connections calls with 429."""
+    with django_db_blocker.unblock():
+        # boto3's own post_to_connection here; every other gateway test posts the fast way.
+        env = {"CHAT_APIGW_RETRIES": "8", "CHAT_APIGW_FAST_POST": "false"}
+        gateway = Gateway("--fault", "429=0.2", env=env).start()
+    yield gateway
+    gateway.stop()
+
+
+# --- helpers ---
+
+
+def make_user(name: str) -> Any:
+    return get_user_model().objects.create_user(name, password=f"pw-{name}-123")
+
+
+def ws_connect(gateway: Gateway, query: str) -> Any:
+    return websockets.connect(f"{gateway.ws_url}?{query}", proxy=None, open_timeout=20)
+
+
+async def recv_until(ws: Any, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no matching event")
+        event = json.loads(await asyncio.wait_for(ws.recv(), left))
+        if predicate(event):
+            return event
+
+
+def of_type(kind: str, **fields: Any) -> Any:
+    return lambda e: e["type"] == kind and all(e.get(k) == v for k, v in fields.items())
+
+
+async def db(fn: Any, *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+def session_cookies(user: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """A logged-in session and a CSRF pair, as the browser would hold them."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    csrf = _get_new_csrf_string()
+    return {"sessionid": session.session_key, "csrftoken": csrf}, {"X-CSRFToken": csrf}
+
+
+# --- $connect ---
+
+
+@pytest.mark.parametrize("kind", ["missing", "forged", "expired", "inactive"])
+def test_connect_refuses_bad_tokens_with_401_and_stores_nothing(serverless_server, kind):
+    alice = make_user("alice")
+    services.ensure_lobby()
+    if kind == "missing":
+        query = "room=lobby"
+    elif kind == "forged":
+        query = "room=lobby&token=" + tokens.make_token(alice)[:-3] + "abc"
+    elif kind == "expired":
+        with mock.patch("django.core.signing.time.time", return_value=time.time() - 3600):
+            query = "room=lobby&token=" + tokens.make_token(alice)
+    else:
+        query = "room=lobby&token=" + tokens.make_token(alice)
+        alice.is_active = False
+        alice.save()
+
+    async def scenario() -> int:
+        with pytest.raises(InvalidStatus) as refused:
+            await ws_connect(serverless_server, query)
+        return refused.value.response.status_code
+
+    assert asyncio.run(scenario()) == 401
+    assert not ApiConnection.objects.exists()
+    assert not Subscription.objects.exists()
+
+
+def test_connect_with_room_subscribes_and_disconnect_removes_the_row(serverless_server):
+    alice = make_user("alice")
+    lobby = services.ensure_lobby()
+    services.post_message(alice, lobby, "before", "c-1")
+
+    async def run() -> None:
+        ws = await ws_connect(serverless_server, f"room=lobby&token={tokens.make_token(alice)}")
+        subscribed = await recv_until(ws, of_type("subscribed"))
+        assert subscribed == {"type": "subscribed", "room": "lobby", "seq": 1, "resumed": False}
+        presence = await recv_until(ws, of_type("presence"))
+        assert presence["users"] == ["alice"]
+        row = await db(lambda: ApiConnection.objects.get())
+        assert (row.user_id, row.default_room, row.stage) == (alice.pk, "lobby", "dev")
+        assert await db(lambda: list(Subscription.objects.values_list("room__slug", flat=True)))
+        await ws.close()
+        for _ in range(100):
+            if not await db(lambda: ApiConnection.objects.exists()):
+                break
+            await asyncio.sleep(0.05)
+        assert not await db(lambda: ApiConnection.objects.exists())
+        assert not await db(lambda: Subscription.objects.exists())
+
+    asyncio.run(run())
+
+
+# --- the AWS tutorial, with wscat's frames ---
+
+
+def test_wscat_tutorial_every_connection_in_the_room_receives_it(serverless_server):
+    users = [make_user(name) for name in ("alice", "bob", "carol")]
+    services.ensure_lobby()
+    queries = [f"room=lobby&token={tokens.make_token(u)}" for u in users]
+
+    async def run() -> list[dict[str, Any]]:
+        sockets = [await ws_connect(serverless_server, q) for q in queries]
+        for ws in sockets:
+            await recv_until(ws, of_type("subscribed"))
+        await sockets[0].send(json.dumps({"action": "sendmessage", "message": "hello, everyone!"}))
+        got = [await recv_until(ws, of_type("message")) for ws in sockets]
+        ack = await recv_until(sockets[0], of_type("ack"))
+        assert ack["seq"] == got[0]["seq"]
+        for ws in sockets:
+            await ws.close()
+        return got
+
+    received = asyncio.run(run())
+    assert {(e["body"], e["author"], e["room"]) for e in received} == {
+        ("hello, everyone!", "alice", "lobby")
+    }
+    assert Message.objects.get().body == "hello, everyone!"
+
+
+def test_the_protocol_runs_as_on_channels(serverless_server):
+    alice = make_user("alice")
+    room = Room.objects.create(slug="general", title="General")
+    for n in range(3):
+        services.post_message(alice, room, f"m{n}", f"c{n}")
+
+    async def run() -> None:
+        async with ws_connect(serverless_server, f"token={tokens.make_token(alice)}") as ws:
+            await ws.send(json.dumps({"action": "ping"}))
+            assert await recv_until(ws, lambda e: True) == {"type": "pong"}
+            await ws.send(json.dumps({"action": "subscribe", "room": "general", "after": 1}))
+            not_presence = of_type("subscribed")  # presence is announced to the room as well
+            assert await recv_until(ws, not_presence) == {
+                "type": "subscribed",
+                "room": "general",
+                "seq": 3,
+                "resumed": True,
+            }
+            replay = [await recv_until(ws, of_type("message")) for _ in range(2)]
+            assert [e["seq"] for e in replay] == [2, 3]
+            await ws.send(json.dumps({"action": "dance"}))
+            error = await recv_until(ws, of_type("error"))
+            assert error["code"] == "unknown_action"
+            await ws.send("not json")
+            assert (await recv_until(ws, of_type("error")))["code"] == "bad_request"
+            await ws.send(b"\x00binary")
+            assert (await recv_until(ws, of_type("error")))["code"] == "bad_request"
+            await ws.send(json.dumps({"action": "sendmessage", "room": "general", "body": ""}))
+            assert (await recv_until(ws, of_type("error")))["code"] == "bad_request"
+            frame = {"action": "sendmessage", "room": "general", "body": "x", "client_id": "c0"}
+            await ws.send(json.dumps(frame))  # a retry of an old client_id: the same message
+            ack = await recv_until(ws, of_type("ack"))
+            assert ack["seq"] == 1
+
+    asyncio.run(run())
+    assert Message.objects.count() == 3
+
+
+# --- fan-out ---
+
+
+def test_a_gone_connection_deletes_exactly_its_row(serverless_server):
+    alice, bob = make_user("alice"), make_user("bob")
+    room = Room.objects.create(slug="general", title="General")
+    other = Room.objects.create(slug="other", title="Other")
+    long_ago = timezone.now() - timedelta(minutes=5)
+
+    def stale(connection_id: str, in_room: Room) -> None:
+        row = ApiConnection.objects.create(
+            connection_id=connection_id,
+            user=bob,
+            domain=f"127.0.0.1:{serverless_server.port}",
+            stage="dev",
+            connected_at=long_ago,
+            last_seen=long_ago,
+        )
+        Subscription.objects.create(connection=row, room=in_room)
+
+    stale("StaleInRoom000=", room)  # its $disconnect never came
+    stale("StaleElsewher=", other)
+
+    async def run() -> None:
+        sockets = [
+            await ws_connect(serverless_server, f"room=general&token={tokens.make_token(u)}")
+            for u in (alice, bob)
+        ]
+        for ws in sockets:
+            await recv_until(ws, of_type("subscribed"))
+        await sockets[0].send(json.dumps({"action": "sendmessage", "body": "still here?"}))
+        for ws in sockets:
+            assert (await recv_until(ws, of_type("message")))["body"] == "still here?"
+        await recv_until(sockets[0], of_type("ack"))
+        remaining = await db(
+            lambda: set(ApiConnection.objects.values_list("connection_id", flat=True))
+        )
+        assert "StaleInRoom000=" not in remaining
+        assert "StaleElsewher=" in remaining
+        assert len(remaining) == 3  # the two live ones and the stale one in the other room
+        for ws in sockets:
+            await ws.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def throttled_server(throttled_proc: Gateway, transactional_db: Any) -> Iterator[Gateway]:
+    yield throttled_proc
+    quiesce()
+
+
+def test_throttled_posts_are_retried_until_delivered(throttled_server):
+    throttled_proc = throttled_server
+    users = [make_user(f"user{n}") for n in range(4)]
+    Room.objects.create(slug="general", title="General")
+
+    async def run() -> None:
+        sockets = [
+            await ws_connect(throttled_proc, f"room=general&token={tokens.make_token(u)}")
+            for u in users
+        ]
+        for ws in sockets:
+            await recv_until(ws, of_type("subscribed"))
+        for n in range(5):
+            frame = {"action": "sendmessage", "body": f"m{n}", "client_id": f"c{n}"}
+            await sockets[n % 4].send(json.dumps(frame))
+        for ws in sockets:
+            seqs = set()
+            while len(seqs) < 5:
+                seqs.add((await recv_until(ws, of_type("message")))["seq"])
+            assert seqs == {1, 2, 3, 4, 5}
+        for ws in sockets:
+            await ws.close()
+
+    asyncio.run(run())
+
+
+def test_a_message_posted_over_http_reaches_websocket_and_long_poll_clients(serverless_server):
+    alice, bob = make_user("alice"), make_user("bob")
+    Room.objects.create(slug="general", title="General")
+    cookies, headers = session_cookies(alice)
+    headers["Origin"] = serverless_server.url
+
+    async def run() -> None:
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with (
+            ws_connect(serverless_server, f"room=general&token={tokens.make_token(bob)}") as ws,
+            aiohttp.ClientSession(cookie_jar=jar, cookies=cookies) as http,
+        ):
+            await recv_until(ws, of_type("subscribed"))
+            poll_url = f"{serverless_server.url}/api/rooms/general/poll?after=0&timeout=10"
+            poll = asyncio.ensure_future(http.get(poll_url))
+            await asyncio.sleep(0.5)  # the poll is waiting, re-reading the database
+            url = f"{serverless_server.url}/api/rooms/general/messages"
+            body = {"body": "over HTTP", "client_id": "h1"}
+            async with http.post(url, json=body, headers=headers) as response:
+                assert response.status == 201, await response.text()
+                posted = await response.json()
+            event = await recv_until(ws, of_type("message"))
+            assert event == posted
+            async with await poll as answer:
+                assert answer.status == 200
+                assert (await answer.json())["events"] == [posted]
+
+    asyncio.run(run())
+
+
+def test_a_room_of_several_hundred_connections_is_fanned_out_completely(serverless_server):
+    # One user, so presence announces once instead of once per connection.
+    alice = make_user("alice")
+    Room.objects.create(slug="big", title="Big")
+    token = tokens.make_token(alice)
+    count = 300
+
+    async def run() -> None:
+        async def open_one() -> Any:
+            ws = await ws_connect(serverless_server, f"room=big&token={token}")
+            await recv_until(ws, of_type("subscribed"), timeout=30)
+            return ws
+
+        sockets = []
+        for _ in range(0, count, 50):  # API Gateway admits 500 new connections a second
+            sockets += await asyncio.gather(*(open_one() for _n in range(50)))
+        assert await db(lambda: Subscription.objects.count()) == count
+        await sockets[0].send(json.dumps({"action": "sendmessage", "body": "to all"}))
+        got = await asyncio.gather(
+            *(recv_until(ws, of_type("message"), timeout=30) for ws in sockets)
+        )
+        assert [e["body"] for e in got] == ["to all"] * count
+        await asyncio.gather(*(ws.close() for ws in sockets))
+
+    asyncio.run(run())
+
+
+# --- in this process: the handlers with a controlled clock and stubbed @connections ---
+
+
+class Posts:
+    """Records what the handlers post instead of calling @connections."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, target: tuple[str, str], data: bytes) -> str:
+        self.sent.append((target[0], json.loads(data)))
+        return serverless.OK
+
+    def to(self, connection_id: str) -> list[dict[str, Any]]:
+        return [event for cid, event in self.sent if cid == connection_id]
+
+
+@pytest.fixture(autouse=True)
+def keep_test_connection(monkeypatch: Any) -> None:
+    # Django's test client does the same: closing "obsolete" connections would close the test's
+    # own (it is inside a transaction). The gateway process closes them as on Lambda.
+    monkeypatch.setattr(serverless, "close_old_connections", lambda: None)
+
+
+@pytest.fixture
+def posts(monkeypatch: Any, settings: Any) -> Iterator[Posts]:
+    """Publication through the API Gateway publisher alone, its posts recorded."""
+    recorder = Posts()
+    monkeypatch.setattr(serverless, "post", recorder)
+    settings.CHAT_PUBLISHERS = ["chat.serverless.apigateway_publisher"]
+    fanout._publishers.cache_clear()
+    yield recorder
+    fanout._publishers.cache_clear()
+
+
+def ws_event(route: str, connection_id: str, **extra: Any) -> dict[str, Any]:
+    kind = {"$connect": "CONNECT", "$disconnect": "DISCONNECT", "$default": "MESSAGE"}[route]
+    return {
+        "requestContext": {
+            "routeKey": route,
+            "eventType": kind,
+            "connectionId": connection_id,
+            "domainName": "abc.execute-api.us-east-1.amazonaws.com",
+            "stage": "dev",
+        },
+        "isBase64Encoded": False,
+        **extra,
+    }
+
+
+def frame(connection_id: str, data: Any) -> dict[str, Any]:
+    return ws_event("$default", connection_id, body=json.dumps(data))
+
+
+def connected(user: Any, connection_id: str, room: Room | None = None) -> ApiConnection:
+    event = ws_event("$connect", connection_id)
+    event["queryStringParameters"] = {"token": tokens.make_token(user)}
+    assert serverless.connect(event, None) == {"statusCode": 200}
+    row = ApiConnection.objects.get(connection_id=connection_id)
+    if room is not None:
+        Subscription.objects.create(connection=row, room=room)
+    return row
+
+
+def test_the_endpoint_is_the_connections_domain_and_stage_or_the_setting(settings):
+    settings.CHAT_APIGW_ENDPOINT = ""
+    assert serverless.endpoint("abc.execute-api.eu-west-1.amazonaws.com", "prod") == (
+        "https://abc.execute-api.eu-west-1.amazonaws.com/prod"
+    )
+    settings.CHAT_APIGW_ENDPOINT = "http://127.0.0.1:9/dev"
+    assert serverless.endpoint("chat.example.com", "prod") == "http://127.0.0.1:9/dev"
+
+
+def test_two_messages_in_the_same_millisecond_are_both_kept_and_ordered(db, alice, room, posts):
+    connected(alice, "Conn1=", room)
+    instant = timezone.now()
+    with mock.patch("django.utils.timezone.now", return_value=instant):
+        for n in (1, 2):
+            data = {"action": "sendmessage", "room": "general", "body": f"same ms {n}"}
+            serverless.message(frame("Conn1=", data), None)
+    messages = list(Message.objects.order_by("seq"))
+    assert [(m.body, m.seq, m.created) for m in messages] == [
+        ("same ms 1", 1, instant),
+        ("same ms 2", 2, instant),
+    ]
+    acks = [e for e in posts.to("Conn1=") if e["type"] == "ack"]
+    assert [a["seq"] for a in acks] == [1, 2]
+    history = services.history(room, None, 10)["messages"]
+    assert [m["body"] for m in history] == ["same ms 1", "same ms 2"]
+
+
+def test_the_rate_limit_holds_across_invocations(db, alice, posts, settings):
+    settings.CHAT_FRAME_BURST = 5
+    settings.CHAT_FRAME_RATE = 1
+    connected(alice, "Conn1=")
+    for _ in range(6):  # every frame is a new invocation, with a new Connection object
+        serverless.message(frame("Conn1=", {"action": "ping"}), None)
+    replies = posts.to("Conn1=")
+    assert [e["type"] for e in replies] == ["pong"] * 5 + ["error"]
+    assert replies[-1]["code"] == "rate_limited"
+
+
+def test_subscribe_stores_the_row_before_reading_history(db, alice, room, posts):
+    row = connected(alice, "Conn1=")
+    seen: list[bool] = []
+    real = services.changes_after
+
+    def spy(*args: Any) -> Any:
+        seen.append(Subscription.objects.filter(connection=row, room=room).exists())
+        return real(*args)
+
+    with mock.patch.object(services, "changes_after", spy):
+        serverless.message(frame("Conn1=", {"action": "subscribe", "room": "general"}), None)
+        serverless.message(
+            frame("Conn1=", {"action": "subscribe", "room": "general", "after": 0}), None
+        )
+    assert seen == [True]
+    replies = [e for e in posts.to("Conn1=") if e["type"] == "subscribed"]
+    assert [e["resumed"] for e in replies] == [False, True]
+    assert Subscription.objects.count() == 1  # subscribing twice is safe
+
+
+def test_typing_goes_to_the_others_only(db, alice, bob, room, posts):
+    connected(alice, "Alice=", room)
+    connected(bob, "Bob=", room)
+    serverless.message(frame("Alice=", {"action": "typing", "room": "general"}), None)
+    assert posts.to("Alice=") == []
+    assert posts.to("Bob=") == [{"type": "typing", "room": "general", "user": "alice"}]
+
+
+def test_a_frame_from_an_unknown_connection_gets_a_fatal_error(db, posts, monkeypatch):
+    deleted: list[str] = []
+
+    class Client:
+        def delete_connection(self, ConnectionId: str) -> None:
+            deleted.append(ConnectionId)
+
+    monkeypatch.setattr(serverless, "client", lambda url: Client())
+    assert serverless.message(frame("Ghost=", {"action": "ping"}), None) == {"statusCode": 200}
+    [error] = posts.to("Ghost=")
+    assert (error["code"], error["fatal"]) == ("unauthorized", True)
+    assert deleted == ["Ghost="]
+
+
+def test_a_handler_error_is_a_500_not_a_retry(db, monkeypatch):
+    calls = []
+
+    def broken(*args: Any) -> None:
+        calls.append(args)
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(serverless.tokens, "user_for_token", broken)
+    event = ws_event("$connect", "Conn1=")
+    event["queryStringParameters"] = {"token": "t"}
+    assert serverless.connect(event, None)["statusCode"] == 500
+    assert len(calls) == 1  # Zappa would call it again with fewer arguments on a TypeError
+
+
+# --- the @connections client ---
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PostToConnection",
+    )
+
+
+class FlakyClient:
+    def __init__(self, failures: list[str | None]) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def post_to_connection(self, ConnectionId: str, Data: bytes) -> None:
+        self.calls += 1
+        failure = self.failures.pop(0) if self.failures else None
+        if failure == "429":
+            raise client_error("LimitExceededException", 429)
+        if failure == "410":
+            raise client_error("GoneException", 410)
+
+
+def test_limit_exceeded_is_retried_with_backoff(monkeypatch, settings):
+    settings.CHAT_APIGW_RETRIES = 3
+    settings.CHAT_APIGW_FAST_POST = False  # boto3's post_to_connection (the gateway tests use both)
+    flaky = FlakyClient(["429", "429"])
+    sleeps: list[float] = []
+    monkeypatch.setattr(serverless, "client", lambda url: flaky)
+    monkeypatch.setattr(serverless.time, "sleep", sleeps.append)
+    assert serverless.post(("Conn=", "https://x/dev"), b"{}") == serverless.OK
+    assert flaky.calls == 3
+    assert len(sleeps) == 2 and sleeps[1] > sleeps[0] * 1.1 / 1.5  # growing, jittered
+
+    flaky = FlakyClient(["429"] * 10)
+    monkeypatch.setattr(serverless, "client", lambda url: flaky)
+    assert serverless.post(("Conn=", "https://x/dev"), b"{}") == serverless.FAILED
+    assert flaky.calls == 4
+
+    flaky = FlakyClient(["410"])
+    monkeypatch.setattr(serverless, "client", lambda url: flaky)
+    assert serverless.post(("Conn=", "https://x/dev"), b"{}") == serverless.GONE
+    assert flaky.calls == 1  # gone is not retried
+
+
+def test_a_410_spares_a_connection_whose_connect_may_still_run(db, alice, room, monkeypatch):
+    young = connected(alice, "Young=", room)
+    old = connected(alice, "Old=", room)
+    ApiConnection.objects.filter(pk=old.pk).update(
+        connected_at=timezone.now() - timedelta(minutes=1)
+    )
+    monkeypatch.setattr(serverless, "post", lambda target, data: serverless.GONE)
+    result = serverless.deliver([("Young=", "u"), ("Old=", "u")], b"{}")
+    assert result == {"ok": 0, "gone": 2, "failed": 0}
+    remaining = list(ApiConnection.objects.values_list("connection_id", flat=True))
+    assert remaining == [young.connection_id]
+
+
+def test_a_large_room_is_split_into_task_batches(db, alice, room, monkeypatch, settings):
+    settings.CHAT_APIGW_BATCH = 40
+    for n in range(100):
+        connected(alice, f"Conn{n:03}=", room)
+    batches: list[int] = []
+    monkeypatch.setattr(serverless, "post", lambda target, data: serverless.OK)
+    real = serverless.deliver
+
+    def counting(targets: Any, data: bytes) -> dict[str, int]:
+        batches.append(len(targets))
+        return real(targets, data)
+
+    monkeypatch.setattr(serverless, "deliver", counting)
+    # Outside Lambda (no AWS_LAMBDA_FUNCTION_NAME) Zappa's @task runs the batch inline.
+    assert not os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    serverless.apigateway_publisher(room.pk, {"type": "message"}, '{"type":"message"}')
+    assert sorted(batches) == [20, 40, 40]
+    assert batches[-1] == 40  # the invocation's own batch goes last, after handing off the rest
+
+
+def test_posts_never_exceed_api_gateways_frame_limit():
+    users = [f"user-with-a-long-name-{n:05}" for n in range(5000)]
+    event = {"type": "presence", "room": "big", "users": users}
+    data = serverless.fit(event, json.dumps(event))
+    assert data is not None and len(data) <= 32 * 1024
+    trimmed = json.loads(data)
+    assert trimmed["truncated"] is True and trimmed["users"] == users[: len(trimmed["users"])]
+    huge = {"type": "message", "body": "x" * 40_000}
+    assert serverless.fit(huge, json.dumps(huge)) is None
+    small = {"type": "pong"}
+    assert serverless.fit(small, '{"type":"pong"}') == b'{"type":"pong"}'
+
+
+def test_the_sweep_removes_expired_and_gone_rows(db, alice, room, monkeypatch, settings):
+    now = timezone.now()
+    for cid, connected_at, last_seen in [
+        ("Ancient=", now - timedelta(hours=3), now - timedelta(hours=3)),
+        ("IdleGone=", now - timedelta(minutes=30), now - timedelta(minutes=20)),
+        ("IdleAlive=", now - timedelta(minutes=30), now - timedelta(minutes=20)),
+        ("Fresh=", now - timedelta(minutes=1), now),
+    ]:
+        row = ApiConnection.objects.create(
+            connection_id=cid,
+            user=alice,
+            domain="d",
+            stage="dev",
+            connected_at=connected_at,
+            last_seen=last_seen,
+        )
+        Subscription.objects.create(connection=row, room=room)
+    asked: list[str] = []
+
+    class Client:
+        def get_connection(self, ConnectionId: str) -> dict[str, Any]:
+            asked.append(ConnectionId)
+            if ConnectionId == "IdleGone=":
+                raise client_error("GoneException", 410)
+            return {}
+
+    monkeypatch.setattr(serverless, "client", lambda url: Client())
+    assert serverless.sweep() == {"expired": 1, "gone": 1}
+    assert sorted(asked) == ["IdleAlive=", "IdleGone="]
+    remaining = set(ApiConnection.objects.values_list("connection_id", flat=True))
+    assert remaining == {"IdleAlive=", "Fresh="}
+    assert Subscription.objects.count() == 2
+
+
+def test_presence_from_subscription_rows(db, alice, bob, room):
+    store = serverless.SubscriptionPresence()
+    a1 = connected(alice, "A1=", room)
+    assert store.touch(room.pk, "A1=", "alice", 60) is True  # alice's first connection
+    connected(alice, "A2=", room)
+    assert store.touch(room.pk, "A2=", "alice", 60) is False
+    connected(bob, "B1=", room)
+    assert store.users(room.pk) == ["alice", "bob"]
+    a1.delete()
+    assert store.leave(room.pk, "A1=", "alice") is False  # still there on A2
+
+
+# --- the package ---
+
+
+def test_zappa_package_builds_offline_under_50_mb_and_its_handler_runs(tmp_path, transactional_db):
+    """`zappa package dev` in a clean copy, with no AWS credentials; then the zip's own
+    handler answers a $connect in an interpreter that sees nothing but the zip."""
+    project = tmp_path / "checkout"
+    # What a clean checkout holds: the tracked files and the new ones git would not ignore.
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source, target = ROOT / name, project / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copy2(source, target)
+        except FileNotFoundError:  # deleted in the working tree, or a passing temporary file
+            pass
+    venv = Path(sys.prefix)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("AWS_") and key != "DJANGO_SETTINGS_MODULE"
+    }
+    env.update(
+        VIRTUAL_ENV=str(venv),
+        PATH=f"{venv / 'bin'}:{env.get('PATH', '')}",
+        AWS_EC2_METADATA_DISABLED="true",  # nothing may reach for credentials
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+    )
+    package = tmp_path / "chat-dev.zip"
+    result = subprocess.run(
+        [str(venv / "bin" / "zappa"), "package", "dev", "-o", str(package)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert package.stat().st_size < 50 * 1024 * 1024
+    names = set(zipfile.ZipFile(package).namelist())
+    assert {"zappa_settings.py", "chat/serverless.py", "django/__init__.py"} <= names
+    assert not any(n.startswith(("tests/", "bench/", "playwright/")) for n in names)
+    assert "chat/localgateway.py" not in names
+
+    unpacked = tmp_path / "task"
+    zipfile.ZipFile(package).extractall(unpacked)
+    alice = make_user("alice")
+    services.ensure_lobby()
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(unpacked)!r})
+from zappa.handler import lambda_handler
+def event(token):
+    return {{"requestContext": {{"routeKey": "$connect", "eventType": "CONNECT",
+        "connectionId": "Pkg=", "domainName": "x.execute-api.us-east-1.amazonaws.com",
+        "stage": "dev"}}, "queryStringParameters": {{"token": token}}, "isBase64Encoded": False}}
+http = {{"httpMethod": "GET", "path": "/accounts/login/", "resource": "/{{proxy+}}",
+    "headers": {{"Host": "localhost"}}, "multiValueHeaders": {{"Host": ["localhost"]}},
+    "queryStringParameters": None, "multiValueQueryStringParameters": None,
+    "pathParameters": {{"proxy": "accounts/login/"}}, "requestContext": {{"stage": "dev",
+    "identity": {{"sourceIp": "127.0.0.1"}}, "path": "/accounts/login/"}}, "body": None,
+    "isBase64Encoded": False}}
+print(json.dumps([lambda_handler(event("forged"), None)["statusCode"],
+                  lambda_handler(event({tokens.make_token(alice)!r}), None)["statusCode"],
+                  lambda_handler(http, None)["statusCode"]]))
+"""
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", script],  # -S: no site-packages, only the zip
+        cwd=unpacked,
+        env={**env, "DATABASE_URL": database_url(), "AWS_REGION": "us-east-1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == [401, 200, 200]
+    assert ApiConnection.objects.get().connection_id == "Pkg="
