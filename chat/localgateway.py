@@ -161,12 +161,13 @@ def _activate(zappa: ZappaStage, settings_dir: str) -> None:
         # zappa.websocket has one route registry: start over, like a fresh container.
         sys.modules.pop("zappa_settings", None)
         handler.LambdaHandler._LambdaHandler__instance = None
-        if _active_source is not None:
-            websocket._registry.clear()
-            websocket._validated = False
-            websocket._ws_client = None
-            if module := sys.modules.get(zappa.websocket_module or ""):
-                importlib.reload(module)  # its decorators register the routes again
+        # Always: another handler module may have registered routes on import (a test suite
+        # imports several), so the registry is rebuilt from this stage's module only.
+        websocket._registry.clear()
+        websocket._validated = False
+        websocket._ws_client = None
+        if module := sys.modules.get(zappa.websocket_module or ""):
+            importlib.reload(module)  # its decorators register the routes again
         importlib.invalidate_caches()
         _active_source = zappa.source
 
