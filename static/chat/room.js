@@ -1,0 +1,480 @@
+// The room page: history, live messages, the composer, presence, typing and the connection badge.
+// All user text goes into the page with textContent; URLs come from data-* attributes.
+
+import { Transport } from "./transport.js";
+import { startSidebar } from "./sidebar.js";
+
+const PAGE = 50;
+const BADGES = {
+  connecting: ["Connecting…", "Opening a connection"],
+  live: ["Live", "Connected over WebSocket"],
+  fallback: ["Fallback", "WebSockets are unavailable; using long-polling"],
+  reconnecting: ["Reconnecting…", "Connection lost; trying again"],
+  offline: ["Offline", "No network; messages will be sent when you are back"],
+};
+
+// Timings from data-* attributes, overridden by the query string (tests use short ones):
+// ?ws_timeout=1500&ws_failures=2&probe_min=500&probe_max=2000&poll_timeout=10&heartbeat=30000
+//  &pong_timeout=10000&ack_timeout=10000&retry_min=1000&rooms_poll=30000&transport=poll
+function settings(root) {
+  const query = new URLSearchParams(location.search);
+  const names = {
+    wsTimeout: "ws_timeout",
+    wsFailures: "ws_failures",
+    probeMin: "probe_min",
+    probeMax: "probe_max",
+    pollTimeout: "poll_timeout",
+    heartbeat: "heartbeat",
+    pongTimeout: "pong_timeout",
+    ackTimeout: "ack_timeout",
+    retryMin: "retry_min",
+    roomsPoll: "rooms_poll",
+  };
+  const timings = {};
+  for (const [key, name] of Object.entries(names)) {
+    const raw = query.get(name) ?? root.dataset[key];
+    const value = Number(raw);
+    if (raw != null && raw !== "" && Number.isFinite(value) && value > 0) timings[key] = value;
+  }
+  const transport = query.get("transport") ?? root.dataset.transport;
+  return { timings, forcePoll: transport === "poll" };
+}
+
+function localTime(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return ["", ""];
+  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return [time, date.toLocaleString()];
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text != null) node.textContent = text;
+  return node;
+}
+
+class RoomView {
+  constructor(root) {
+    this.root = root;
+    this.slug = root.dataset.room;
+    this.me = root.dataset.user;
+    this.list = document.getElementById("messages");
+    this.scroller = document.getElementById("scroller");
+    this.olderBox = document.getElementById("older");
+    this.typingLine = document.getElementById("typing");
+    this.form = document.getElementById("composer");
+    this.input = document.getElementById("composer-body");
+    this.badge = document.getElementById("conn-badge");
+    this.byId = new Map(); // message id -> <li>
+    this.byClient = new Map(); // client_id -> <li> of a message not yet acknowledged
+    this.typists = new Map(); // username -> timer
+    this.hasMore = root.dataset.hasMore === "true";
+    this.before = null; // the `before` of the next history page
+    this.oldestId = Infinity;
+    this.loadingOlder = false;
+    this.lastTyping = 0;
+    this.readSeq = 0;
+
+    const { timings, forcePoll } = settings(root);
+    this.transport = new Transport({
+      tokenUrl: root.dataset.apiToken,
+      roomsUrl: root.dataset.apiRooms,
+      csrfToken: this.form.querySelector("[name=csrfmiddlewaretoken]").value,
+      user: this.me,
+      timings,
+      forcePoll,
+    });
+    this.sidebar = startSidebar({
+      list: document.getElementById("room-list"),
+      transport: this.transport,
+      current: this.slug,
+      roomUrl: root.dataset.roomUrl,
+      interval: timings.roomsPoll,
+    });
+  }
+
+  start() {
+    const initial = JSON.parse(document.getElementById("initial-messages").textContent);
+    this.list.replaceChildren();
+    this.addPage(initial, this.hasMore);
+    for (const item of this.transport.pending(this.slug)) this.showOutgoing(item);
+    this.renderEmpty();
+    this.scrollToBottom();
+    this.bindTransport();
+    this.bindComposer();
+    this.bindScroll();
+    this.bindRoomsToggle();
+    this.setLocked(this.root.dataset.locked === "true");
+    this.transport.open(this.slug, Number(this.root.dataset.seq));
+    this.transport.start();
+    this.markRead();
+  }
+
+  // --- history ---
+
+  // A history page (oldest first); `before` for the next page is the smallest seq we have, or
+  // `before - page length` when that is smaller (the page holds that many posted seqs below it).
+  addPage(messages, hasMore, before = null) {
+    for (const event of messages) this.upsert(event, { history: true });
+    this.hasMore = hasMore && messages.length > 0;
+    let next = Math.min(...messages.map((m) => m.seq), this.before ?? Infinity);
+    if (before != null) next = Math.min(next, before - messages.length);
+    this.before = Number.isFinite(next) ? next : null;
+    this.olderBox.replaceChildren();
+    if (this.hasMore) {
+      const button = el("button", "link-button", "Load older messages");
+      button.type = "button";
+      button.addEventListener("click", () => this.loadOlder());
+      this.olderBox.append(button);
+    } else if (this.byId.size) {
+      this.olderBox.append(el("span", "muted", "Beginning of the conversation"));
+    }
+  }
+
+  async loadOlder() {
+    if (this.loadingOlder || !this.hasMore || this.before == null) return;
+    this.loadingOlder = true;
+    this.olderBox.classList.add("loading");
+    const before = this.before;
+    try {
+      const page = await this.transport.get(
+        `${this.slug}/messages?before=${before}&limit=${PAGE}`,
+      );
+      const height = this.scroller.scrollHeight;
+      const top = this.scroller.scrollTop;
+      this.addPage(page.messages, page.has_more, before);
+      // Keep what the reader is looking at where it was.
+      this.scroller.scrollTop = top + (this.scroller.scrollHeight - height);
+    } catch (err) {
+      this.olderBox.replaceChildren(el("span", "error", "Could not load older messages."));
+      const button = el("button", "link-button", "Try again");
+      button.type = "button";
+      button.addEventListener("click", () => this.loadOlder());
+      this.olderBox.append(" ", button);
+    } finally {
+      this.loadingOlder = false;
+      this.olderBox.classList.remove("loading");
+    }
+  }
+
+  async reload(seq) {
+    // resync: the cursor was too old to resume; start again from the latest page.
+    for (const li of this.byId.values()) li.remove();
+    this.byId.clear();
+    this.before = null;
+    this.oldestId = Infinity;
+    try {
+      const page = await this.transport.get(`${this.slug}/messages?limit=${PAGE}`);
+      this.addPage(page.messages, page.has_more);
+    } catch (err) {
+      this.hasMore = false;
+    }
+    this.renderEmpty();
+    this.scrollToBottom();
+  }
+
+  // --- messages ---
+
+  upsert(event, { history = false } = {}) {
+    if (event.room !== this.slug) return;
+    let li = this.byId.get(event.id);
+    if (!li && event.client_id && event.author === this.me) {
+      li = this.byClient.get(event.client_id);
+      if (li) this.byClient.delete(event.client_id);
+    }
+    if (!li && !history && this.hasMore && event.id < this.oldestId) {
+      // A change to a message on a page not loaded yet: that page brings its current state.
+      return;
+    }
+    const atBottom = this.isAtBottom();
+    const isNew = !li;
+    if (!li) li = el("li");
+    const known = li.dataset.seq ? Number(li.dataset.seq) : -1;
+    if (event.seq >= known) this.render(li, event);
+    li.dataset.id = event.id;
+    this.byId.set(event.id, li);
+    if (history) this.oldestId = Math.min(this.oldestId, event.id);
+    this.place(li, event.id);
+    if (isNew) this.renderEmpty();
+    if (!history && atBottom) this.scrollToBottom();
+  }
+
+  render(li, event) {
+    const mine = event.author === this.me;
+    li.className = "message" + (mine ? " mine" : "") + (event.deleted ? " deleted" : "");
+    li.dataset.seq = event.seq;
+    li.dataset.state = "sent";
+    const meta = el("div", "meta");
+    meta.append(el("span", "author", event.author));
+    const [short, long] = localTime(event.created);
+    const time = el("time", null, short);
+    time.dateTime = event.created;
+    time.title = long;
+    meta.append(time);
+    if (event.edited && !event.deleted) meta.append(el("span", "edited", "edited"));
+    meta.append(el("span", "state", "✓"));
+    meta.lastChild.setAttribute("aria-label", "sent");
+    const body = el("div", "body", event.deleted ? "message deleted" : event.body);
+    li.replaceChildren(meta, body);
+  }
+
+  // Messages in posting order: ids are taken under the room's lock, so within a room id order is
+  // posting order (and, unlike `seq`, it does not move when a message is edited). Messages still
+  // waiting for their ack stay at the end.
+  place(li, id) {
+    let before = null;
+    for (let node = this.list.lastElementChild; node; node = node.previousElementSibling) {
+      if (node === li) continue;
+      if (node.dataset.id && Number(node.dataset.id) < id) break;
+      before = node;
+    }
+    if (li.parentNode !== this.list || li.nextElementSibling !== before) {
+      this.list.insertBefore(li, before);
+    }
+  }
+
+  showOutgoing(item) {
+    if (item.room !== this.slug) return;
+    let li = this.byClient.get(item.client_id);
+    if (!li) {
+      li = el("li");
+      this.byClient.set(item.client_id, li);
+      const meta = el("div", "meta");
+      const [short, long] = localTime(new Date().toISOString());
+      const time = el("time", null, short);
+      time.title = long;
+      meta.append(el("span", "author", this.me), time, el("span", "state"));
+      li.append(meta, el("div", "body", item.body));
+      this.list.append(li);
+      this.renderEmpty();
+      this.scrollToBottom();
+    }
+    const failed = item.state === "failed";
+    li.className = "message mine " + (failed ? "failed" : "pending");
+    li.dataset.state = failed ? "failed" : "pending";
+    li.dataset.clientId = item.client_id;
+    const state = li.querySelector(".state");
+    state.replaceChildren();
+    if (!failed) {
+      state.textContent = "Sending…";
+      return;
+    }
+    state.append(el("span", null, item.manual ? `Not sent: ${item.error}` : "Not sent, retrying… "));
+    const retry = el("button", "link-button retry", "Retry now");
+    retry.type = "button";
+    retry.addEventListener("click", () => this.transport.retry(item.client_id));
+    state.append(retry);
+    if (item.manual) {
+      const drop = el("button", "link-button", "Discard");
+      drop.type = "button";
+      drop.addEventListener("click", () => {
+        this.transport.discard(item.client_id);
+        this.byClient.delete(item.client_id);
+        li.remove();
+        this.renderEmpty();
+      });
+      state.append(" ", drop);
+    }
+  }
+
+  acked(ack) {
+    const li = this.byClient.get(ack.client_id);
+    if (!li || ack.room !== this.slug) return;
+    this.byClient.delete(ack.client_id);
+    if (this.byId.has(ack.id)) {
+      li.remove(); // the message event came first
+      return;
+    }
+    li.className = "message mine";
+    li.dataset.state = "sent";
+    li.dataset.id = ack.id;
+    li.dataset.seq = 0; // the message event (any seq) brings the server's copy
+    const state = li.querySelector(".state");
+    state.textContent = "✓";
+    state.setAttribute("aria-label", "sent");
+    this.byId.set(ack.id, li);
+    this.place(li, ack.id);
+  }
+
+  renderEmpty() {
+    const empty = this.list.querySelector(".empty");
+    const count = this.list.querySelectorAll(".message").length;
+    if (count && empty) empty.remove();
+    if (!count && !empty) this.list.append(el("li", "empty", "No messages yet. Say hello!"));
+  }
+
+  // --- scrolling ---
+
+  isAtBottom() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 60;
+  }
+
+  scrollToBottom() {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+  }
+
+  bindScroll() {
+    this.scroller.addEventListener("scroll", () => {
+      if (this.scroller.scrollTop < 150) this.loadOlder();
+      if (this.isAtBottom()) this.markRead();
+    });
+  }
+
+  markRead() {
+    const seq = this.transport.cursor(this.slug);
+    if (seq == null || seq <= this.readSeq || document.visibilityState !== "visible") return;
+    clearTimeout(this.readTimer);
+    this.readTimer = setTimeout(() => {
+      const now = this.transport.cursor(this.slug);
+      if (now > this.readSeq) {
+        this.readSeq = now;
+        this.transport.read(this.slug, now);
+      }
+    }, 800);
+  }
+
+  // --- the rest of the room ---
+
+  bindTransport() {
+    const t = this.transport;
+    t.addEventListener("message", (e) => {
+      this.upsert(e.detail);
+      this.clearTyping(e.detail.author);
+      if (this.isAtBottom()) this.markRead();
+    });
+    t.addEventListener("outgoing", (e) => this.showOutgoing(e.detail));
+    t.addEventListener("ack", (e) => this.acked(e.detail));
+    t.addEventListener("resync", (e) => e.detail.room === this.slug && this.reload(e.detail.seq));
+    t.addEventListener("typing", (e) => e.detail.room === this.slug && this.showTyping(e.detail.user));
+    t.addEventListener("presence", (e) => e.detail.room === this.slug && this.showPresence(e.detail.users));
+    t.addEventListener("room", (e) => {
+      if (e.detail.room !== this.slug) return;
+      this.setLocked(e.detail.locked);
+      this.root.querySelector(".room-title-text").textContent = e.detail.title;
+    });
+    t.addEventListener("state", (e) => this.showState(e.detail.state));
+    this.showState(t.state);
+    document.addEventListener("visibilitychange", () => this.markRead());
+  }
+
+  showState(state) {
+    const [text, title] = BADGES[state] || [state, ""];
+    this.badge.dataset.state = state;
+    this.badge.textContent = text;
+    this.badge.title = title;
+  }
+
+  showTyping(user) {
+    if (user === this.me) return;
+    clearTimeout(this.typists.get(user));
+    this.typists.set(user, setTimeout(() => this.clearTyping(user), 4000));
+    this.renderTyping();
+  }
+
+  clearTyping(user) {
+    if (!this.typists.has(user)) return;
+    clearTimeout(this.typists.get(user));
+    this.typists.delete(user);
+    this.renderTyping();
+  }
+
+  renderTyping() {
+    const names = [...this.typists.keys()];
+    let text = "";
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = "Several people are typing…";
+    this.typingLine.textContent = text;
+  }
+
+  showPresence(users) {
+    const list = document.getElementById("online-list");
+    const sorted = [...new Set(users)].sort();
+    list.replaceChildren(
+      ...sorted.map((name) => {
+        const li = el("li", name === this.me ? "me" : null);
+        li.append(el("span", "dot"), el("span", null, name));
+        return li;
+      }),
+    );
+    if (!sorted.length) list.append(el("li", "muted", "Nobody"));
+    const count = document.getElementById("online-count");
+    count.textContent = `${sorted.length} online`;
+    count.title = sorted.join(", ");
+    count.hidden = false;
+  }
+
+  setLocked(locked) {
+    document.getElementById("locked").hidden = !locked;
+    this.input.disabled = locked;
+    this.form.querySelector("button[type=submit]").disabled = locked;
+    if (locked) this.input.placeholder = "This room is locked";
+  }
+
+  bindComposer() {
+    const max = Number(this.root.dataset.maxBody) || 4000;
+    const grow = () => {
+      this.input.style.height = "auto";
+      this.input.style.height = `${Math.min(this.input.scrollHeight, 160)}px`;
+    };
+    this.form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const body = this.input.value;
+      if (!body.trim() || body.length > max) return;
+      this.transport.send(this.slug, body);
+      this.input.value = "";
+      grow();
+      this.input.focus();
+    });
+    this.input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        this.form.requestSubmit();
+      }
+    });
+    this.input.addEventListener("input", () => {
+      grow();
+      const now = Date.now();
+      if (this.input.value && now - this.lastTyping > 3000) {
+        this.lastTyping = now;
+        this.transport.typing(this.slug);
+      }
+    });
+  }
+
+  bindRoomsToggle() {
+    const toggle = document.getElementById("rooms-toggle");
+    const sidebar = document.getElementById("sidebar");
+    toggle.hidden = false;
+    const set = (open) => {
+      sidebar.classList.toggle("open", open);
+      toggle.setAttribute("aria-expanded", String(open));
+    };
+    toggle.addEventListener("click", (e) => {
+      e.stopPropagation();
+      const open = !sidebar.classList.contains("open");
+      set(open);
+      // On a phone the list covers the room: put the keyboard in it, and Escape brings it back.
+      if (open) (sidebar.querySelector("[aria-current]") || sidebar.querySelector("a")).focus();
+    });
+    sidebar.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && sidebar.classList.contains("open")) {
+        set(false);
+        toggle.focus();
+      }
+    });
+    document.addEventListener("click", (e) => {
+      if (sidebar.classList.contains("open") && !sidebar.contains(e.target)) set(false);
+    });
+  }
+}
+
+const root = document.getElementById("chat");
+// An older page of history (?before=) stays a plain page; the latest one is live.
+if (root && root.dataset.latest === "true") {
+  const view = new RoomView(root);
+  window.chatRoom = view; // for the console and the browser tests
+  view.start();
+}

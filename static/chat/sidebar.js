@@ -1,0 +1,98 @@
+// Unread counts in the rooms list, kept current by polling GET /api/rooms/.
+//
+// Why polling and not a subscription per room: subscribing the socket to every room in the list
+// would push every message of every room to every open tab (cost grows with rooms × traffic) and
+// would list the user as online in rooms they are not looking at. The rooms list is two queries
+// whatever the number of rooms, so asking for it every 30 s while the tab is visible (and at once
+// when it becomes visible again or reconnects) is cheap and bounded. A per-user notification
+// channel would make this push-based; the protocol does not have one yet.
+
+const DEFAULT_INTERVAL = 30000;
+
+export function startSidebar({ list, apiUrl, transport, current, roomUrl, interval }) {
+  if (!list) return null;
+  const every = interval || DEFAULT_INTERVAL;
+  const url = apiUrl || null;
+  let timer = null;
+  let inflight = false;
+
+  async function fetchRooms() {
+    if (transport) return (await transport.get("")).rooms;
+    const response = await fetch(url, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+      cache: "no-store",
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    return (await response.json()).rooms;
+  }
+
+  function item(room) {
+    let li = list.querySelector(`li[data-slug="${CSS.escape(room.slug)}"]`);
+    if (li) return li;
+    if (!roomUrl) return null;
+    li = document.createElement("li");
+    li.dataset.slug = room.slug;
+    const a = document.createElement("a");
+    a.href = roomUrl.replace("room-slug", room.slug);
+    const name = document.createElement("span");
+    name.className = "room-name";
+    name.textContent = room.title;
+    const unread = document.createElement("span");
+    unread.className = "unread";
+    unread.hidden = true;
+    a.append(name, unread);
+    li.append(a);
+    list.append(li);
+    return li;
+  }
+
+  function show(rooms) {
+    for (const room of rooms) {
+      const li = item(room);
+      if (!li) continue;
+      const badge = li.querySelector(".unread");
+      if (!badge) continue;
+      const count = room.slug === current ? 0 : room.unread;
+      badge.textContent = count > 99 ? "99+" : String(count);
+      badge.setAttribute("aria-label", `${count} unread`);
+      badge.hidden = count === 0;
+      li.classList.toggle("has-unread", count > 0);
+    }
+  }
+
+  async function refresh() {
+    if (inflight || document.visibilityState !== "visible") return;
+    if (transport && transport.state === "offline") return;
+    inflight = true;
+    try {
+      show(await fetchRooms());
+    } catch (err) {
+      // The next tick tries again; the counts just stay as they were.
+    } finally {
+      inflight = false;
+    }
+  }
+
+  function schedule() {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      await refresh();
+      schedule();
+    }, every);
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") refresh();
+  });
+  if (transport) transport.addEventListener("connected", () => refresh());
+  schedule();
+  return { refresh };
+}
+
+// The rooms index page: the same live counts, no transport.
+const index = document.getElementById("room-list");
+if (index && index.dataset.api && !document.getElementById("chat")) {
+  const interval = Number(new URLSearchParams(location.search).get("rooms_poll")) || undefined;
+  startSidebar({ list: index, apiUrl: index.dataset.api, roomUrl: index.dataset.roomUrl, interval });
+}
