@@ -33,7 +33,7 @@ from websockets.exceptions import InvalidStatus
 
 from chat import fanout, serverless, services, tokens
 from chat.models import ApiConnection, Message, Room, Subscription
-from tests.conftest import ROOT, database_url, free_port
+from tests.conftest import ROOT, Server, database_url
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -41,30 +41,15 @@ pytestmark = [pytest.mark.timeout(120)]
 # --- the gateway, in its own process ---
 
 
-class Gateway:
-    """`python -m chat.localgateway` on the test database; `.url` and `.ws_url` as conftest's
-    Server, plus the @connections endpoint."""
+class Gateway(Server):
+    """`python -m chat.localgateway` on the test database, like conftest's Server, plus the
+    @connections endpoint."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+        # Small batches, so that a room of a few hundred goes through Zappa's @task.
+        super().__init__({"CHAT_APIGW_BATCH": "50", **(env or {})})
         self.args = args
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url(),
-            # Small batches, so that a room of a few hundred goes through Zappa's @task.
-            "CHAT_APIGW_BATCH": "50",
-            **(env or {}),
-        }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)  # the stage's django_settings decides
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/"
 
     @property
     def management_url(self) -> str:
@@ -99,15 +84,6 @@ class Gateway:
         finally:
             out.unlink(missing_ok=True)
         raise RuntimeError("local gateway did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="session")
