@@ -16,6 +16,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from chat import longpoll, services, tokens
+from chat.models import Restriction
 from chat.services import ChatError
 
 View = Callable[..., HttpResponse]
@@ -127,6 +128,62 @@ def message(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
 
 
 @api("POST")
+def report(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
+    room = services.get_room(request.user, slug)
+    data = json_body(request)
+    made = services.report_message(request.user, room, message_id, data.get("reason"))
+    return JsonResponse({"id": made.pk, "message": made.message_id}, status=201)
+
+
+# --- moderation (site staff with the Django permission, or the room's own moderators) ---
+
+
+@api("POST")
+def moderate_message(request: HttpRequest, slug: str, message_id: int, action: str) -> HttpResponse:
+    room = services.get_room(request.user, slug)
+    act = {
+        "hide": services.hide_message,
+        "restore": services.restore_message,
+        "erase": services.erase_message,
+    }[action]
+    changed = act(request.user, room, message_id, json_body(request).get("reason"))
+    return JsonResponse(changed.to_event())
+
+
+@api("POST")
+def moderate_room(request: HttpRequest, slug: str) -> HttpResponse:
+    room = services.get_room(request.user, slug)
+    data = json_body(request)
+    reason = data.pop("reason", None)
+    room = services.moderate_room(request.user, room, data, reason)
+    return JsonResponse(room.to_dict() | {"rate_limit": room.rate_limit})
+
+
+@api("POST")
+def restrictions(request: HttpRequest) -> HttpResponse:
+    """Ban or mute: {"user", "kind": "ban"|"mute", "room" (slug, or absent for the site),
+    "until" (ISO 8601, optional), "reason"}."""
+    data = json_body(request)
+    room = None
+    if data.get("room") is not None:
+        room = services.get_room(request.user, data["room"])
+    user = services.find_user(data.get("user"))
+    row = services.restrict(
+        request.user, user, data.get("kind"), room, data.get("until"), data.get("reason")
+    )
+    return JsonResponse({"id": row.pk, "kind": row.kind}, status=201)
+
+
+@api("DELETE")
+def restriction(request: HttpRequest, restriction_id: int) -> HttpResponse:
+    row = Restriction.objects.select_related("room", "user").filter(pk=restriction_id).first()
+    if row is None:
+        raise ChatError("not_found", "There is no such ban or mute.")
+    services.lift(request.user, row, json_body(request).get("reason"))
+    return HttpResponse(status=204)
+
+
+@api("POST")
 def read(request: HttpRequest, slug: str) -> HttpResponse:
     room = services.get_room(request.user, slug)
     services.mark_read(request.user, room, json_body(request).get("seq"))
@@ -157,6 +214,8 @@ async def poll(request: HttpRequest, slug: str) -> HttpResponse:
 
 @api("POST")
 def ws_token(request: HttpRequest) -> HttpResponse:
+    if services.site_banned(request.user):
+        raise ChatError("forbidden", "You are banned.")
     ws_url = settings.CHAT_WS_URL or _default_ws_url(request)
     return JsonResponse(
         {

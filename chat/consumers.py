@@ -29,6 +29,7 @@ from chat.models import Room
 log = logging.getLogger(__name__)
 
 UNAUTHORIZED = 4401
+FORBIDDEN = 4403
 
 
 class SameOriginOrToken(OriginValidator):
@@ -92,6 +93,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 user = scope_user
         if user is None:
             await self.close(code=UNAUTHORIZED)
+            return
+        # Moderation: a site-banned user cannot reconnect.
+        if await database_sync_to_async(services.site_banned, thread_sensitive=False)(user):
+            await self.close(code=FORBIDDEN)
             return
         self.conn = ChannelsConnection(self, user, query.get("room"))
         self.username = user.get_username()
@@ -218,6 +223,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _send_live(self, message: dict[str, Any]) -> None:
         room_id = message["room"]
         if room_id not in self.cursors:
+            return
+        if message.get("kick") is not None and self.conn and message["kick"] == self.conn.user.pk:
+            # Moderation: this user was banned (chat/services.close_connections). Say why, close.
+            error = events.error(
+                "forbidden", "You are banned.", room=self.slugs[room_id], fatal=True
+            )
+            await self.send(text_data=encode(error))
+            await self.close(code=FORBIDDEN)
             return
         cursor = self.cursors[room_id]
         if cursor is None:

@@ -14,6 +14,9 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.signals import post_save, pre_save
+from django.dispatch import receiver
+from django.utils import timezone
 
 slug_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
@@ -43,11 +46,18 @@ class Room(models.Model):
         related_name="+",
     )
     created = models.DateTimeField(auto_now_add=True)
+    # Per-room moderators act only in their rooms; site staff act everywhere (chat/services.py).
+    moderators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="moderated_rooms"
+    )
+    # Messages per minute per user; 0 is no limit. Tuned per room by its moderators.
+    rate_limit = models.PositiveIntegerField(default=0)
 
     objects = RoomQuerySet.as_manager()
 
     class Meta:
         ordering = ["slug"]
+        permissions = [("moderate_room", "Can moderate every room")]
 
     def __str__(self) -> str:
         return self.slug
@@ -98,6 +108,7 @@ EVENT_FIELDS = (
     "created",
     "edited",
     "deleted",
+    "hidden",
     "posted_seq",
     "seq",
 )
@@ -139,6 +150,9 @@ class Message(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     edited = models.DateTimeField(null=True, blank=True)
     deleted = models.BooleanField(default=False)
+    # Hidden by a moderator: clients are told it is removed (as `deleted`), the text stays for the
+    # audit and comes back on restore.
+    hidden = models.BooleanField(default=False, db_default=False)
     # The room seq at which the message was posted (fixed: history pages are ordered by it) and the
     # room seq of its latest change (moves on every edit or delete: resume reads follow it).
     posted_seq = models.BigIntegerField()
@@ -159,6 +173,11 @@ class Message(models.Model):
                 name="message_author_client_id",
             ),
         ]
+        indexes = [
+            # Serves the per-room rate limit: this author's posts in this room in the last minute.
+            models.Index(fields=["author", "room", "created"], name="message_author_room_created"),
+        ]
+        permissions = [("hide_message", "Can hide and restore messages")]
 
     def __str__(self) -> str:
         return f"{self.room}#{self.posted_seq} by {self.author_id}"
@@ -169,7 +188,7 @@ class Message(models.Model):
         return message_event(self.room.slug, *values, self.author.get_username())
 
 
-EVENT_COLUMNS = ("id", "seq", "body", "created", "client_id", "edited", "deleted")
+EVENT_COLUMNS = ("id", "seq", "body", "created", "client_id", "edited", "deleted", "hidden")
 
 
 def message_event(
@@ -181,9 +200,14 @@ def message_event(
     client_id: str | None,
     edited: datetime | None,
     deleted: bool,
+    hidden: bool,
     author: str,
 ) -> dict[str, Any]:
-    """The one serializer of `message` events (Message.to_event and MessageQuerySet.events)."""
+    """The one serializer of `message` events (Message.to_event and MessageQuerySet.events).
+
+    A message hidden by a moderator goes out exactly as a deleted one (clients already show that as
+    removed), so the wire format does not change and its text never leaves the server."""
+    deleted = deleted or hidden
     return {
         "type": "message",
         "room": room,
@@ -250,3 +274,133 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.connection_id} in {self.room_id}"
+
+
+# --- moderation: restrictions, reports and the audit log ---
+
+
+class RestrictionQuerySet(models.QuerySet["Restriction"]):
+    def active(self) -> RestrictionQuerySet:
+        return self.filter(Q(until__isnull=True) | Q(until__gt=timezone.now()))
+
+    def applying_to(self, user: Any, room: Room | int | None) -> RestrictionQuerySet:
+        """The user's active restrictions in this room and site-wide."""
+        where = Q(room__isnull=True) if room is None else Q(room=room) | Q(room__isnull=True)
+        return self.active().filter(where, user=user)
+
+
+class Restriction(models.Model):
+    """A ban (may not connect, read or post) or a mute (may read, may not post), in one room or,
+    without a room, on the whole site; until a time, or until lifted (the row is deleted)."""
+
+    BAN = "ban"
+    MUTE = "mute"
+    KINDS = [(BAN, "ban"), (MUTE, "mute")]
+
+    kind = models.CharField(max_length=8, choices=KINDS)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="restrictions"
+    )
+    room = models.ForeignKey(
+        Room,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="restrictions",
+        help_text="Empty for the whole site.",
+    )
+    until = models.DateTimeField(null=True, blank=True, help_text="Empty for no end.")
+    reason = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = RestrictionQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # Serves the ban/mute check on every room lookup and post (user, room or site).
+            models.Index(fields=["user", "room"], name="restriction_user_room"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.user} in {self.room or 'the site'}"
+
+
+class Report(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reports")
+    reporter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reports"
+    )
+    reason = models.CharField(max_length=500)
+    created = models.DateTimeField(auto_now_add=True)
+    resolved = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            # One report per reporter and message: a retried report changes nothing.
+            models.UniqueConstraint(fields=["message", "reporter"], name="report_message_reporter"),
+        ]
+
+    def __str__(self) -> str:
+        return f"report of {self.message_id} by {self.reporter_id}"
+
+
+class ModerationAction(models.Model):
+    """The audit log: one row per moderation action, written by chat/services.py in the same
+    transaction as the action, never changed afterwards."""
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    action = models.CharField(max_length=32)
+    room = models.ForeignKey(
+        Room, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    target_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.CharField(max_length=500, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [
+            # Serves the dashboard's latest actions.
+            models.Index(fields=["-created"], name="moderationaction_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor_id} at {self.created:%Y-%m-%d %H:%M}"
+
+
+# Deactivating a Django user is a site ban (chat/services.deactivated): remember whether it was
+# active before the save, act after it. Saves that name their fields (a login's last_login) are
+# skipped unless they change is_active.
+
+
+@receiver(pre_save, sender=settings.AUTH_USER_MODEL)
+def _remember_active(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    if instance.pk is None or (update_fields is not None and "is_active" not in update_fields):
+        return
+    instance._was_active = (
+        sender.objects.filter(pk=instance.pk).values_list("is_active", flat=True).first()
+    )
+
+
+@receiver(post_save, sender=settings.AUTH_USER_MODEL)
+def _on_deactivation(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    if not created and getattr(instance, "_was_active", False) and not instance.is_active:
+        from chat import services
+
+        services.deactivated(instance)
+    instance._was_active = instance.is_active

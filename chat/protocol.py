@@ -158,6 +158,13 @@ def deletemessage(conn: Connection, frame: Frame) -> list[Event]:
     return []
 
 
+def report(conn: Connection, frame: Frame) -> list[Event]:
+    room = _room(conn, frame)
+    client_id = services.clean_client_id(frame.get("client_id"))
+    report = services.report_message(conn.user, room, frame.get("id"), frame.get("reason"))
+    return [events.ack(client_id, room.slug, room.seq, report.message_id)]
+
+
 def read(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
     services.mark_read(conn.user, room, frame.get("seq"))
@@ -180,6 +187,7 @@ ACTIONS: dict[str, Callable[[Connection, Frame], list[Event]]] = {
     "sendmessage": sendmessage,
     "editmessage": editmessage,
     "deletemessage": deletemessage,
+    "report": report,
     "read": read,
     "typing": typing,
     "ping": ping,

@@ -47,7 +47,7 @@ from django.utils import timezone
 from zappa.asynchronous import task
 from zappa.websocket import on_connect, on_disconnect, on_message
 
-from chat import events, presence, protocol, tokens
+from chat import events, presence, protocol, services, tokens
 from chat.events import Event
 from chat.fanout import encode
 from chat.models import ApiConnection, Room, Subscription
@@ -302,6 +302,23 @@ def forget(rows: Any, grace: bool = False) -> int:
     return deleted
 
 
+def close_connections(rows: Any) -> None:
+    """Moderation hook (chat/services.close_connections): tell each of these connections why,
+    delete it through @connections (API Gateway then closes the socket), and forget its row."""
+    targets = [
+        (cid, endpoint(domain, stage))
+        for cid, domain, stage in rows.values_list("connection_id", "domain", "stage")
+    ]
+    event = events.error("forbidden", "You are banned.", fatal=True)
+    for target in targets:
+        _post_event(target, event)
+        try:
+            client(target[1]).delete_connection(ConnectionId=target[0])
+        except (ClientError, BotoCoreError):
+            log.warning("deleting connection %s failed", target[0])
+    forget(ApiConnection.objects.filter(connection_id__in=[t[0] for t in targets]))
+
+
 class LambdaConnection(protocol.Connection):
     """The protocol's view of an API Gateway connection: its row, rebuilt for every invocation."""
 
@@ -412,6 +429,8 @@ def connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
     user = tokens.user_for_token(query.get("token"))
     if user is None:
         return {"statusCode": 401, "body": "A valid ?token= is required."}
+    if services.site_banned(user):  # moderation: a banned user cannot reconnect
+        return {"statusCode": 403, "body": "You are banned."}
     rc = event["requestContext"]
     now = timezone.now()
     room = query.get("room") or ""

@@ -13,19 +13,33 @@ and none writes messages itself. Each change:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from chat import events, fanout
-from chat.models import Membership, Message, Room, slug_validator
+from chat.models import (
+    ApiConnection,
+    Membership,
+    Message,
+    ModerationAction,
+    Report,
+    Restriction,
+    Room,
+    slug_validator,
+)
 
 STATUS = {
     "bad_request": 400,
@@ -57,12 +71,70 @@ class ChatError(Exception):
 # --- permissions and lookups ---
 
 
+# get_room() reads these per-user facts in the room's own query (as annotations), so checking
+# membership, moderators, bans and mutes costs no round trip on any transport; called with a room
+# from elsewhere, each helper asks the database itself.
+
+
+def _flag(room: Room, name: str, query: Callable[[], bool]) -> bool:
+    value = getattr(room, name, None)
+    return query() if value is None else bool(value)
+
+
+def is_room_moderator(user: Any, room: Room) -> bool:
+    """One of the room's own moderators (they act in this room only)."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return _flag(room, "_room_moderator", lambda: room.moderators.filter(pk=user.pk).exists())
+
+
 def is_moderator(user: Any, room: Room) -> bool:
-    return bool(user.is_active and user.is_staff)
+    """May post in a locked room, read it when private, and is not rate limited: site staff and
+    the room's moderators. Moderation actions need more: see can_moderate."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return bool(user.is_staff) or is_room_moderator(user, room)
+
+
+def can_moderate(user: Any, room: Room | None, perm: str) -> bool:
+    """Site staff with the Django permission `chat.<perm>` (or superusers) anywhere; a room's own
+    moderators in that room only (room=None is a site-wide action: staff only)."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser or (user.is_staff and user.has_perm(f"chat.{perm}")):
+        return True
+    return room is not None and is_room_moderator(user, room)
+
+
+def _require(user: Any, room: Room | None, perm: str) -> None:
+    if not can_moderate(user, room, perm):
+        raise ChatError("forbidden", "Only this room's moderators may do that.")
 
 
 def is_member(user: Any, room: Room) -> bool:
-    return Membership.objects.filter(room=room, user=user).exists()
+    return _flag(room, "_member", lambda: Membership.objects.filter(room=room, user=user).exists())
+
+
+def restriction(user: Any, room: Room) -> str | None:
+    """ "ban", "mute" or None: the user's strongest active restriction in the room or site-wide."""
+    banned = _flag(
+        room,
+        "_banned",
+        lambda: Restriction.objects.applying_to(user, room).filter(kind=Restriction.BAN).exists(),
+    )
+    if banned:
+        return Restriction.BAN
+    muted = _flag(
+        room,
+        "_muted",
+        lambda: Restriction.objects.applying_to(user, room).filter(kind=Restriction.MUTE).exists(),
+    )
+    return Restriction.MUTE if muted else None
+
+
+def site_banned(user: Any) -> bool:
+    """Refused at connect on both transports (chat/consumers.py, chat/serverless.py)."""
+    return Restriction.objects.applying_to(user, None).filter(kind=Restriction.BAN).exists()
 
 
 def can_read(user: Any, room: Room) -> bool:
@@ -71,15 +143,55 @@ def can_read(user: Any, room: Room) -> bool:
     return not room.private or is_member(user, room) or is_moderator(user, room)
 
 
+ROOM_WITH_FLAGS_SQL = """
+SELECT r.*,
+  EXISTS (SELECT 1 FROM {membership} m WHERE m.room_id = r.id AND m.user_id = %(user)s) AS _member,
+  EXISTS (SELECT 1 FROM {moderators} rm WHERE rm.room_id = r.id AND rm.user_id = %(user)s)
+    AS _room_moderator,
+  EXISTS (SELECT 1 FROM {restriction} x WHERE x.user_id = %(user)s AND x.kind = %(ban)s
+          AND (x.room_id = r.id OR x.room_id IS NULL) AND (x.until IS NULL OR x.until > %(now)s))
+    AS _banned,
+  EXISTS (SELECT 1 FROM {restriction} x WHERE x.user_id = %(user)s AND x.kind = %(mute)s
+          AND (x.room_id = r.id OR x.room_id IS NULL) AND (x.until IS NULL OR x.until > %(now)s))
+    AS _muted
+FROM {room} r WHERE r.slug = %(slug)s
+"""
+
+
+def _room_with_user_flags(slug: str, user: Any) -> Room | None:
+    """The room and the user's membership, moderator role, ban and mute, in one query.
+
+    Every frame of every transport starts here. Written as SQL because composing the same four
+    EXISTS with the ORM cost more Python time per frame than the rest of a post together
+    (measured: fan-out fell from about 3,000 to 1,750 deliveries/s)."""
+    sql = ROOM_WITH_FLAGS_SQL.format(
+        membership=Membership._meta.db_table,
+        moderators=Room.moderators.through._meta.db_table,
+        restriction=Restriction._meta.db_table,
+        room=Room._meta.db_table,
+    )
+    params = {
+        "user": user.pk,
+        "slug": slug,
+        "ban": Restriction.BAN,
+        "mute": Restriction.MUTE,
+        "now": timezone.now(),
+    }
+    rooms = list(Room.objects.raw(sql, params))
+    return rooms[0] if rooms else None
+
+
 def get_room(user: Any, slug: Any) -> Room:
     """The room the user may read. A private room of someone else is `not_found`, so slugs do not leak."""
     if not user.is_authenticated:
         raise ChatError("unauthorized", "Log in first.")
     if not isinstance(slug, str) or not slug:
         raise ChatError("bad_request", "`room` must be a room slug.")
-    room = Room.objects.filter(slug=slug).first()
+    room = _room_with_user_flags(slug, user)
     if room is None or not can_read(user, room):
         raise ChatError("not_found", f"There is no room {slug!r}.")
+    if restriction(user, room) == Restriction.BAN:
+        raise ChatError("forbidden", "You are banned from this room.")
     return room
 
 
@@ -173,8 +285,38 @@ def ensure_lobby() -> Room:
 def _check_can_post(user: Any, room: Room) -> None:
     if not user.is_authenticated or not user.is_active:
         raise ChatError("unauthorized", "Log in first.")
+    kind = restriction(user, room)
+    if kind == Restriction.BAN:
+        raise ChatError("forbidden", "You are banned from this room.")
+    if kind == Restriction.MUTE:
+        raise ChatError("forbidden", "You are muted in this room.")
     if room.locked and not is_moderator(user, room):
         raise ChatError("forbidden", "This room is locked.")
+
+
+RATE_WINDOW = 60.0
+
+
+def _check_rate(user: Any, room: Room) -> None:
+    """The room's messages-per-minute limit (0: none; moderators are exempt). A soft limit: two
+    posts racing at the edge may both pass, which a chat can live with; no lock is taken for it."""
+    limit = room.rate_limit
+    if not limit or is_moderator(user, room):
+        return
+    since = timezone.now() - timedelta(seconds=RATE_WINDOW)
+    recent = list(
+        Message.objects.filter(author=user, room=room, created__gt=since)
+        .order_by("-created")
+        .values_list("created", flat=True)[:limit]
+    )
+    if len(recent) >= limit:
+        # Allowed again once the oldest of the last `limit` posts leaves the window.
+        wait = (recent[-1] - since).total_seconds()
+        raise ChatError(
+            "rate_limited",
+            f"This room allows {limit} messages a minute.",
+            retry_after=round(max(wait, 0.001), 3),
+        )
 
 
 def _take_seq(room: Room) -> tuple[int, bool]:
@@ -273,6 +415,7 @@ def post_message(user: Any, room: Room, body: Any, client_id: Any = None) -> Pos
         _check_can_post(user, room)
         if room.private and not is_member(user, room) and not is_moderator(user, room):
             raise ChatError("not_found", f"There is no room {room.slug!r}.")
+        _check_rate(user, room)
         message = Message(room=room, author=user, body=body, client_id=client_id)
         may_post_locked = is_moderator(user, room)
         if connection.vendor == "postgresql":
@@ -312,6 +455,15 @@ def _own_message(user: Any, room: Room, message_id: Any) -> Message:
     return message
 
 
+def _room_message(room: Room, message_id: Any) -> Message:
+    if isinstance(message_id, bool) or not isinstance(message_id, int):
+        raise ChatError("bad_request", "`id` must be a message id.")
+    message = Message.objects.with_author().filter(room=room, pk=message_id).first()
+    if message is None:
+        raise ChatError("not_found", "There is no such message in this room.")
+    return message
+
+
 def _change(message: Message, **fields: Any) -> Message:
     """Apply a change to a message under the room lock; it takes the room's next seq."""
     with transaction.atomic():
@@ -319,6 +471,9 @@ def _change(message: Message, **fields: Any) -> Message:
         current = Message.objects.select_for_update().get(pk=message.pk)
         if current.deleted:
             raise ChatError("forbidden", "This message was deleted.")
+        if current.hidden and fields.get("hidden", True):
+            # Hidden by a moderator: only a moderator's restore or erase changes it now.
+            raise ChatError("forbidden", "A moderator removed this message.")
         for name, value in fields.items():
             setattr(current, name, value)
         current.seq = seq
@@ -384,3 +539,258 @@ def changes_after(room: Room, after: int) -> tuple[list[dict[str, Any]] | None, 
         return [], room_seq
     changes = Message.objects.for_room(room).after(after).filter(seq__lte=room_seq)
     return changes.events(room.slug), room_seq
+
+
+# --- moderation: every action checks permission, writes its audit row in the same transaction,
+# and publishes after commit. Changes to messages go through _change, so they take the room's
+# next seq and reach every subscriber live and on resume like any edit.
+
+
+def _reason(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 500:
+        raise ChatError("bad_request", "`reason` must be a string of at most 500 characters.")
+    return value.strip()
+
+
+def audit(
+    actor: Any,
+    action: str,
+    *,
+    room: Room | None = None,
+    target_user: Any = None,
+    message: Message | None = None,
+    reason: str = "",
+    **detail: Any,
+) -> ModerationAction:
+    return ModerationAction.objects.create(
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        action=action,
+        room=room,
+        target_user=target_user,
+        message=message,
+        reason=reason,
+        detail=detail,
+    )
+
+
+def hide_message(actor: Any, room: Room, message_id: Any, reason: Any = None) -> Message:
+    """A moderator's delete: clients are told the message is removed; its text stays for the audit."""
+    _require(actor, room, "hide_message")
+    reason = _reason(reason)
+    message = _room_message(room, message_id)
+    if message.hidden:
+        return message  # safe to run twice
+    with transaction.atomic():
+        changed = _change(message, hidden=True)
+        audit(actor, "hide", room=room, target_user=message.author, message=changed, reason=reason)
+    return changed
+
+
+def restore_message(actor: Any, room: Room, message_id: Any, reason: Any = None) -> Message:
+    _require(actor, room, "hide_message")
+    reason = _reason(reason)
+    message = _room_message(room, message_id)
+    if not message.hidden:
+        return message
+    with transaction.atomic():
+        changed = _change(message, hidden=False)
+        audit(
+            actor, "restore", room=room, target_user=message.author, message=changed, reason=reason
+        )
+    return changed
+
+
+def erase_message(actor: Any, room: Room, message_id: Any, reason: Any = None) -> Message:
+    """Delete for good: the text is gone from the database too; a tombstone keeps the seq, so
+    every client (live or resuming) learns that it is gone. The audit row keeps who and why."""
+    _require(actor, room, "delete_message")
+    reason = _reason(reason)
+    message = _room_message(room, message_id)
+    if message.deleted:
+        return message
+    with transaction.atomic():
+        changed = _change(message, body="", deleted=True, hidden=False)
+        audit(actor, "erase", room=room, target_user=message.author, message=changed, reason=reason)
+    return changed
+
+
+def moderate_room(actor: Any, room: Room, changes: dict[str, Any], reason: Any = None) -> Room:
+    """Lock, unlock, rename, make private or public, tune the rate limit; a `room` event goes to
+    every subscriber after commit. Unknown or mistyped fields change nothing."""
+    _require(actor, room, "change_room")
+    reason = _reason(reason)
+    types = {"locked": bool, "private": bool, "title": str, "rate_limit": int}
+    fields: dict[str, Any] = {}
+    for name, value in changes.items():
+        kind = types.get(name)
+        if kind is None or type(value) is not kind:
+            raise ChatError("bad_request", f"`{name}` cannot be set that way.")
+        fields[name] = value
+    if "title" in fields:
+        fields["title"] = fields["title"].strip()
+        if not fields["title"] or len(fields["title"]) > 100:
+            raise ChatError("bad_request", "A title is 1–100 characters.")
+    if "rate_limit" in fields and not 0 <= fields["rate_limit"] <= 10_000:
+        raise ChatError("bad_request", "`rate_limit` is 0 (none) to 10,000 messages a minute.")
+    fields = {k: v for k, v in fields.items() if getattr(room, k) != v}
+    if not fields:
+        return room
+    with transaction.atomic():
+        Room.objects.filter(pk=room.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(room, name, value)
+        audit(actor, "room", room=room, reason=reason, **fields)
+        event = events.room_state(room.slug, room.locked, room.title)
+        room_id = room.pk
+        transaction.on_commit(lambda: fanout.publish(room_id, event))
+    return room
+
+
+def _clean_until(until: Any) -> Any:
+    if until is None or until == "":
+        return None
+    if isinstance(until, str):
+        parsed = parse_datetime(until)
+        if parsed is None:
+            raise ChatError("bad_request", "`until` must be an ISO 8601 date and time.")
+        until = parsed
+    if timezone.is_naive(until):
+        until = timezone.make_aware(until)
+    if until <= timezone.now():
+        raise ChatError("bad_request", "`until` must be in the future.")
+    return until
+
+
+def restrict(
+    actor: Any,
+    user: Any,
+    kind: str,
+    room: Room | None = None,
+    until: Any = None,
+    reason: Any = None,
+) -> Restriction:
+    """Ban or mute a user in a room, or site-wide with room=None (site staff only). A ban closes
+    the user's open connections on both transports once committed."""
+    if kind not in (Restriction.BAN, Restriction.MUTE):
+        raise ChatError("bad_request", "`kind` is ban or mute.")
+    _require(actor, room, "add_restriction")
+    if user.pk == actor.pk:
+        raise ChatError("bad_request", "You cannot restrict yourself.")
+    if user.is_superuser or (room is not None and is_room_moderator(user, room)):
+        raise ChatError("forbidden", "Moderators cannot be restricted in their own rooms.")
+    reason, until = _reason(reason), _clean_until(until)
+    with transaction.atomic():
+        row = Restriction.objects.create(
+            kind=kind, user=user, room=room, until=until, reason=reason, created_by=actor
+        )
+        audit(
+            actor,
+            kind,
+            room=room,
+            target_user=user,
+            reason=reason,
+            until=until.isoformat() if until else None,
+        )
+        if kind == Restriction.BAN:
+            user_id, room_id = user.pk, room.pk if room else None
+            transaction.on_commit(lambda: close_connections(user_id, room_id))
+    return row
+
+
+def lift(actor: Any, row: Restriction, reason: Any = None) -> None:
+    _require(actor, row.room, "delete_restriction")
+    reason = _reason(reason)
+    with transaction.atomic():
+        audit(
+            actor,
+            f"lift_{row.kind}",
+            room=row.room,
+            target_user=row.user,
+            reason=reason,
+            restriction=row.pk,
+        )
+        row.delete()
+
+
+def deactivated(user: Any) -> None:
+    """A Django user made inactive (admin, shell): the same effect as a site ban."""
+    audit(None, "deactivate", target_user=user)
+    user_id = user.pk
+    transaction.on_commit(lambda: close_connections(user_id, None))
+
+
+def close_connections(user_id: int, room_id: int | None) -> None:
+    """Close a banned user's open sockets, in one room or everywhere (room_id None).
+
+    Channels: a `room` event (the room's unchanged state, harmless to everyone else) carrying
+    `kick` on the channel layer; the user's consumers close on it (chat/consumers.py). Serverless:
+    the user's API Gateway connections are deleted through @connections (chat/serverless.py).
+    New connections are refused at connect (site bans) or at subscribe (room bans)."""
+    rooms = Room.objects.all() if room_id is None else Room.objects.filter(pk=room_id)
+    if "chat.fanout.channel_layer_publisher" in settings.CHAT_PUBLISHERS:
+        for pk, slug, locked, title in rooms.values_list("pk", "slug", "locked", "title"):
+            event = events.room_state(slug, locked, title)
+            message = {**fanout.layer_message(pk, event, fanout.encode(event)), "kick": user_id}
+            try:
+                _send_layer(pk, message)
+            except Exception:
+                fanout.log.exception("closing the connections of user %s failed", user_id)
+    rows = ApiConnection.objects.filter(user_id=user_id)
+    if room_id is not None:
+        rows = rows.filter(subscriptions__room_id=room_id)
+    if rows.exists():
+        # Imported here: only a serverless deployment has rows, and this pulls in boto3 and Zappa.
+        from chat import serverless
+
+        serverless.close_connections(rows)
+
+
+def _send_layer(room_id: int, message: dict[str, Any]) -> None:
+    # The same two ways fanout.channel_layer_publisher sends (a pooled Redis PUBLISH, else
+    # group_send), with one more field the consumer reads.
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    client = fanout._sync_redis()
+    if client is not None:
+        channel = f"{settings.CHAT_REDIS_PREFIX}__group__{fanout.group_name(room_id)}"
+        client.publish(channel, layer.serialize(message))
+    else:
+        async_to_sync(layer.group_send)(fanout.group_name(room_id), message)
+
+
+def report_message(user: Any, room: Room, message_id: Any, reason: Any) -> Report:
+    """Report a message to the moderators; reporting it again changes nothing."""
+    reason = _reason(reason)
+    if not reason:
+        raise ChatError("bad_request", "Say why you report it (`reason`).")
+    if restriction(user, room) == Restriction.BAN:
+        raise ChatError("forbidden", "You are banned from this room.")
+    message = _room_message(room, message_id)
+    report, _ = Report.objects.get_or_create(
+        message=message, reporter=user, defaults={"reason": reason}
+    )
+    return report
+
+
+def resolve_reports(actor: Any, reports: Any) -> int:
+    done = 0
+    for report in reports.select_related("message__room"):
+        room = report.message.room
+        _require(actor, room, "change_report")
+        with transaction.atomic():
+            if Report.objects.filter(pk=report.pk, resolved=False).update(resolved=True):
+                audit(actor, "resolve_report", room=room, message=report.message, report=report.pk)
+                done += 1
+    return done
+
+
+def find_user(value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        raise ChatError("bad_request", "`user` must be a username.")
+    user = get_user_model().objects.filter(username=value).first()
+    if user is None:
+        raise ChatError("not_found", f"There is no user {value!r}.")
+    return user

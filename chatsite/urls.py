@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from chat import admin as chat_admin
 from chat import api, views
 
 urlpatterns = [
@@ -8,6 +9,7 @@ urlpatterns = [
     path("signup/", views.signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("rooms/<slug:slug>/", views.room, name="room"),
+    path("admin/moderation/", chat_admin.dashboard, name="moderation-dashboard"),
     path("admin/", admin.site.urls),
     path("api/rooms/", api.rooms, name="api-rooms"),
     path("api/rooms/<slug:slug>/messages", api.messages, name="api-messages"),
@@ -15,6 +17,27 @@ urlpatterns = [
         "api/rooms/<slug:slug>/messages/<int:message_id>",
         api.message,
         name="api-message",
+    ),
+    path(
+        "api/rooms/<slug:slug>/messages/<int:message_id>/report",
+        api.report,
+        name="api-report",
+    ),
+    *(
+        path(
+            f"api/rooms/<slug:slug>/messages/<int:message_id>/{action}",
+            api.moderate_message,
+            {"action": action},
+            name=f"api-{action}-message",
+        )
+        for action in ("hide", "restore", "erase")
+    ),
+    path("api/rooms/<slug:slug>/moderate", api.moderate_room, name="api-moderate-room"),
+    path("api/moderation/restrictions", api.restrictions, name="api-restrictions"),
+    path(
+        "api/moderation/restrictions/<int:restriction_id>",
+        api.restriction,
+        name="api-restriction",
     ),
     path("api/rooms/<slug:slug>/read", api.read, name="api-read"),
     path("api/rooms/<slug:slug>/typing", api.typing, name="api-typing"),

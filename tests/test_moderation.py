@@ -1,0 +1,368 @@
+"""Moderation: permissions in the write path, hide/restore/erase, room state, bans, mutes, reports,
+rate limits and the audit log; live on both transports (the `chat_server` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.utils import timezone
+from websockets.exceptions import ConnectionClosed
+
+from chat import services
+from chat.models import Message, ModerationAction, Report, Restriction, Room
+from chat.services import ChatError
+from tests.conftest import Server
+from tests.test_realtime import chat_server, peer  # noqa: F401
+from tests.test_serverless import serverless_proc, serverless_server, session_cookies  # noqa: F401
+
+
+def post_json(client: Client, url: str, data: Any) -> Any:
+    return client.post(url, json.dumps(data), content_type="application/json")
+
+
+@pytest.fixture
+def room_mod(db: Any, room: Room) -> Any:
+    """A moderator of `general` only: staff (to reach the admin) without any Django permission."""
+    user = get_user_model().objects.create_user("roommod", password="pw-roommod-1", is_staff=True)
+    room.moderators.add(user)
+    return user
+
+
+@pytest.fixture
+def superuser(db: Any) -> Any:
+    return get_user_model().objects.create_superuser("boss", password="pw-boss-123")
+
+
+# --- the write path ---
+
+
+def test_it_hides_and_restores_through_the_write_path(
+    alice: Any, room_mod: Any, room: Room
+) -> None:
+    posted = services.post_message(alice, room, "rude words").message
+    hidden = services.hide_message(room_mod, room, posted.pk, "rude")
+    event = hidden.to_event()
+    assert (event["seq"], event["deleted"], event["body"]) == (2, True, "")
+    stored = Message.objects.get(pk=posted.pk)
+    assert stored.hidden and stored.body == "rude words" and stored.seq == 2
+    # The author cannot undo a moderator's hide by editing.
+    with pytest.raises(ChatError) as info:
+        services.edit_message(alice, room, posted.pk, "nice words")
+    assert info.value.code == "forbidden"
+    restored = services.restore_message(room_mod, room, posted.pk)
+    assert restored.to_event()["body"] == "rude words" and restored.seq == 3
+    resumed = services.changes_after(room, 1)[0]
+    assert resumed is not None and [(e["seq"], e["deleted"]) for e in resumed] == [(3, False)]
+    assert list(ModerationAction.objects.values_list("action", "actor", "reason")) == [
+        ("restore", room_mod.pk, ""),
+        ("hide", room_mod.pk, "rude"),
+    ]
+
+
+def test_it_erases_for_good(alice: Any, superuser: Any, room: Room) -> None:
+    posted = services.post_message(alice, room, "doxxing").message
+    services.erase_message(superuser, room, posted.pk, "personal data")
+    stored = Message.objects.get(pk=posted.pk)
+    assert (stored.body, stored.deleted, stored.seq) == ("", True, 2)
+    assert ModerationAction.objects.get().action == "erase"
+
+
+def test_a_room_moderator_cannot_act_in_another_room(
+    alice: Any, bob: Any, room_mod: Any, room: Room
+) -> None:
+    other = Room.objects.create(slug="other", title="Other")
+    posted = services.post_message(alice, other, "hello").message
+    for act in (
+        lambda: services.hide_message(room_mod, other, posted.pk),
+        lambda: services.erase_message(room_mod, other, posted.pk),
+        lambda: services.moderate_room(room_mod, other, {"locked": True}),
+        lambda: services.restrict(room_mod, bob, "ban", other),
+        lambda: services.restrict(room_mod, bob, "ban", None),
+    ):
+        with pytest.raises(ChatError) as info:
+            act()
+        assert info.value.code == "forbidden"
+    other.refresh_from_db()
+    assert not other.locked and other.seq == 1
+    assert not Restriction.objects.exists() and not ModerationAction.objects.exists()
+
+
+def test_the_api_refuses_all_of_it_to_ordinary_users(alice: Any, bob: Any, room: Room) -> None:
+    posted = services.post_message(alice, room, "mine").message
+    client = Client()
+    client.force_login(bob)
+    base = f"/api/rooms/general/messages/{posted.pk}"
+    for url, data in (
+        (f"{base}/hide", {}),
+        (f"{base}/restore", {}),
+        (f"{base}/erase", {}),
+        ("/api/rooms/general/moderate", {"locked": True}),
+        ("/api/moderation/restrictions", {"user": "alice", "kind": "ban", "room": "general"}),
+        ("/api/moderation/restrictions", {"user": "alice", "kind": "mute"}),
+    ):
+        response = post_json(client, url, data)
+        assert response.status_code == 403, url
+        assert response.json()["error"] == "forbidden"
+    row = Restriction.objects.create(kind="mute", user=alice)
+    assert client.delete(f"/api/moderation/restrictions/{row.pk}").status_code == 403
+    room.refresh_from_db()
+    assert not room.locked and room.seq == 1
+    assert Message.objects.get().body == "mine" and not Message.objects.get().hidden
+    assert Restriction.objects.count() == 1 and not ModerationAction.objects.exists()
+
+
+def test_a_muted_user_may_read_but_not_post(
+    alice: Any, bob: Any, room_mod: Any, room: Room
+) -> None:
+    services.restrict(room_mod, bob, "mute", room, reason="spam")
+    client = Client()
+    client.force_login(bob)
+    response = post_json(client, "/api/rooms/general/messages", {"body": "hi"})
+    assert response.status_code == 403 and response.json()["error"] == "forbidden"
+    assert client.get("/api/rooms/general/messages").status_code == 200
+    assert not Message.objects.exists()
+    # Lifted, and an expired mute no longer applies.
+    services.lift(room_mod, Restriction.objects.get())
+    Restriction.objects.create(kind="mute", user=bob, until=timezone.now() - timedelta(seconds=1))
+    assert post_json(client, "/api/rooms/general/messages", {"body": "hi"}).status_code == 201
+    assert list(ModerationAction.objects.values_list("action", flat=True)) == ["lift_mute", "mute"]
+
+
+def test_a_banned_user_can_neither_read_nor_post(bob: Any, superuser: Any, room: Room) -> None:
+    services.restrict(superuser, bob, "ban", None, timezone.now() + timedelta(days=1), "abuse")
+    client = Client()
+    client.force_login(bob)
+    assert client.get("/api/rooms/general/messages").status_code == 403
+    assert post_json(client, "/api/rooms/general/messages", {"body": "x"}).status_code == 403
+    assert post_json(client, "/api/ws-token", {}).status_code == 403
+    assert services.site_banned(bob)
+
+
+def test_deactivating_a_user_is_a_site_ban(bob: Any) -> None:
+    bob.is_active = False
+    bob.save()
+    entry = ModerationAction.objects.get()
+    assert (entry.action, entry.target_user_id) == ("deactivate", bob.pk)
+    bob.save(update_fields=["last_login"])  # saves that do not deactivate are not logged
+    assert ModerationAction.objects.count() == 1
+
+
+def test_the_room_rate_limit(alice: Any, room_mod: Any, room: Room) -> None:
+    services.moderate_room(room_mod, room, {"rate_limit": 2})
+    client = Client()
+    client.force_login(alice)
+    for i in range(2):
+        assert (
+            post_json(client, "/api/rooms/general/messages", {"body": f"m{i}"}).status_code == 201
+        )
+    response = post_json(client, "/api/rooms/general/messages", {"body": "one too many"})
+    assert response.status_code == 429
+    assert response.json()["error"] == "rate_limited" and 0 < response.json()["retry_after"] <= 60
+    assert int(response["Retry-After"]) >= 1
+    assert Message.objects.count() == 2
+    # Moderators are not limited.
+    for i in range(3):
+        services.post_message(room_mod, room, f"mod {i}")
+
+
+def test_reports_over_the_api(alice: Any, bob: Any, room: Room) -> None:
+    posted = services.post_message(alice, room, "spam").message
+    client = Client()
+    client.force_login(bob)
+    url = f"/api/rooms/general/messages/{posted.pk}/report"
+    assert post_json(client, url, {"reason": "spam"}).status_code == 201
+    assert post_json(client, url, {"reason": "spam"}).status_code == 201  # safe to retry
+    assert post_json(client, url, {}).status_code == 400
+    assert (
+        post_json(client, "/api/rooms/general/messages/999/report", {"reason": "x"}).status_code
+        == 404
+    )
+    assert list(Report.objects.values_list("reporter", "reason")) == [(bob.pk, "spam")]
+
+
+def test_the_admin_is_the_moderators_console(
+    alice: Any, bob: Any, room_mod: Any, superuser: Any, room: Room
+) -> None:
+    other = Room.objects.create(slug="other", title="Other")
+    mine = services.post_message(alice, room, "bad").message
+    theirs = services.post_message(alice, other, "elsewhere").message
+    Report.objects.create(message=mine, reporter=bob, reason="bad")
+    client = Client()
+    client.force_login(room_mod)
+    listing = client.get("/admin/chat/message/")
+    assert listing.status_code == 200
+    assert b"elsewhere" not in listing.content  # only the rooms they moderate
+    response = client.post(
+        "/admin/chat/message/",
+        {"action": "hide", "_selected_action": [mine.pk, theirs.pk], "index": 0},
+    )
+    assert response.status_code == 302
+    assert Message.objects.get(pk=mine.pk).hidden
+    assert not Message.objects.get(pk=theirs.pk).hidden
+    assert client.get("/admin/chat/report/").status_code == 200
+    assert client.get("/admin/moderation/").status_code == 200
+    # The audit log is read-only, even for a superuser.
+    boss = Client()
+    boss.force_login(superuser)
+    log = ModerationAction.objects.get()
+    assert boss.get("/admin/chat/moderationaction/").status_code == 200
+    assert (
+        boss.post(f"/admin/chat/moderationaction/{log.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    assert boss.get("/admin/chat/moderationaction/add/").status_code == 403
+    # Locking from the room's change form goes through the write path.
+    page = boss.get(f"/admin/chat/room/{room.pk}/change/")
+    assert page.status_code == 200
+    response = boss.post(
+        "/admin/chat/room/",
+        {"action": "lock", "_selected_action": [room.pk], "index": 0},
+    )
+    assert response.status_code == 302
+    room.refresh_from_db()
+    assert room.locked
+    assert ModerationAction.objects.filter(action="room", actor=superuser).exists()
+    # Ordinary users reach none of it.
+    nobody = Client()
+    nobody.force_login(bob)
+    assert nobody.get("/admin/chat/message/").status_code == 302
+    assert nobody.get("/admin/moderation/").status_code == 302
+
+
+# --- live, on both transports ---
+
+pytestmark_live = pytest.mark.django_db(transaction=True)
+
+
+async def _http(server: Server, user: Any) -> aiohttp.ClientSession:
+    """A logged-in browser session on the server under test (CSRF pair and Origin included)."""
+    cookies, headers = await sync_to_async(session_cookies)(user)
+    headers["Origin"] = server.url
+    return aiohttp.ClientSession(
+        server.url, cookies=cookies, headers=headers, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    )
+
+
+async def _poll_messages(http: aiohttp.ClientSession, after: int) -> list[dict[str, Any]]:
+    """Long-poll until message events come (presence and the like also wake a poll)."""
+    while True:
+        async with http.get(f"/api/rooms/general/poll?after={after}&timeout=10") as answer:
+            got = [e for e in (await answer.json())["events"] if e["type"] == "message"]
+        if got:
+            return got
+
+
+@pytestmark_live
+async def test_an_admin_hide_reaches_websocket_long_poll_and_resume(
+    chat_server: Server,  # noqa: F811
+    alice: Any,
+    bob: Any,
+    superuser: Any,
+    room: Room,
+) -> None:
+    posted = (await sync_to_async(services.post_message)(alice, room, "rude")).message
+    b = await peer(chat_server, bob)
+    await b.subscribe("general", after=1)
+    async with (
+        await _http(chat_server, alice) as poller,
+        await _http(chat_server, superuser) as admin,
+    ):
+        poll = asyncio.ensure_future(_poll_messages(poller, after=1))
+        await asyncio.sleep(0.5)
+        form = {"action": "hide", "_selected_action": str(posted.pk), "index": "0"}
+        async with admin.post("/admin/chat/message/", data=form, allow_redirects=False) as r:
+            assert r.status == 302, await r.text()
+        assert await sync_to_async(lambda: Message.objects.get(pk=posted.pk).hidden)()
+        live = await b.next("message")
+        assert (live["id"], live["seq"], live["deleted"], live["body"]) == (posted.pk, 2, True, "")
+        polled = await asyncio.wait_for(poll, 15)
+        assert [(e["id"], e["deleted"]) for e in polled] == [(posted.pk, True)]
+    resumer = await peer(chat_server, alice)
+    assert (await resumer.subscribe("general", after=1))["seq"] == 2
+    assert (await resumer.next("message"))["deleted"] is True
+    await b.ws.close()
+    await resumer.ws.close()
+
+
+@pytestmark_live
+async def test_a_lock_is_live_and_refuses_posts(
+    chat_server: Server,  # noqa: F811
+    bob: Any,
+    room_mod: Any,
+    room: Room,
+) -> None:
+    b = await peer(chat_server, bob)
+    await b.subscribe("general")
+    async with await _http(chat_server, room_mod) as mod:
+        async with mod.post(
+            "/api/rooms/general/moderate", json={"locked": True, "title": "Quiet"}
+        ) as r:
+            assert r.status == 200, await r.text()
+    event = await b.next("room")
+    assert event == {"type": "room", "room": "general", "locked": True, "title": "Quiet"}
+    await b.send({"action": "sendmessage", "room": "general", "body": "hi", "client_id": "x"})
+    assert (await b.next("error"))["code"] == "forbidden"
+    assert await sync_to_async(Message.objects.count)() == 0
+    await b.ws.close()
+
+
+@pytestmark_live
+async def test_a_banned_users_socket_is_closed_and_cannot_reconnect(
+    chat_server: Server,  # noqa: F811
+    bob: Any,
+    superuser: Any,
+    room: Room,
+) -> None:
+    b = await peer(chat_server, bob)
+    await b.subscribe("general")
+    async with await _http(chat_server, superuser) as admin:
+        body = {"user": "bob", "kind": "ban", "reason": "abuse"}
+        async with admin.post("/api/moderation/restrictions", json=body) as r:
+            assert r.status == 201, await r.text()
+    assert await sync_to_async(services.site_banned)(bob)
+    # Told why, then closed by the server.
+    told = await b.next("error", timeout=10)
+    assert (told["code"], told.get("fatal")) == ("forbidden", True)
+    with pytest.raises(ConnectionClosed):
+        await b.next(timeout=10)
+    with pytest.raises(Exception) as info:
+        await peer(chat_server, bob)
+    assert "403" in str(info.value) or "4403" in str(info.value)
+    entry = await sync_to_async(ModerationAction.objects.get)()
+    assert (entry.action, entry.target_user_id, entry.reason) == ("ban", bob.pk, "abuse")
+
+
+@pytestmark_live
+async def test_a_muted_user_cannot_post_and_limits_answer_rate_limited(
+    chat_server: Server,  # noqa: F811
+    alice: Any,
+    bob: Any,
+    room_mod: Any,
+    room: Room,
+) -> None:
+    await sync_to_async(services.restrict)(room_mod, bob, "mute", room)
+    await sync_to_async(services.moderate_room)(room_mod, room, {"rate_limit": 1})
+    b, a = await peer(chat_server, bob), await peer(chat_server, alice)
+    await b.send({"action": "sendmessage", "room": "general", "body": "hi"})
+    assert (await b.next("error"))["code"] == "forbidden"
+    await a.send({"action": "sendmessage", "room": "general", "body": "one", "client_id": "a1"})
+    assert (await a.next("ack"))["client_id"] == "a1"
+    await a.send({"action": "sendmessage", "room": "general", "body": "two", "client_id": "a2"})
+    error = await a.next("error")
+    assert error["code"] == "rate_limited" and 0 < error["retry_after"] <= 60
+    await a.send({"action": "report", "room": "general", "id": 1, "reason": "x", "client_id": "r"})
+    # id 1 may not be alice's message on a reused database; a report answers ack or not_found.
+    answer = await a.next()
+    assert answer["type"] in ("ack", "error")
+    assert await sync_to_async(Message.objects.filter(author=bob).count)() == 0
+    assert await sync_to_async(Message.objects.count)() == 1
+    await a.ws.close()
+    await b.ws.close()
