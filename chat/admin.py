@@ -17,7 +17,16 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from chat import services
-from chat.models import Membership, Message, ModerationAction, Report, Restriction, Room
+from chat.models import (
+    ApiConnection,
+    Membership,
+    Message,
+    ModerationAction,
+    Report,
+    Restriction,
+    Room,
+    Subscription,
+)
 from chat.services import ChatError
 
 
@@ -344,3 +353,27 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "rooms": rooms,
         },
     )
+
+
+class SubscriptionInline(admin.TabularInline):
+    model = Subscription
+    extra = 0
+    readonly_fields = ["room", "created"]
+
+
+@admin.register(ApiConnection)
+class ApiConnectionAdmin(admin.ModelAdmin):
+    """Serverless WebSocket connections (API Gateway): read-only, for looking into who is online;
+    rows come and go with $connect, $disconnect, 410s and the clean-up job."""
+
+    list_display = ["connection_id", "user", "domain", "stage", "connected_at", "last_seen"]
+    list_select_related = ["user"]
+    search_fields = ["connection_id", "user__username"]
+    readonly_fields = [f.name for f in ApiConnection._meta.fields]
+    inlines = [SubscriptionInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
