@@ -377,3 +377,17 @@ class ApiConnectionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = ["connection", "room", "created"]
+    list_select_related = ["connection", "room"]
+    list_filter = ["room"]
+    readonly_fields = ["connection", "room", "created"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
