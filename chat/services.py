@@ -282,6 +282,15 @@ def ensure_lobby() -> Room:
 # --- messages: the write path ---
 
 
+def _with_flags(user: Any, room: Room) -> Room:
+    """The room with the user's flags: as get_room() returned it, or read in one query (callers
+    that hold a Room from elsewhere would otherwise pay a query per flag)."""
+    if getattr(room, "_member", None) is not None or not user.is_authenticated:
+        return room
+    flagged = _room_with_user_flags(room.slug, user)
+    return flagged if flagged is not None else room
+
+
 def _check_can_post(user: Any, room: Room) -> None:
     if not user.is_authenticated or not user.is_active:
         raise ChatError("unauthorized", "Log in first.")
@@ -412,6 +421,7 @@ def post_message(user: Any, room: Room, body: Any, client_id: Any = None) -> Pos
     client_id = clean_client_id(client_id)
     try:
         body = clean_body(body)
+        room = _with_flags(user, room)
         _check_can_post(user, room)
         if room.private and not is_member(user, room) and not is_moderator(user, room):
             raise ChatError("not_found", f"There is no room {room.slug!r}.")
