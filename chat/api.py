@@ -7,12 +7,14 @@ Each view parses input, calls the write path or the read path, and answers JSON.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from chat import longpoll, services, tokens
@@ -20,6 +22,7 @@ from chat.models import Restriction
 from chat.services import ChatError
 
 View = Callable[..., HttpResponse]
+log = logging.getLogger(__name__)
 
 
 def error(code: str, detail: str, status: int, **extra: Any) -> JsonResponse:
@@ -44,12 +47,16 @@ def api(*methods: str) -> Callable[[View], View]:
                 response = error("method_not_allowed", f"Use {' or '.join(methods)}.", 405)
                 response["Allow"] = ", ".join(methods)
                 return response
-            if not request.user.is_authenticated:
-                return error("unauthorized", "Log in first.", 401)
             try:
+                if not request.user.is_authenticated:
+                    return error("unauthorized", "Log in first.", 401)
                 return view(request, *args, **kwargs)
             except ChatError as exc:
                 return chat_error(exc)
+            except DatabaseError:
+                # Not stored, not acknowledged: the client retries with the same client_id.
+                log.exception("database error in %s", view.__name__)
+                return error("server_error", "Try again: the server could not store it.", 500)
 
         return wrapper
 

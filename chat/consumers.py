@@ -274,7 +274,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(interval)
             rooms = [r for r, c in self.cursors.items() if c is not None]
             if rooms:
-                await database_sync_to_async(self._refresh_presence, thread_sensitive=False)(rooms)
+                try:
+                    await database_sync_to_async(self._refresh_presence, thread_sensitive=False)(
+                        rooms
+                    )
+                except Exception:
+                    # Keep beating: one failure must not drop the user from presence for good.
+                    log.warning("presence refresh failed", exc_info=True)
 
     def _refresh_presence(self, rooms: list[int]) -> None:
         assert self.conn is not None

@@ -43,6 +43,8 @@ class RoomHub:
         self.last_seq: dict[int, int] = {}
         self.held: dict[int, dict[int, dict[str, Any]]] = {}
         self.timers: dict[int, asyncio.TimerHandle] = {}
+        # Rooms whose group subscription failed (Redis down): retried every second.
+        self.unjoined: set[int] = set()
 
     async def join(self, room_id: int, listener: Listener) -> None:
         """Start receiving the room's events. Returns once the subscription is in place."""
@@ -53,7 +55,7 @@ class RoomHub:
             first = not listeners
             listeners.add(listener)
             if first:
-                await self.layer.group_add(group_name(room_id), self.channel)
+                await self._group_add(room_id)
             # The hub outlives the request that started it: its tasks get a fresh context, not the
             # request's (whose thread-sensitive executor is gone once the request ends).
             if self.reader is None or self.reader.done():
@@ -75,8 +77,13 @@ class RoomHub:
                 del self.listeners[room_id]
                 self._cancel_timer(room_id)
                 self.last_seq.pop(room_id, None)
+                self.unjoined.discard(room_id)
                 if self.channel is not None:
-                    await self.layer.group_discard(group_name(room_id), self.channel)
+                    try:
+                        await self.layer.group_discard(group_name(room_id), self.channel)
+                    except Exception:
+                        # Redis down: the hub ignores the room's events from now on anyway.
+                        log.warning("room hub could not leave room %s", room_id, exc_info=True)
 
     def rooms(self) -> list[int]:
         return list(self.listeners)
@@ -147,23 +154,43 @@ class RoomHub:
                 continue
             self.dispatch(message)
 
+    async def _group_add(self, room_id: int) -> None:
+        """Subscribe to the room's group; with Redis down, retry later instead of failing the
+        subscriber: history and the write path do not need Redis, and its gap fill catches up."""
+        assert self.channel is not None
+        try:
+            await self.layer.group_add(group_name(room_id), self.channel)
+        except Exception:
+            log.warning("room hub could not join room %s; retrying", room_id, exc_info=True)
+            self.unjoined.add(room_id)
+        else:
+            self.unjoined.discard(room_id)
+
     async def _maintain(self) -> None:
         from chat import presence
 
-        interval = max(1.0, settings.CHAT_PRESENCE_TTL / 3)
-        since_refresh = 0.0
+        sweep_every = max(1.0, settings.CHAT_PRESENCE_TTL / 3)
+        since_sweep = since_refresh = 0.0
         while self.listeners:
-            await asyncio.sleep(interval)
-            since_refresh += interval
-            for room_id in self.rooms():
-                try:
-                    await presence.sweep(room_id)
-                except Exception:
-                    log.warning("presence sweep failed for room %s", room_id, exc_info=True)
-            if since_refresh >= GROUP_REFRESH_SECONDS and self.channel is not None:
+            await asyncio.sleep(1.0)
+            since_sweep += 1.0
+            since_refresh += 1.0
+            for room_id in list(self.unjoined):
+                if room_id in self.listeners:
+                    await self._group_add(room_id)
+                else:
+                    self.unjoined.discard(room_id)
+            if since_sweep >= sweep_every:
+                since_sweep = 0.0
+                for room_id in self.rooms():
+                    try:
+                        await presence.sweep(room_id)
+                    except Exception:
+                        log.warning("presence sweep failed for room %s", room_id, exc_info=True)
+            if since_refresh >= GROUP_REFRESH_SECONDS:
                 since_refresh = 0.0
                 for room_id in self.rooms():
-                    await self.layer.group_add(group_name(room_id), self.channel)
+                    await self._group_add(room_id)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoomHub] = weakref.WeakKeyDictionary()

@@ -9,6 +9,7 @@ The API is synchronous: it is called from the protocol handlers' threads and the
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from functools import cache
@@ -20,6 +21,8 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from chat import events, fanout
+
+log = logging.getLogger(__name__)
 
 
 class Store(Protocol):
@@ -127,24 +130,48 @@ def store() -> Store:
     return MemoryStore()
 
 
+# Presence is best effort, like live push: with Redis down, subscribing, posting and resuming must
+# go on (history is in the database), so store failures are logged and treated as "no change".
+
+
+def users(room_id: int) -> list[str]:
+    try:
+        return store().users(room_id)
+    except redis.RedisError:
+        log.warning("presence store unavailable", exc_info=True)
+        return []
+
+
 def announce(room_id: int, slug: str) -> None:
-    fanout.publish(room_id, events.presence(slug, store().users(room_id)))
+    fanout.publish(room_id, events.presence(slug, users(room_id)))
 
 
 def join(room_id: int, slug: str, conn: str, user: str) -> bool:
     """Mark the connection present; True when that changed the list (and it was announced)."""
-    if store().touch(room_id, conn, user, settings.CHAT_PRESENCE_TTL):
+    try:
+        changed = store().touch(room_id, conn, user, settings.CHAT_PRESENCE_TTL)
+    except redis.RedisError:
+        log.warning("presence store unavailable", exc_info=True)
+        return False
+    if changed:
         announce(room_id, slug)
-        return True
-    return False
+    return changed
 
 
 def refresh(room_id: int, conn: str, user: str) -> None:
-    store().touch(room_id, conn, user, settings.CHAT_PRESENCE_TTL)
+    try:
+        store().touch(room_id, conn, user, settings.CHAT_PRESENCE_TTL)
+    except redis.RedisError:
+        log.warning("presence store unavailable", exc_info=True)
 
 
 def leave(room_id: int, slug: str, conn: str, user: str) -> None:
-    if store().leave(room_id, conn, user):
+    try:
+        changed = store().leave(room_id, conn, user)
+    except redis.RedisError:
+        log.warning("presence store unavailable", exc_info=True)
+        return
+    if changed:
         announce(room_id, slug)
 
 

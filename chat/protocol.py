@@ -129,7 +129,7 @@ def subscribe(conn: Connection, frame: Frame) -> list[Event]:
     # A join that changes the list is announced to everyone, this connection included; otherwise
     # the subscriber still needs the current list once.
     if not presence.join(room.pk, room.slug, conn.conn_id, conn.user.get_username()):
-        replies.append(events.presence(room.slug, presence.store().users(room.pk)))
+        replies.append(events.presence(room.slug, presence.users(room.pk)))
     return replies
 
 

@@ -23,6 +23,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import json
 import logging
 import os
 import random
@@ -41,7 +42,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.utils import percent_encode
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections, transaction
 from django.db import connection as db_connection
 from django.utils import timezone
 from zappa.asynchronous import task
@@ -489,8 +490,33 @@ def one_frame_at_a_time(connection_id: str) -> Iterator[None]:
 @invocation
 def message(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """One frame through the shared protocol; the replies go back through @connections."""
-    with one_frame_at_a_time(event["requestContext"]["connectionId"]):
-        return _message(event)
+    rc = event["requestContext"]
+    try:
+        with one_frame_at_a_time(rc["connectionId"]):
+            return _message(event)
+    except DatabaseError:
+        # Everything needed to answer is in the event: tell the client, which retries with the
+        # same client_id (nothing was stored or acknowledged).
+        log.exception("database error on a frame")
+        close_old_connections()
+        _post_event(
+            (rc["connectionId"], endpoint(rc["domainName"], rc["stage"])),
+            events.error(
+                "server_error",
+                "Try again: the server could not store it.",
+                client_id=_frame_client_id(event.get("body")),
+            ),
+        )
+        return {"statusCode": 500}
+
+
+def _frame_client_id(body: Any) -> str | None:
+    try:
+        frame = json.loads(body) if isinstance(body, str) else None
+    except ValueError:
+        return None
+    client_id = frame.get("client_id") if isinstance(frame, dict) else None
+    return client_id if isinstance(client_id, str) else None
 
 
 def _message(event: dict[str, Any]) -> dict[str, Any]:
