@@ -55,11 +55,11 @@ def _sync_redis() -> redis.Redis | None:
     return None
 
 
-def channel_layer_publisher(room_id: int, event: dict[str, Any], text: str) -> None:
+def layer_send(room_id: int, message: dict[str, Any]) -> None:
+    """Send one message to the room's group on the channel layer, from synchronous code."""
     layer = get_channel_layer()
     if layer is None:
         return
-    message = layer_message(room_id, event, text)
     client = _sync_redis()
     if client is not None:
         # The write path is synchronous: going through async_to_sync costs an event loop and a
@@ -69,6 +69,10 @@ def channel_layer_publisher(room_id: int, event: dict[str, Any], text: str) -> N
         client.publish(channel, layer.serialize(message))
         return
     async_to_sync(layer.group_send)(group_name(room_id), message)
+
+
+def channel_layer_publisher(room_id: int, event: dict[str, Any], text: str) -> None:
+    layer_send(room_id, layer_message(room_id, event, text))
 
 
 @cache

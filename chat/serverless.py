@@ -23,7 +23,6 @@ import base64
 import binascii
 import contextlib
 import functools
-import json
 import logging
 import os
 import random
@@ -511,11 +510,12 @@ def message(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _frame_client_id(body: Any) -> str | None:
+    """The frame's client_id, read with the shared parser, for labelling an error reply."""
     try:
-        frame = json.loads(body) if isinstance(body, str) else None
-    except ValueError:
+        frame = protocol.parse(body if isinstance(body, str) else None)
+    except services.ChatError:
         return None
-    client_id = frame.get("client_id") if isinstance(frame, dict) else None
+    client_id = frame.get("client_id")
     return client_id if isinstance(client_id, str) else None
 
 

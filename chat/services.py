@@ -13,14 +13,13 @@ and none writes messages itself. Each change:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -40,6 +39,8 @@ from chat.models import (
     Room,
     slug_validator,
 )
+
+log = logging.getLogger(__name__)
 
 STATUS = {
     "bad_request": 400,
@@ -744,9 +745,9 @@ def close_connections(user_id: int, room_id: int | None) -> None:
             event = events.room_state(slug, locked, title)
             message = {**fanout.layer_message(pk, event, fanout.encode(event)), "kick": user_id}
             try:
-                _send_layer(pk, message)
+                fanout.layer_send(pk, message)
             except Exception:
-                fanout.log.exception("closing the connections of user %s failed", user_id)
+                log.exception("closing the connections of user %s failed", user_id)
     rows = ApiConnection.objects.filter(user_id=user_id)
     if room_id is not None:
         rows = rows.filter(subscriptions__room_id=room_id)
@@ -755,20 +756,6 @@ def close_connections(user_id: int, room_id: int | None) -> None:
         from chat import serverless
 
         serverless.close_connections(rows)
-
-
-def _send_layer(room_id: int, message: dict[str, Any]) -> None:
-    # The same two ways fanout.channel_layer_publisher sends (a pooled Redis PUBLISH, else
-    # group_send), with one more field the consumer reads.
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    client = fanout._sync_redis()
-    if client is not None:
-        channel = f"{settings.CHAT_REDIS_PREFIX}__group__{fanout.group_name(room_id)}"
-        client.publish(channel, layer.serialize(message))
-    else:
-        async_to_sync(layer.group_send)(fanout.group_name(room_id), message)
 
 
 def report_message(user: Any, room: Room, message_id: Any, reason: Any) -> Report:
