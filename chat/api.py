@@ -226,7 +226,7 @@ def ws_token(request: HttpRequest) -> HttpResponse:
     ws_url = settings.CHAT_WS_URL or _default_ws_url(request)
     return JsonResponse(
         {
-            "token": tokens.make_token(request.user),
+            "token": tokens.make_token(request.user, request.session.session_key),
             "ws_url": ws_url,
             "expires_in": settings.CHAT_WS_TOKEN_MAX_AGE,
         }

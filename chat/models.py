@@ -7,6 +7,7 @@ asking for `seq > n` never skips a change that commits later.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -111,6 +112,7 @@ EVENT_FIELDS = (
     "hidden",
     "posted_seq",
     "seq",
+    "attachment_id",
 )
 
 
@@ -130,14 +132,54 @@ class MessageQuerySet(models.QuerySet["Message"]):
     def events(self, room_slug: str) -> list[dict[str, Any]]:
         """The `message` events of these rows, read as tuples: history pages and resume reads
         serialise hundreds of messages, and building model instances was most of their time."""
-        rows = self.values_list(*EVENT_COLUMNS, "author__username")
+        rows = self.values_list("author__username", *EVENT_COLUMNS)
         return [message_event(room_slug, *row) for row in rows]
 
     def with_author(self) -> MessageQuerySet:
         # Only what to_event() reads: building whole users and rooms was most of a page's time.
-        return self.select_related("author", "room").only(
-            *EVENT_FIELDS, "room__slug", "author__username"
+        return self.select_related("author", "room", "attachment").only(
+            *EVENT_FIELDS,
+            "room__slug",
+            "author__username",
+            *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS),
         )
+
+
+class Attachment(models.Model):
+    """One uploaded file, stored through STORAGES["default"] (the file system, or S3).
+
+    An upload is `pending` until its content has been checked (chat/attachments.py), then `ready`;
+    only a ready attachment of the same uploader and room can go into a message, and only once.
+    The id is random, but it is not what protects the file: every download checks the room."""
+
+    PENDING = "pending"
+    READY = "ready"
+    STATES = [(PENDING, "pending"), (READY, "ready")]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="attachments")
+    uploader = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="attachments"
+    )
+    name = models.CharField(max_length=255)
+    size = models.PositiveBigIntegerField()
+    content_type = models.CharField(max_length=100)
+    # The storage key, fixed before the upload (S3 presigned POSTs need it up front).
+    file = models.FileField(max_length=300)
+    thumbnail = models.FileField(max_length=300, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=8, choices=STATES, default=PENDING)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            # Serves the daily quota: this uploader's attachments since a time.
+            models.Index(fields=["uploader", "created"], name="attachment_uploader_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.size} bytes) in {self.room_id}"
 
 
 class Message(models.Model):
@@ -157,6 +199,9 @@ class Message(models.Model):
     # room seq of its latest change (moves on every edit or delete: resume reads follow it).
     posted_seq = models.BigIntegerField()
     seq = models.BigIntegerField()
+    attachment = models.OneToOneField(
+        Attachment, null=True, blank=True, on_delete=models.SET_NULL, related_name="message"
+    )
 
     objects = MessageQuerySet.as_manager()
 
@@ -184,15 +229,60 @@ class Message(models.Model):
 
     def to_event(self) -> dict[str, Any]:
         """The `message` event: the full current state of this message, the one wire format."""
-        values = [getattr(self, name) for name in EVENT_COLUMNS]
-        return message_event(self.room.slug, *values, self.author.get_username())
+        values = [getattr(self, name) for name in EVENT_COLUMNS[:9]]
+        a = self.attachment if self.attachment_id else None
+        files = (a.name, a.size, a.content_type, a.thumbnail.name, a.width, a.height) if a else ()
+        return message_event(self.room.slug, self.author.get_username(), *values, *files)
 
 
-EVENT_COLUMNS = ("id", "seq", "body", "created", "client_id", "edited", "deleted", "hidden")
+ATTACHMENT_COLUMNS = ("name", "size", "content_type", "thumbnail", "width", "height")
+EVENT_COLUMNS = (
+    "id",
+    "seq",
+    "body",
+    "created",
+    "client_id",
+    "edited",
+    "deleted",
+    "hidden",
+    "attachment_id",
+    *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS),
+)
+
+
+def attachment_url(pk: Any, thumbnail: bool = False) -> str:
+    """The permission-checked address of an attachment (or its thumbnail), relative to the site.
+    Events carry it; the download view checks the room and then serves the file or redirects to a
+    short-lived signed S3 URL, so an event read days later still holds a working address."""
+    from django.urls import reverse
+
+    return reverse("api-attachment-thumbnail" if thumbnail else "api-attachment", args=[pk])
+
+
+def attachment_event(
+    pk: Any,
+    name: str,
+    size: int,
+    content_type: str,
+    thumbnail: str | None,
+    width: int | None,
+    height: int | None,
+) -> dict[str, Any]:
+    return {
+        "id": str(pk),
+        "name": name,
+        "size": size,
+        "content_type": content_type,
+        "url": attachment_url(pk),
+        "thumbnail": attachment_url(pk, thumbnail=True) if thumbnail else None,
+        "width": width,
+        "height": height,
+    }
 
 
 def message_event(
     room: str,
+    author: str,
     pk: int,
     seq: int,
     body: str,
@@ -201,12 +291,14 @@ def message_event(
     edited: datetime | None,
     deleted: bool,
     hidden: bool,
-    author: str,
+    attachment_id: Any = None,
+    *attachment: Any,
 ) -> dict[str, Any]:
     """The one serializer of `message` events (Message.to_event and MessageQuerySet.events).
 
     A message hidden by a moderator goes out exactly as a deleted one (clients already show that as
-    removed), so the wire format does not change and its text never leaves the server."""
+    removed), so the wire format does not change and neither its text nor its file leaves the
+    server."""
     deleted = deleted or hidden
     return {
         "type": "message",
@@ -217,7 +309,11 @@ def message_event(
         "body": "" if deleted else body,
         "created": created.isoformat(),
         "client_id": client_id,
-        "attachment": None,
+        "attachment": (
+            attachment_event(attachment_id, *attachment)
+            if attachment_id is not None and not deleted
+            else None
+        ),
         "edited": edited is not None,
         "deleted": deleted,
     }
@@ -381,6 +477,17 @@ class ModerationAction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_id} at {self.created:%Y-%m-%d %H:%M}"
+
+
+class LoggedOutSession(models.Model):
+    """A session that logged out: WebSocket tokens made in it are refused from then on (they name a
+    hash of their session). Rows older than the token lifetime can go: such tokens expired anyway."""
+
+    key_hash = models.CharField(max_length=64, primary_key=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"session logged out at {self.at:%Y-%m-%d %H:%M}"
 
 
 # Deactivating a Django user is a site ban (chat/services.deactivated): remember whether it was

@@ -15,7 +15,7 @@ from django.core import signing
 SALT = "chat.ws-token"
 
 
-def make_token(user: Any) -> str:
+def make_token(user: Any, session_key: str | None = None) -> str:
     return signing.dumps({"u": user.pk, "h": user.get_session_auth_hash()[:20]}, salt=SALT)
 
 
