@@ -15,9 +15,15 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import (
+    FileResponse,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 
-from chat import longpoll, services, tokens
+from chat import attachments, longpoll, services, tokens
 from chat.models import Restriction
 from chat.services import ChatError
 
@@ -106,7 +112,9 @@ def messages(request: HttpRequest, slug: str) -> HttpResponse:
     room = services.get_room(request.user, slug)
     if request.method == "POST":
         data = json_body(request)
-        posted = services.post_message(request.user, room, data.get("body"), data.get("client_id"))
+        posted = services.post_message(
+            request.user, room, data.get("body"), data.get("client_id"), data.get("attachment")
+        )
         return JsonResponse(posted.message.to_event(), status=201 if posted.created else 200)
     after = query_int(request, "after")
     if after is not None:
@@ -231,6 +239,86 @@ def ws_token(request: HttpRequest) -> HttpResponse:
             "expires_in": settings.CHAT_WS_TOKEN_MAX_AGE,
         }
     )
+
+
+# --- attachments (chat/attachments.py has the steps) ---
+
+
+@api("POST")
+def start_upload(request: HttpRequest, slug: str) -> HttpResponse:
+    """Declare an upload: 201 with the pending attachment and where to send its bytes."""
+    room = services.get_room(request.user, slug)
+    data = json_body(request)
+    attachment = attachments.start_upload(
+        request.user, room, data.get("name"), data.get("size"), data.get("content_type")
+    )
+    return JsonResponse(
+        {
+            "attachment": attachment_dict(attachment),
+            "upload": attachments.upload_target(attachment),
+        },
+        status=201,
+    )
+
+
+@api("POST")
+def upload(request: HttpRequest, attachment_id: str) -> HttpResponse:
+    """The bytes of a pending upload, as the multipart field `file` (file-system storage)."""
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    # Refuse an oversized body before Django reads it into memory or a temporary file.
+    if declared.isdigit() and int(declared) > settings.CHAT_ATTACHMENT_MAX_SIZE + 64 * 1024:
+        raise ChatError("too_large", "The file is larger than allowed.")
+    try:
+        upload = request.FILES.get("file")
+    except RequestDataTooBig:
+        raise ChatError("too_large", "The request body is too large.") from None
+    attachment = attachments.receive(request.user, attachment_id, upload)
+    return JsonResponse({"attachment": attachment_dict(attachment)}, status=201)
+
+
+@api("POST")
+def complete_upload(request: HttpRequest, attachment_id: str) -> HttpResponse:
+    """Check the stored file: 200 with the ready attachment, or an error and nothing kept."""
+    attachment = attachments.complete(request.user, attachment_id)
+    return JsonResponse({"attachment": attachment_dict(attachment)})
+
+
+@api("GET", "HEAD")
+def download(request: HttpRequest, attachment_id: str, thumbnail: bool = False) -> HttpResponse:
+    """The file for those who may read its room: served here, or a redirect to a signed URL."""
+    attachment = attachments.for_download(request.user, attachment_id)
+    if thumbnail and not attachment.thumbnail:
+        raise ChatError("not_found", "This file has no thumbnail.")
+    if attachments.direct_upload():
+        response: HttpResponse = HttpResponseRedirect(attachments.signed_url(attachment, thumbnail))
+    else:
+        inline = thumbnail or attachment.content_type in attachments.IMAGE_FORMATS
+        response = FileResponse(
+            attachments.open_file(attachment, thumbnail),
+            content_type="image/webp" if thumbnail else attachment.content_type,
+        )
+        response["Content-Disposition"] = attachments.disposition(attachment.name, inline)
+        # Served from our origin: the browser must not guess a type or run anything in it.
+        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cache-Control"] = "private, max-age=60"
+    return response
+
+
+def attachment_dict(attachment: Any) -> dict[str, Any]:
+    from chat.models import attachment_event
+
+    return {
+        **attachment_event(
+            attachment.pk,
+            attachment.name,
+            attachment.size,
+            attachment.content_type,
+            attachment.thumbnail.name,
+            attachment.width,
+            attachment.height,
+        ),
+        "status": attachment.status,
+    }
 
 
 def _default_ws_url(request: HttpRequest) -> str:

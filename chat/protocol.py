@@ -100,10 +100,12 @@ def _room(conn: Connection, frame: Frame, *, default: bool = False) -> Room:
     return services.get_room(conn.user, slug)
 
 
-def _body(frame: Frame) -> Any:
+def _body(frame: Frame, optional: bool = False) -> Any:
     for name in ("body", "message", "data"):
         if name in frame:
             return frame[name]
+    if optional:
+        return None
     raise ChatError("bad_request", "A message needs a `body`.")
 
 
@@ -142,7 +144,9 @@ def unsubscribe(conn: Connection, frame: Frame) -> list[Event]:
 
 def sendmessage(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame, default=True)
-    posted = services.post_message(conn.user, room, _body(frame), frame.get("client_id"))
+    attachment = frame.get("attachment")
+    body = _body(frame, optional=attachment is not None)
+    posted = services.post_message(conn.user, room, body, frame.get("client_id"), attachment)
     return [posted.ack()]
 
 

@@ -31,6 +31,7 @@ from django.utils.dateparse import parse_datetime
 from chat import events, fanout
 from chat.models import (
     ApiConnection,
+    Attachment,
     Membership,
     Message,
     ModerationAction,
@@ -221,10 +222,12 @@ def visible_rooms(user: Any) -> list[dict[str, Any]]:
 # --- validation ---
 
 
-def clean_body(body: Any) -> str:
+def clean_body(body: Any, may_be_empty: bool = False) -> str:
+    if may_be_empty and body is None:
+        return ""
     if not isinstance(body, str):
         raise ChatError("bad_request", "`body` must be a string.")
-    if not body.strip():
+    if not body.strip() and not may_be_empty:
         raise ChatError("bad_request", "A message cannot be empty.")
     if len(body) > settings.CHAT_MAX_BODY:
         raise ChatError("too_large", f"A message is at most {settings.CHAT_MAX_BODY} characters.")
@@ -292,7 +295,7 @@ def _with_flags(user: Any, room: Room) -> Room:
     return flagged if flagged is not None else room
 
 
-def _check_can_post(user: Any, room: Room) -> None:
+def check_can_post(user: Any, room: Room) -> None:
     if not user.is_authenticated or not user.is_active:
         raise ChatError("unauthorized", "Log in first.")
     kind = restriction(user, room)
@@ -351,8 +354,10 @@ WITH next AS (
     SELECT %(room)s, %(author)s, %(created)s, 0 FROM next WHERE %(join)s
     ON CONFLICT (room_id, user_id) DO NOTHING
 )
-INSERT INTO {message} (room_id, author_id, body, client_id, created, deleted, posted_seq, seq)
-SELECT %(room)s, %(author)s, %(body)s, %(client_id)s, %(created)s, false, next.seq, next.seq
+INSERT INTO {message}
+    (room_id, author_id, body, client_id, created, deleted, posted_seq, seq, attachment_id)
+SELECT %(room)s, %(author)s, %(body)s, %(client_id)s, %(created)s, false, next.seq, next.seq,
+    %(attachment)s
 FROM next
 RETURNING id, seq
 """
@@ -380,6 +385,7 @@ def _insert_in_one_statement(message: Message, may_post_locked: bool, join: bool
         "body": message.body,
         "client_id": message.client_id,
         "created": message.created,
+        "attachment": message.attachment_id,
     }
     # Inside a caller's transaction, a savepoint keeps a duplicate client_id from breaking it;
     # in autocommit (every transport) the statement is its own transaction.
@@ -417,17 +423,25 @@ def _existing(user: Any, client_id: str | None) -> Message | None:
     return Message.objects.with_author().filter(author=user, client_id=client_id).first()
 
 
-def post_message(user: Any, room: Room, body: Any, client_id: Any = None) -> Posted:
-    """Post a message; a retry with the same `client_id` returns the original and changes nothing."""
+def post_message(
+    user: Any, room: Room, body: Any, client_id: Any = None, attachment: Any = None
+) -> Posted:
+    """Post a message, with the id of a ready upload as its attachment if given (the body may then
+    be empty); a retry with the same `client_id` returns the original and changes nothing."""
     client_id = clean_client_id(client_id)
     try:
-        body = clean_body(body)
+        body = clean_body(body, may_be_empty=attachment is not None)
         room = _with_flags(user, room)
-        _check_can_post(user, room)
+        check_can_post(user, room)
         if room.private and not is_member(user, room) and not is_moderator(user, room):
             raise ChatError("not_found", f"There is no room {room.slug!r}.")
         _check_rate(user, room)
         message = Message(room=room, author=user, body=body, client_id=client_id)
+        if attachment is not None:
+            from chat import attachments
+
+            # The one-to-one column makes a second message with the same file fail to insert.
+            message.attachment = attachments.for_message(user, room, attachment)
         may_post_locked = is_moderator(user, room)
         if connection.vendor == "postgresql":
             _insert_in_one_statement(message, may_post_locked, join=not room.private)
@@ -441,14 +455,16 @@ def post_message(user: Any, room: Room, body: Any, client_id: Any = None) -> Pos
                     Membership.objects.get_or_create(room=room, user=user)
                 message.posted_seq = message.seq = seq
                 message.save(force_insert=True)
-    except (ChatError, IntegrityError):
+    except (ChatError, IntegrityError) as error:
         # A retry of a message already stored gets the original, even if the room was locked
         # since, or if it raced the original (the unique (author, client_id) constraint made our
         # insert, seq included, roll back). Checked only on failure: the usual post pays nothing.
         existing = _existing(user, client_id)
-        if existing is None:
-            raise
-        return Posted(existing, created=False)
+        if existing is not None:
+            return Posted(existing, created=False)
+        if attachment is not None and isinstance(error, IntegrityError):
+            raise ChatError("bad_request", "This attachment was already sent.") from None
+        raise
     _publish_on_commit(message)
     return Posted(message, created=True)
 
@@ -485,6 +501,10 @@ def _change(message: Message, **fields: Any) -> Message:
         if current.hidden and fields.get("hidden", True):
             # Hidden by a moderator: only a moderator's restore or erase changes it now.
             raise ChatError("forbidden", "A moderator removed this message.")
+        if fields.get("deleted") and current.attachment_id is not None:
+            # A deleted message's file goes from storage too, once the delete has committed.
+            fields["attachment"] = None
+            _delete_attachment_on_commit(current.attachment_id)
         for name, value in fields.items():
             setattr(current, name, value)
         current.seq = seq
@@ -495,8 +515,21 @@ def _change(message: Message, **fields: Any) -> Message:
     return current
 
 
+def _delete_attachment_on_commit(pk: Any) -> None:
+    row = Attachment.objects.filter(pk=pk).values_list("file", "thumbnail").first()
+
+    def delete() -> None:
+        from chat import attachments
+
+        Attachment.objects.filter(pk=pk).delete()
+        if row is not None:
+            attachments.delete_files(*row)
+
+    transaction.on_commit(delete)
+
+
 def edit_message(user: Any, room: Room, message_id: Any, body: Any) -> Message:
-    _check_can_post(user, room)
+    check_can_post(user, room)
     body = clean_body(body)
     message = _own_message(user, room, message_id)
     window = timedelta(seconds=settings.CHAT_EDIT_WINDOW)
@@ -508,7 +541,7 @@ def edit_message(user: Any, room: Room, message_id: Any, body: Any) -> Message:
 
 
 def delete_message(user: Any, room: Room, message_id: Any) -> Message:
-    _check_can_post(user, room)
+    check_can_post(user, room)
     message = _own_message(user, room, message_id)
     # The author's delete removes the text; only the tombstone stays, so resume shows it gone.
     return _change(message, body="", deleted=True)

@@ -81,5 +81,9 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "rooms": services.visible_rooms(request.user),
         "is_latest": before_seq is None,
         "max_body": settings.CHAT_MAX_BODY,
+        "max_attachment": settings.CHAT_ATTACHMENT_MAX_SIZE,
+        "attachment_types": ",".join(settings.CHAT_ATTACHMENT_TYPES),
+        # Moderators may post in a locked room: the page keeps their composer open.
+        "is_moderator": services.is_moderator(request.user, room),
     }
     return render(request, "chat/room.html", context)

@@ -229,10 +229,24 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# An S3-compatible endpoint instead of AWS's (a local S3 in tests); path-style addressing then.
+AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL", ("http", "https"))
 if AWS_STORAGE_BUCKET_NAME:
     STORAGES["default"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {"bucket_name": AWS_STORAGE_BUCKET_NAME, "location": "media"},
+        "OPTIONS": {
+            "bucket_name": AWS_STORAGE_BUCKET_NAME,
+            "location": "media",
+            # Private objects, reached only through signed URLs that expire.
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": env_int("CHAT_ATTACHMENT_URL_TTL", 300, minimum=1),
+            "file_overwrite": False,
+            "signature_version": "s3v4",
+            "region_name": env_str("AWS_S3_REGION_NAME", env_str("AWS_REGION")) or None,
+            "endpoint_url": AWS_S3_ENDPOINT_URL or None,
+            "addressing_style": "path" if AWS_S3_ENDPOINT_URL else None,
+        },
     }
 if AWS_STATIC_BUCKET_NAME:
     STORAGES["staticfiles"] = {
@@ -245,3 +259,21 @@ if AWS_STATIC_BUCKET_NAME:
     }
     if "STATIC_URL" not in os.environ:
         STATIC_URL = f"https://{AWS_STATIC_BUCKET_NAME}.s3.amazonaws.com/static/"
+
+# --- Attachments (chat/attachments.py) ---
+# Largest file, in bytes (default 10 MB).
+CHAT_ATTACHMENT_MAX_SIZE = env_int("CHAT_ATTACHMENT_MAX_SIZE", 10 * 1024 * 1024, minimum=1)
+# Content types a file may have; each upload's content is checked against its declared type.
+CHAT_ATTACHMENT_TYPES = env_list(
+    "CHAT_ATTACHMENT_TYPES",
+    "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/plain,application/zip",
+)
+# Bytes one user may upload in 24 hours (default 100 MB).
+CHAT_ATTACHMENT_DAILY_QUOTA = env_int("CHAT_ATTACHMENT_DAILY_QUOTA", 100 * 1024 * 1024, minimum=0)
+# Lifetime of the signed S3 URLs the download view redirects to, and of a presigned upload.
+CHAT_ATTACHMENT_URL_TTL = env_int("CHAT_ATTACHMENT_URL_TTL", 300, minimum=1)
+CHAT_ATTACHMENT_UPLOAD_TTL = env_int("CHAT_ATTACHMENT_UPLOAD_TTL", 600, minimum=1)
+# Uploads never sent in a message are deleted after this many seconds (`manage.py purgeattachments`).
+CHAT_ATTACHMENT_UNUSED_TTL = env_int("CHAT_ATTACHMENT_UNUSED_TTL", 86400, minimum=60)
+# Longest side of an image's thumbnail, in pixels.
+CHAT_ATTACHMENT_THUMBNAIL = env_int("CHAT_ATTACHMENT_THUMBNAIL", 320, minimum=16)

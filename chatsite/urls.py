@@ -43,4 +43,22 @@ urlpatterns = [
     path("api/rooms/<slug:slug>/typing", api.typing, name="api-typing"),
     path("api/rooms/<slug:slug>/poll", api.poll, name="api-poll"),
     path("api/ws-token", api.ws_token, name="api-ws-token"),
+    path("api/rooms/<slug:slug>/attachments", api.start_upload, name="api-attachments"),
+    path("api/attachments/<uuid:attachment_id>", api.download, name="api-attachment"),
+    path(
+        "api/attachments/<uuid:attachment_id>/thumbnail",
+        api.download,
+        {"thumbnail": True},
+        name="api-attachment-thumbnail",
+    ),
+    path(
+        "api/attachments/<uuid:attachment_id>/upload",
+        api.upload,
+        name="api-attachment-upload",
+    ),
+    path(
+        "api/attachments/<uuid:attachment_id>/complete",
+        api.complete_upload,
+        name="api-attachment-complete",
+    ),
 ]

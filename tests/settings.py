@@ -2,10 +2,15 @@
 otherwise; a Redis key prefix per test run, so runs never see each other's rooms."""
 
 import os
+import tempfile
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("CHAT_REDIS_PREFIX", f"chattest{os.getpid()}")
+# Uploaded files of this run (servers started by the tests inherit it), never the project's media/.
+os.environ.setdefault(
+    "MEDIA_ROOT", os.path.join(tempfile.gettempdir(), f"chat-media-{os.getpid()}")
+)
 
 from chatsite.settings import *  # noqa: F403
 
