@@ -114,6 +114,41 @@ async def test_reconnect_with_after_gets_exactly_the_missed(
     await b.ws.close()
 
 
+async def test_a_file_sent_over_the_socket_reaches_everyone(
+    chat_server: Server, alice: Any, bob: Any, room: Room
+) -> None:
+    """The bytes go to storage over HTTP; the frame carries only the attachment's id, so it stays
+    far below API Gateway's 32 KB whatever the file's size."""
+    from chat import attachments
+    from chat.models import Attachment
+
+    def ready_upload() -> str:
+        row = attachments.start_upload(alice, room, "notes.txt", 5, "text/plain")
+        Attachment.objects.filter(pk=row.pk).update(status=Attachment.READY)
+        return str(row.pk)
+
+    pk = await sync_to_async(ready_upload)()
+    a, b = await peer(chat_server, alice), await peer(chat_server, bob)
+    await a.subscribe("general")
+    await b.subscribe("general")
+    await a.send({"action": "sendmessage", "room": "general", "attachment": pk, "client_id": "f1"})
+    # The sender gets its ack and the message, in either order (on Lambda the fan-out may win).
+    first, second = await a.next(), await a.next()
+    ack, mine = (first, second) if first["type"] == "ack" else (second, first)
+    assert (ack["type"], ack["client_id"], mine["type"]) == ("ack", "f1", "message")
+    for event in (mine, await b.next("message")):
+        assert event["body"] == ""
+        assert event["attachment"]["id"] == pk
+        assert event["attachment"]["name"] == "notes.txt"
+        assert event["attachment"]["url"] == f"/api/attachments/{pk}"
+    # Another user cannot send it; it stays in the one message.
+    await b.send({"action": "sendmessage", "room": "general", "attachment": pk, "client_id": "f2"})
+    error = await b.next("error")
+    assert (error["code"], error["client_id"]) == ("bad_request", "f2")
+    await a.ws.close()
+    await b.ws.close()
+
+
 async def test_the_aws_tutorial_way(chat_server: Server, alice: Any, bob: Any) -> None:
     await sync_to_async(services.ensure_lobby)()
     a = await peer(chat_server, alice, "&room=lobby")
