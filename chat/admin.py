@@ -19,6 +19,8 @@ from django.shortcuts import render
 from chat import services
 from chat.models import (
     ApiConnection,
+    Attachment,
+    LoggedOutSession,
     Membership,
     Message,
     ModerationAction,
@@ -353,6 +355,42 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "rooms": rooms,
         },
     )
+
+
+@admin.register(Attachment)
+class AttachmentAdmin(RoomScoped):
+    """Uploaded files, read-only: a file is hidden or deleted with its message (Messages), so the
+    write path publishes the change and deletes the stored object after commit."""
+
+    list_display = ["name", "room", "uploader", "size", "content_type", "status", "created"]
+    list_filter = ["status", "content_type", "room", "created"]
+    list_select_related = ["room", "uploader"]
+    search_fields = ["name", "uploader__username", "room__slug"]
+    readonly_fields = [f.name for f in Attachment._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(LoggedOutSession)
+class LoggedOutSessionAdmin(admin.ModelAdmin):
+    """Sessions whose WebSocket tokens are refused since they logged out (kept for the token
+    lifetime only)."""
+
+    list_display = ["key_hash", "at"]
+    readonly_fields = ["key_hash", "at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class SubscriptionInline(admin.TabularInline):

@@ -395,3 +395,8 @@ def purge_unused(older_than: timedelta | None = None) -> int:
         _discard(attachment)
         count += 1
     return count
+
+
+def scheduled_purge(event: Any = None, context: Any = None) -> int:
+    """The Lambda schedule's entry point (zappa_settings.json "events")."""
+    return purge_unused()

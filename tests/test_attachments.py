@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 from PIL import Image
@@ -343,9 +344,12 @@ def test_unsent_uploads_are_purged_after_a_day(alice: Any, room: Room, media: Pa
     upload(a, "general", "stale.txt", b"stale", "text/plain")
     declare(a, "general", "never.txt", b"never", "text/plain")
     Attachment.objects.update(created=timezone.now() - timedelta(days=2))
-    assert attachments.purge_unused() == 2
+    out = io.StringIO()
+    call_command("purgeattachments", stdout=out)
+    assert out.getvalue().strip() == "Deleted 2 unused uploads."
     assert list(Attachment.objects.values_list("name", flat=True)) == ["kept.txt"]
     assert [Path(p).name for p in stored_files(media)] == ["kept.txt"]
+    assert attachments.scheduled_purge({}, None) == 0
 
 
 def test_names_are_cleaned(alice: Any, room: Room) -> None:
@@ -393,3 +397,26 @@ def test_outsiders_cannot_upload_to_a_private_room(
     refused = declare(login(member_of_nothing), "secret", "a.txt", b"hi", "text/plain")
     assert refused.status_code == 404
     assert Attachment.objects.count() == 0 and stored_files(media) == []
+
+
+def test_moderators_see_their_rooms_files_in_the_admin(
+    alice: Any, room: Room, private_room: Room
+) -> None:
+    from django.contrib.auth import get_user_model
+
+    a = login(alice)
+    upload(a, "general", "public-file.txt", b"hello", "text/plain")
+    upload(a, "secret", "secret-file.txt", b"hello", "text/plain")
+    boss = get_user_model().objects.create_superuser("boss", password="pw-boss-123")
+    page = login(boss).get("/admin/chat/attachment/")
+    assert page.status_code == 200
+    assert b"public-file.txt" in page.content and b"secret-file.txt" in page.content
+    # A moderator of `general` only sees `general`'s files, and cannot delete any.
+    mod = get_user_model().objects.create_user("roommod", password="pw-roommod-1", is_staff=True)
+    room.moderators.add(mod)
+    page = login(mod).get("/admin/chat/attachment/")
+    assert page.status_code == 200
+    assert b"public-file.txt" in page.content and b"secret-file.txt" not in page.content
+    row = Attachment.objects.get(name="public-file.txt")
+    assert login(mod).post(f"/admin/chat/attachment/{row.pk}/delete/").status_code == 403
+    assert Attachment.objects.count() == 2
