@@ -2,6 +2,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.contrib.auth.signals import user_logged_out
 from django.core import checks
 
 
@@ -11,6 +12,11 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_settings, checks.Tags.compatibility)
+        # Imported here: tokens needs the models, which are not loaded when this module is.
+        from chat import tokens
+
+        # A WebSocket token dies with the session that made it (chat/tokens.py).
+        user_logged_out.connect(tokens.forget_session, dispatch_uid="chat.tokens.forget_session")
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

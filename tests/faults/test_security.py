@@ -7,20 +7,28 @@ import asyncio
 import json
 import socket
 import time
+from datetime import timedelta
 from typing import Any
 from unittest import mock
 
 import pytest
+from asgiref.sync import sync_to_async
+from channels.testing.websocket import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.core import signing
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from chat import tokens
-from chat.models import Membership, Message, Room
+from chat.models import ApiConnection, LoggedOutSession, Membership, Message, Room
+from chatsite.asgi import application
 from tests.conftest import Server
 from tests.faults.conftest import Servers
+from tests.faults.test_authz_matrix import lambda_connect, lambda_handler  # noqa: F401
 from tests.test_realtime import Peer, chat_server  # noqa: F401
 from tests.test_serverless import serverless_proc, serverless_server  # noqa: F401
 
@@ -42,10 +50,18 @@ def _bad_token(kind: str, alice: Any, bob: Any) -> str:
         alice.set_password("a-new-password-456")
         alice.save()
         return token
+    if kind == "logged-out":  # made by a browser session that has logged out since
+        browser = Client()
+        browser.force_login(alice)
+        token = browser.post("/api/ws-token").json()["token"]
+        browser.post("/accounts/logout/")
+        return token
     return "A" * 5000  # oversized
 
 
-@pytest.mark.parametrize("kind", ["forged", "expired", "other-user", "password-changed", "huge"])
+@pytest.mark.parametrize(
+    "kind", ["forged", "expired", "other-user", "password-changed", "logged-out", "huge"]
+)
 def test_bad_tokens_are_refused_on_both_transports(chat_server: Server, kind: str) -> None:  # noqa: F811
     model = get_user_model()
     alice = model.objects.create_user("alice", password="pw-alice-123")
@@ -78,6 +94,99 @@ def test_a_token_acts_only_as_its_user(chat_server: Server) -> None:  # noqa: F8
 
     asyncio.run(scenario())
     assert not Message.objects.exists()
+
+
+# --- tokens die with the session that made them ---
+
+
+def _device(user: Any) -> tuple[Client, str]:
+    """A logged-in browser session of its own, and the WebSocket token it was given."""
+    browser = Client()
+    browser.force_login(user)
+    response = browser.post("/api/ws-token")
+    assert response.status_code == 200
+    return browser, response.json()["token"]
+
+
+def test_logging_out_kills_the_tokens_of_that_session_only(transactional_db: Any) -> None:
+    alice = get_user_model().objects.create_user("alice", password="pw-alice-123")
+    phone, phone_token = _device(alice)
+    _laptop, laptop_token = _device(alice)
+    sessionless = tokens.make_token(alice)  # benches and tests make them without a session
+    key = phone.session.session_key
+    # The token is readable by whoever holds it: it names a keyed hash, never the cookie's value.
+    assert key not in phone_token
+    assert key not in signing.loads(phone_token, salt=tokens.SALT).values()
+    assert tokens.user_for_token(phone_token) == alice
+
+    assert phone.post("/accounts/logout/").status_code == 302
+
+    assert tokens.user_for_token(phone_token) is None
+    assert tokens.user_for_token(laptop_token) == alice  # another device of the same user
+    assert tokens.user_for_token(sessionless) == alice
+    stored = list(LoggedOutSession.objects.values_list("key_hash", flat=True))
+    assert stored == [tokens.session_hash(key)] and key not in stored[0]
+    # Every WebSocket connect pays this check: it stays inside the one user query.
+    with CaptureQueriesContext(connection) as queries:
+        assert tokens.user_for_token(laptop_token) == alice
+    assert len(queries) == 1
+
+
+def test_logged_out_sessions_are_forgotten_once_their_tokens_expired(
+    transactional_db: Any, settings: Any
+) -> None:
+    settings.CHAT_WS_TOKEN_MAX_AGE = 300
+    alice = get_user_model().objects.create_user("alice", password="pw-alice-123")
+    keys = []
+    for _ in range(3):
+        browser, _token = _device(alice)
+        keys.append(browser.session.session_key)
+        browser.post("/accounts/logout/")
+        if len(keys) == 1:
+            # Past the token lifetime: no token it could refuse is still valid.
+            LoggedOutSession.objects.update(at=timezone.now() - timedelta(seconds=301))
+    # The third logout cleared the first row on its way; the second is still needed.
+    remaining = set(LoggedOutSession.objects.values_list("key_hash", flat=True))
+    assert remaining == {tokens.session_hash(keys[1]), tokens.session_hash(keys[2])}
+    # A logout without a saved session (nobody was logged in) stores nothing.
+    assert Client().post("/accounts/logout/").status_code == 302
+    assert LoggedOutSession.objects.count() == 2
+
+
+async def test_channels_refuses_a_logged_out_token_with_4401(transactional_db: Any) -> None:
+    alice = await sync_to_async(get_user_model().objects.create_user)("alice", password="pw-1234")
+    phone, phone_token = await sync_to_async(_device)(alice)
+    _laptop, laptop_token = await sync_to_async(_device)(alice)
+    await sync_to_async(phone.post)("/accounts/logout/")
+
+    refused = WebsocketCommunicator(application, f"/ws/?token={phone_token}")
+    assert await refused.connect() == (False, 4401)
+    other = WebsocketCommunicator(application, f"/ws/?token={laptop_token}")
+    connected, _ = await other.connect()
+    assert connected
+    await other.send_json_to({"action": "ping"})
+    assert await other.receive_json_from(5) == {"type": "pong"}
+    await other.disconnect()
+
+
+def test_serverless_connect_refuses_a_logged_out_token_with_401(
+    transactional_db: Any,
+    lambda_handler: Any,  # noqa: F811
+) -> None:
+    alice = get_user_model().objects.create_user("alice", password="pw-alice-123")
+    phone, phone_token = _device(alice)
+    _laptop, laptop_token = _device(alice)
+    phone.post("/accounts/logout/")
+
+    assert lambda_connect(lambda_handler, "Phone=", phone_token) == {
+        "statusCode": 401,
+        "body": "A valid ?token= is required.",
+    }
+    assert not ApiConnection.objects.exists()
+    assert lambda_connect(lambda_handler, "Laptop=", laptop_token) == {"statusCode": 200}
+    assert list(ApiConnection.objects.values_list("connection_id", "user")) == [
+        ("Laptop=", alice.pk)
+    ]
 
 
 def _session_cookie(user: Any) -> str:
