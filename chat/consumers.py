@@ -232,6 +232,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=encode(error))
             await self.close(code=FORBIDDEN)
             return
+        if message.get("recheck"):
+            # The room turned private (chat/services.drop_readers_without_access); the room
+            # event itself arrives separately, so only the access check happens here.
+            user = self.conn.user if self.conn else None
+            if user is not None and not await database_sync_to_async(
+                _may_read, thread_sensitive=False
+            )(user, room_id):
+                slug = self.slugs[room_id]
+                await self.leave_room(room_id)
+                await database_sync_to_async(self._leave_presence, thread_sensitive=False)(
+                    [(room_id, slug)]
+                )
+                error = events.error("forbidden", services.NO_ACCESS, room=slug)
+                await self.send(text_data=encode(error))
+            return
         cursor = self.cursors[room_id]
         if cursor is None:
             self.pending[room_id].append(message)
@@ -294,3 +309,8 @@ def _changes_after(room_id: int, cursor: int) -> tuple[list[events.Event] | None
         return services.changes_after(room, cursor)
     except services.ChatError:
         return [], room.seq
+
+
+def _may_read(user: Any, room_id: int) -> bool:
+    room = Room.objects.filter(pk=room_id).first()
+    return room is not None and services.may_read(user, room)

@@ -22,11 +22,12 @@ from channels.db import database_sync_to_async
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from chat import presence, services
+from chat import events, presence, services
 from chat.hub import get_hub
 from chat.services import ChatError
 
 Answer = dict[str, Any]
+Event = dict[str, Any]
 DB_POLL_INTERVAL = 1.0
 
 
@@ -43,29 +44,37 @@ def clean_timeout(value: Any) -> float:
     return min(timeout, cap)
 
 
-def _open(user: Any, slug: str, after: int) -> tuple[int, Answer | None, int]:
+def _open(user: Any, slug: str, after: int) -> tuple[int, Answer | None, int, Event]:
     """Check access, mark the poller present, and answer at once if anything is newer."""
     room = services.get_room(user, slug)
     presence.join(room.pk, room.slug, f"poll-{user.pk}", user.get_username())
+    state = events.room_state(room.slug, room.locked, room.title)
     changes, seq = services.changes_after(room, after)
     if changes is None:
-        return room.pk, {"resync": True, "seq": seq}, seq
+        return room.pk, {"resync": True, "seq": seq}, seq, state
     if changes:
-        return room.pk, {"events": changes, "seq": seq}, seq
-    return room.pk, None, seq
+        return room.pk, {"events": changes, "seq": seq}, seq, state
+    return room.pk, None, seq, state
 
 
-def _reread(room_id: int, after: int) -> Answer | None:
+def _reread(room_id: int, after: int, state: Event | None = None) -> Answer | None:
+    """What changed after the cursor; with `state`, a changed room state (lock, rename) too,
+    which the database wait would otherwise never see."""
     from chat.models import Room
 
     room = Room.objects.get(pk=room_id)
     changes, seq = services.changes_after(room, after)
     if changes is None:
         return {"resync": True, "seq": seq}
+    now = events.room_state(room.slug, room.locked, room.title)
+    if state is not None and now != state:
+        changes = [*changes, now]
     return {"events": changes, "seq": seq} if changes else None
 
 
-async def wait_hub(room_id: int, after: int, timeout: float, username: str) -> Answer | None:
+async def wait_hub(
+    room_id: int, after: int, timeout: float, username: str, state: Event
+) -> Answer | None:
     loop = asyncio.get_running_loop()
     woken: asyncio.Future[dict[str, Any]] = loop.create_future()
 
@@ -99,11 +108,15 @@ async def wait_hub(room_id: int, after: int, timeout: float, username: str) -> A
     return await database_sync_to_async(_reread, thread_sensitive=False)(room_id, after)
 
 
-async def wait_database(room_id: int, after: int, timeout: float, username: str) -> Answer | None:
+async def wait_database(
+    room_id: int, after: int, timeout: float, username: str, state: Event
+) -> Answer | None:
     deadline = asyncio.get_running_loop().time() + timeout
     while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
         await asyncio.sleep(min(DB_POLL_INTERVAL, remaining))
-        answer = await database_sync_to_async(_reread, thread_sensitive=False)(room_id, after)
+        answer = await database_sync_to_async(_reread, thread_sensitive=False)(
+            room_id, after, state
+        )
         if answer is not None:
             return answer
     return None
@@ -119,14 +132,19 @@ async def poll(user: Any, slug: str, after_raw: Any, timeout_raw: Any) -> Answer
         raise ChatError("bad_request", "Send `after`, the last seq you have.")
     after = services.clean_seq(after_raw, "after")
     timeout = clean_timeout(timeout_raw)
-    room_id, answer, seq = await database_sync_to_async(_open, thread_sensitive=False)(
+    room_id, answer, seq, state = await database_sync_to_async(_open, thread_sensitive=False)(
         user, slug, after
     )
-    if answer is not None:
-        return answer
-    wait = WAITS[settings.CHAT_POLL_WAIT]
-    answer = await wait(room_id, after, timeout, user.get_username())
-    return answer if answer is not None else {"events": [], "seq": seq}
+    if answer is None:
+        wait = WAITS[settings.CHAT_POLL_WAIT]
+        answer = await wait(room_id, after, timeout, user.get_username(), state)
+    if answer is None:
+        answer = {"events": [], "seq": seq}
+    # The room's state with every answer: a lock or rename while the client was away is not a
+    # message, so no cursor replays it. A room event in the answer is newer than the one read.
+    changed = [e for e in answer.get("events", ()) if e.get("type") == "room"]
+    answer["room"] = changed[-1] if changed else state
+    return answer
 
 
 class PollConsumer(AsyncHttpConsumer):

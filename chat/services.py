@@ -38,6 +38,7 @@ from chat.models import (
     Report,
     Restriction,
     Room,
+    Subscription,
     slug_validator,
 )
 
@@ -78,8 +79,11 @@ class ChatError(Exception):
 # from elsewhere, each helper asks the database itself.
 
 
-def _flag(room: Room, name: str, query: Callable[[], bool]) -> bool:
-    value = getattr(room, name, None)
+def _flag(room: Room, user: Any, name: str, query: Callable[[], bool]) -> bool:
+    """A flag that get_room() read with the room, if it read it for this user; else the query.
+    (A room fetched for the actor of a moderation action carries the actor's flags, not the
+    target's.)"""
+    value = getattr(room, name, None) if getattr(room, "_flags_for", None) == user.pk else None
     return query() if value is None else bool(value)
 
 
@@ -87,15 +91,23 @@ def is_room_moderator(user: Any, room: Room) -> bool:
     """One of the room's own moderators (they act in this room only)."""
     if not user.is_authenticated or not user.is_active:
         return False
-    return _flag(room, "_room_moderator", lambda: room.moderators.filter(pk=user.pk).exists())
+    return _flag(room, user, "_room_moderator", lambda: room.moderators.filter(pk=user.pk).exists())
+
+
+def is_site_moderator(user: Any) -> bool:
+    """Site staff who may moderate every room (superusers, or staff with chat.moderate_room).
+    Being staff alone is not enough: every room moderator is staff, to reach the admin."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return bool(user.is_superuser or (user.is_staff and user.has_perm("chat.moderate_room")))
 
 
 def is_moderator(user: Any, room: Room) -> bool:
-    """May post in a locked room, read it when private, and is not rate limited: site staff and
-    the room's moderators. Moderation actions need more: see can_moderate."""
+    """May post in a locked room, read it when private, and is not rate limited: site moderators
+    and the room's own moderators. Moderation actions need more: see can_moderate."""
     if not user.is_authenticated or not user.is_active:
         return False
-    return bool(user.is_staff) or is_room_moderator(user, room)
+    return is_room_moderator(user, room) or is_site_moderator(user)
 
 
 def can_moderate(user: Any, room: Room | None, perm: str) -> bool:
@@ -114,13 +126,16 @@ def _require(user: Any, room: Room | None, perm: str) -> None:
 
 
 def is_member(user: Any, room: Room) -> bool:
-    return _flag(room, "_member", lambda: Membership.objects.filter(room=room, user=user).exists())
+    return _flag(
+        room, user, "_member", lambda: Membership.objects.filter(room=room, user=user).exists()
+    )
 
 
 def restriction(user: Any, room: Room) -> str | None:
     """ "ban", "mute" or None: the user's strongest active restriction in the room or site-wide."""
     banned = _flag(
         room,
+        user,
         "_banned",
         lambda: Restriction.objects.applying_to(user, room).filter(kind=Restriction.BAN).exists(),
     )
@@ -128,6 +143,7 @@ def restriction(user: Any, room: Room) -> str | None:
         return Restriction.BAN
     muted = _flag(
         room,
+        user,
         "_muted",
         lambda: Restriction.objects.applying_to(user, room).filter(kind=Restriction.MUTE).exists(),
     )
@@ -180,7 +196,10 @@ def _room_with_user_flags(slug: str, user: Any) -> Room | None:
         "now": timezone.now(),
     }
     rooms = list(Room.objects.raw(sql, params))
-    return rooms[0] if rooms else None
+    if not rooms:
+        return None
+    rooms[0]._flags_for = user.pk
+    return rooms[0]
 
 
 def get_room(user: Any, slug: Any) -> Room:
@@ -289,7 +308,7 @@ def ensure_lobby() -> Room:
 def _with_flags(user: Any, room: Room) -> Room:
     """The room with the user's flags: as get_room() returned it, or read in one query (callers
     that hold a Room from elsewhere would otherwise pay a query per flag)."""
-    if getattr(room, "_member", None) is not None or not user.is_authenticated:
+    if getattr(room, "_flags_for", None) == user.pk or not user.is_authenticated:
         return room
     flagged = _room_with_user_flags(room.slug, user)
     return flagged if flagged is not None else room
@@ -311,8 +330,8 @@ RATE_WINDOW = 60.0
 
 
 def _check_rate(user: Any, room: Room) -> None:
-    """The room's messages-per-minute limit (0: none; moderators are exempt). A soft limit: two
-    posts racing at the edge may both pass, which a chat can live with; no lock is taken for it."""
+    """The room's messages-per-minute limit (0: none; moderators are exempt). post_message checks
+    it once early (a refused post takes no lock) and again under the room lock, where it is exact."""
     limit = room.rate_limit
     if not limit or is_moderator(user, room):
         return
@@ -347,7 +366,14 @@ def _take_seq(room: Room) -> tuple[int, bool]:
 
 INSERT_SQL = """
 WITH next AS (
-    UPDATE {room} SET seq = seq + 1 WHERE id = %(room)s AND (NOT locked OR %(may_post_locked)s)
+    UPDATE {room} SET seq = seq + 1
+    WHERE id = %(room)s AND (NOT locked OR %(may_post_locked)s)
+        -- A ban or mute that committed after the checks still stops the post.
+        AND NOT EXISTS (
+            SELECT 1 FROM {restriction} r
+            WHERE r.user_id = %(author)s AND (r.room_id = %(room)s OR r.room_id IS NULL)
+                AND (r.until IS NULL OR r.until > %(created)s)
+        )
     RETURNING seq
 ), joined AS (
     INSERT INTO {membership} (room_id, user_id, joined, read_seq)
@@ -376,6 +402,7 @@ def _insert_in_one_statement(message: Message, may_post_locked: bool, join: bool
         room=Room._meta.db_table,
         membership=Membership._meta.db_table,
         message=Message._meta.db_table,
+        restriction=Restriction._meta.db_table,
     )
     params = {
         "join": join,
@@ -394,6 +421,9 @@ def _insert_in_one_statement(message: Message, may_post_locked: bool, join: bool
             cursor.execute(sql, params)
             row = cursor.fetchone()
     if row is None:
+        # Locked, banned or muted since the checks: say which, as the checks would have.
+        if Restriction.objects.applying_to(message.author, message.room_id).exists():
+            raise ChatError("forbidden", "You may not post in this room.")
         raise ChatError("forbidden", "This room is locked.")
     message.pk, message.seq = row
     message.posted_seq = message.seq
@@ -443,14 +473,22 @@ def post_message(
             # The one-to-one column makes a second message with the same file fail to insert.
             message.attachment = attachments.for_message(user, room, attachment)
         may_post_locked = is_moderator(user, room)
-        if connection.vendor == "postgresql":
+        limited = bool(room.rate_limit) and not may_post_locked
+        if connection.vendor == "postgresql" and not limited:
             _insert_in_one_statement(message, may_post_locked, join=not room.private)
         else:
             with transaction.atomic():
+                # From here every other post to this room waits for our commit (the room row is
+                # locked), so the checks below see every post and restriction committed before.
                 seq, locked = _take_seq(room)
                 if locked and not may_post_locked:
                     # Locked while we were checking: the rollback gives the seq back.
                     raise ChatError("forbidden", "This room is locked.")
+                if Restriction.objects.applying_to(user, room).exists():
+                    raise ChatError("forbidden", "You may not post in this room.")
+                if limited:
+                    # Exact under the lock: two posts racing at the limit cannot both pass.
+                    _check_rate(user, room)
                 if not room.private:
                     Membership.objects.get_or_create(room=room, user=user)
                 message.posted_seq = message.seq = seq
@@ -556,8 +594,8 @@ def mark_read(user: Any, room: Room, seq: Any) -> int:
 
 
 def send_typing(user: Any, room: Room) -> None:
-    if room.locked and not is_moderator(user, room):
-        raise ChatError("forbidden", "This room is locked.")
+    # Whoever may not post (muted, banned, a locked room) has nothing to be typing.
+    check_can_post(user, _with_flags(user, room))
     fanout.publish(room.pk, events.typing(room.slug, user.get_username()))
 
 
@@ -689,7 +727,47 @@ def moderate_room(actor: Any, room: Room, changes: dict[str, Any], reason: Any =
         event = events.room_state(room.slug, room.locked, room.title)
         room_id = room.pk
         transaction.on_commit(lambda: fanout.publish(room_id, event))
+        if fields.get("private"):
+            transaction.on_commit(lambda: drop_readers_without_access(room_id))
     return room
+
+
+NO_ACCESS = "You no longer have access to this room."
+
+
+def drop_readers_without_access(room_id: int) -> None:
+    """A room turned private: connections of users who may no longer read it stop receiving it
+    and are told so (an `error` with the room); their other rooms carry on.
+
+    Channels: a `recheck` on the channel layer makes each subscribed consumer check its user
+    (chat/consumers.py). Serverless: the subscription rows of those users are deleted here."""
+    room = Room.objects.get(pk=room_id)
+    if "chat.fanout.channel_layer_publisher" in settings.CHAT_PUBLISHERS:
+        event = events.room_state(room.slug, room.locked, room.title)
+        message = {**fanout.layer_message(room_id, event, fanout.encode(event)), "recheck": True}
+        try:
+            fanout.layer_send(room_id, message)
+        except Exception:
+            log.exception("rechecking the readers of room %s failed", room_id)
+    subscriptions = Subscription.objects.filter(room_id=room_id).select_related("connection__user")
+    lost = [s for s in subscriptions if not may_read(s.connection.user, room)]
+    if not lost:
+        return
+    Subscription.objects.filter(pk__in=[s.pk for s in lost]).delete()
+    from chat import serverless
+
+    error = events.error("forbidden", NO_ACCESS, room=room.slug)
+    for s in lost:
+        target = (
+            s.connection.connection_id,
+            serverless.endpoint(s.connection.domain, s.connection.stage),
+        )
+        serverless.send(target, [error])
+
+
+def may_read(user: Any, room: Room) -> bool:
+    """What get_room() allows: read access and no ban."""
+    return can_read(user, room) and restriction(user, room) != Restriction.BAN
 
 
 def _clean_until(until: Any) -> Any:

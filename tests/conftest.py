@@ -37,7 +37,12 @@ def outsider(db: Any) -> Any:
 
 @pytest.fixture
 def moderator(db: Any) -> Any:
-    return get_user_model().objects.create_user("mod", password="pw-mod-123", is_staff=True)
+    """Site staff who may moderate every room (staff alone is not a moderator)."""
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("mod", password="pw-mod-123", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="moderate_room"))
+    return user
 
 
 @pytest.fixture

@@ -74,6 +74,9 @@ async def test_subscribe_send_and_receive(alice: Any, bob: Any, room: Room) -> N
         await comm.send_json_to({"action": "subscribe", "room": "general"})
         subscribed = await receive_until(comm, "subscribed")
         assert subscribed == {"type": "subscribed", "room": "general", "seq": 0, "resumed": False}
+        # Then the room's current state, which no cursor replays.
+        state = await receive_until(comm, "room")
+        assert state == {"type": "room", "room": "general", "locked": False, "title": "General"}
     await a.send_json_to(
         {"action": "sendmessage", "room": "general", "body": "hi bob", "client_id": "c1"}
     )
@@ -137,8 +140,9 @@ async def test_the_url_room_and_the_tutorial_frame(alice: Any, bob: Any) -> None
 async def test_typing_reaches_others_not_the_typist(alice: Any, bob: Any, room: Room) -> None:
     a = await connect(alice, "&room=general")
     b = await connect(bob, "&room=general")
-    await receive_until(a, "subscribed")
-    await receive_until(b, "subscribed")
+    for comm in (a, b):
+        await receive_until(comm, "subscribed")
+        await receive_until(comm, "room")
     await a.send_json_to({"action": "typing", "room": "general"})
     assert await receive_until(b, "typing") == {
         "type": "typing",

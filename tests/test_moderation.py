@@ -17,7 +17,7 @@ from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 
 from chat import services
-from chat.models import Message, ModerationAction, Report, Restriction, Room
+from chat.models import Membership, Message, ModerationAction, Report, Restriction, Room
 from chat.services import ChatError
 from tests.conftest import Server
 from tests.test_realtime import chat_server, peer  # noqa: F401
@@ -301,6 +301,7 @@ async def test_a_lock_is_live_and_refuses_posts(
 ) -> None:
     b = await peer(chat_server, bob)
     await b.subscribe("general")
+    assert (await b.next("room"))["locked"] is False  # the state as of the subscribe
     async with await _http(chat_server, room_mod) as mod:
         async with mod.post(
             "/api/rooms/general/moderate", json={"locked": True, "title": "Quiet"}
@@ -311,6 +312,75 @@ async def test_a_lock_is_live_and_refuses_posts(
     await b.send({"action": "sendmessage", "room": "general", "body": "hi", "client_id": "x"})
     assert (await b.next("error"))["code"] == "forbidden"
     assert await sync_to_async(Message.objects.count)() == 0
+    await b.ws.close()
+    # A client that was away during the lock learns it when it resumes.
+    again = await peer(chat_server, bob)
+    assert (await again.subscribe("general", after=0))["resumed"] is True
+    assert await again.next("room") == event
+    await again.ws.close()
+
+
+@pytestmark_live
+async def test_long_pollers_learn_of_a_lock_live_and_on_their_next_poll(
+    chat_server: Server,  # noqa: F811
+    bob: Any,
+    room_mod: Any,
+    room: Room,
+) -> None:
+    """Self-hosted, the hub wakes the poll with the room event; on Lambda the database wait sees
+    the room's state change. Every answer also carries the state, for clients that were away."""
+
+    async def poll_until_room_event(http: aiohttp.ClientSession) -> dict[str, Any]:
+        while True:
+            async with http.get("/api/rooms/general/poll?after=0&timeout=10") as answer:
+                body = await answer.json()
+            rooms = [e for e in body["events"] if e["type"] == "room"]
+            if rooms:
+                assert body["room"] == rooms[-1]
+            # Woken by the event, or (if the lock came before this poll read the room) told by
+            # the state that every answer carries.
+            if body["room"]["locked"]:
+                return body["room"]
+
+    async with await _http(chat_server, bob) as poller, await _http(chat_server, room_mod) as mod:
+        async with poller.get("/api/rooms/general/poll?after=0&timeout=0") as answer:
+            assert (await answer.json())["room"]["locked"] is False
+        waiting = asyncio.ensure_future(poll_until_room_event(poller))
+        async with mod.post("/api/rooms/general/moderate", json={"locked": True}) as r:
+            assert r.status == 200, await r.text()
+        event = await asyncio.wait_for(waiting, 15)
+        assert (event["type"], event["locked"]) == ("room", True)
+        async with poller.get("/api/rooms/general/poll?after=0&timeout=0") as answer:
+            assert (await answer.json())["room"] == event
+
+
+@pytestmark_live
+async def test_making_a_room_private_drops_those_who_may_no_longer_read_it(
+    chat_server: Server,  # noqa: F811
+    alice: Any,
+    bob: Any,
+    room_mod: Any,
+    room: Room,
+) -> None:
+    await sync_to_async(Membership.objects.create)(room=room, user=alice)
+    a, b = await peer(chat_server, alice), await peer(chat_server, bob)
+    await a.subscribe("general")
+    await b.subscribe("general")
+    async with await _http(chat_server, room_mod) as mod:
+        async with mod.post("/api/rooms/general/moderate", json={"private": True}) as r:
+            assert r.status == 200, await r.text()
+    # Bob, not a member, is told and stops receiving the room; his socket stays open.
+    error = await b.next("error")
+    assert (error["code"], error["room"]) == ("forbidden", "general")
+    assert error.get("fatal") is not True
+    await a.send({"action": "sendmessage", "room": "general", "body": "members only"})
+    assert (await a.next("message"))["body"] == "members only"
+    await b.nothing_more(within=1.0)
+    await b.send({"action": "ping"})
+    assert (await b.next("pong")) == {"type": "pong"}
+    await b.send({"action": "subscribe", "room": "general"})
+    assert (await b.next("error"))["code"] == "not_found"
+    await a.ws.close()
     await b.ws.close()
 
 
@@ -366,3 +436,14 @@ async def test_a_muted_user_cannot_post_and_limits_answer_rate_limited(
     assert await sync_to_async(Message.objects.count)() == 1
     await a.ws.close()
     await b.ws.close()
+
+
+def test_the_database_wait_sees_a_room_state_change(room_mod: Any, room: Room) -> None:
+    """Lambda's long-poll re-reads the database; a lock is a room change, not a message."""
+    from chat import events, longpoll
+
+    before = events.room_state("general", False, "General")
+    assert longpoll._reread(room.pk, 0, before) is None
+    services.moderate_room(room_mod, room, {"locked": True})
+    answer = longpoll._reread(room.pk, 0, before)
+    assert answer == {"events": [events.room_state("general", True, "General")], "seq": 0}

@@ -176,3 +176,63 @@ def test_concurrent_retries_create_one_message(django_user_model: Any) -> None:
     assert Message.objects.filter(room=room).count() == 1
     room.refresh_from_db()
     assert room.seq == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rate_limit_holds_under_racing_posts(django_user_model: Any) -> None:
+    """Eight posts at once against a limit of three: the check under the room lock lets exactly
+    three through (an unlocked check let racing posts all see two and pass)."""
+    room = Room.objects.create(slug="limited", title="Limited", rate_limit=3)
+    user = django_user_model.objects.create_user("racer")
+    services.post_message(user, room, "one")
+    services.post_message(user, room, "two")
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def send(i: int) -> None:
+        try:
+            barrier.wait()
+            services.post_message(user, room, f"race {i}")
+            outcomes.append("stored")
+        except ChatError as exc:
+            outcomes.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["rate_limited"] * 7 + ["stored"]
+    assert Message.objects.filter(room=room).count() == 3
+    room.refresh_from_db()
+    assert room.seq == 3  # refused posts gave their seq back
+
+
+@pytest.mark.parametrize("kind", ["ban", "mute"])
+@pytest.mark.parametrize("limited", [False, True], ids=["one-statement", "locked"])
+def test_a_restriction_that_lands_after_the_checks_still_stops_the_post(
+    alice: Any, moderator: Any, room: Room, monkeypatch: Any, kind: str, limited: bool
+) -> None:
+    """The ban or mute is checked again inside the insert (the one-statement path on PostgreSQL,
+    or under the room lock): one that commits between the checks and the insert wins."""
+    from chat.models import Restriction
+
+    if limited:
+        Room.objects.filter(pk=room.pk).update(rate_limit=100)
+        room.refresh_from_db()
+    checks = services._check_rate
+
+    def ban_meanwhile(user: Any, checked: Room) -> None:
+        checks(user, checked)
+        if not Restriction.objects.exists():
+            Restriction.objects.create(kind=kind, user=alice, room=room, created_by=moderator)
+
+    monkeypatch.setattr(services, "_check_rate", ban_meanwhile)
+    with pytest.raises(ChatError) as info:
+        services.post_message(alice, room, "too late")
+    assert info.value.code == "forbidden"
+    assert Message.objects.count() == 0
+    room.refresh_from_db()
+    assert room.seq == 0
