@@ -237,6 +237,41 @@ def test_the_admin_is_the_moderators_console(
     assert nobody.get("/admin/moderation/").status_code == 302
 
 
+def test_the_dashboard_shows_each_moderator_their_rooms(
+    alice: Any, bob: Any, outsider: Any, room_mod: Any, superuser: Any, room: Room
+) -> None:
+    other = Room.objects.create(slug="other", title="Other")
+    twice = services.post_message(alice, room, "reported twice").message
+    once = services.post_message(alice, room, "reported once").message
+    elsewhere = services.post_message(alice, other, "reported elsewhere").message
+    for reporter, message in ((bob, twice), (outsider, twice), (bob, once), (bob, elsewhere)):
+        services.report_message(reporter, message.room, message.pk, "spam")
+    services.hide_message(room_mod, room, once.pk, "first warning")
+    services.moderate_room(superuser, other, {"locked": True}, "cooling off")
+
+    def page(user: Any) -> str:
+        client = Client()
+        client.force_login(user)
+        response = client.get("/admin/moderation/")
+        assert response.status_code == 200
+        return response.content.decode()
+
+    mine = page(room_mod)
+    # The most reported first; only the rooms they moderate; the latest actions with the reason.
+    assert mine.index("reported twice") < mine.index("reported once")
+    assert "reported elsewhere" not in mine and "cooling off" not in mine
+    assert "first warning" in mine and ">hidden<" in mine
+    everything = page(superuser)
+    assert "reported elsewhere" in everything and "cooling off" in everything
+    # Staff who moderate nothing are refused; ordinary users are sent to log in.
+    staff = get_user_model().objects.create_user("staffer", password="pw-staffer-1", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    assert client.get("/admin/moderation/").status_code == 403
+    client.force_login(bob)
+    assert client.get("/admin/moderation/").status_code == 302
+
+
 # --- live, on both transports ---
 
 pytestmark_live = pytest.mark.django_db(transaction=True)
@@ -288,6 +323,55 @@ async def test_an_admin_hide_reaches_websocket_long_poll_and_resume(
     resumer = await peer(chat_server, alice)
     assert (await resumer.subscribe("general", after=1))["seq"] == 2
     assert (await resumer.next("message"))["deleted"] is True
+    await b.ws.close()
+    await resumer.ws.close()
+
+
+@pytestmark_live
+async def test_restore_and_erase_reach_websocket_long_poll_and_resume(
+    chat_server: Server,  # noqa: F811
+    alice: Any,
+    bob: Any,
+    superuser: Any,
+    room: Room,
+) -> None:
+    posted = (await sync_to_async(services.post_message)(alice, room, "borderline")).message
+    await sync_to_async(services.hide_message)(superuser, room, posted.pk, "check")
+    b = await peer(chat_server, bob)
+    await b.subscribe("general", after=2)
+    async with (
+        await _http(chat_server, alice) as poller,
+        await _http(chat_server, superuser) as admin,
+    ):
+        for action, seq, deleted, body in (
+            ("restore", 3, False, "borderline"),
+            ("erase", 4, True, ""),
+        ):
+            poll = asyncio.ensure_future(_poll_messages(poller, after=seq - 1))
+            form = {"action": action, "_selected_action": str(posted.pk), "index": "0"}
+            async with admin.post("/admin/chat/message/", data=form, allow_redirects=False) as r:
+                assert r.status == 302, await r.text()
+            live = await b.next("message")
+            assert (live["id"], live["seq"], live["deleted"], live["body"]) == (
+                posted.pk,
+                seq,
+                deleted,
+                body,
+            )
+            polled = await asyncio.wait_for(poll, 15)
+            assert [(e["seq"], e["deleted"], e["body"]) for e in polled] == [(seq, deleted, body)]
+    stored = await sync_to_async(Message.objects.get)(pk=posted.pk)
+    assert (stored.body, stored.deleted, stored.hidden) == ("", True, False)
+    # A client that saw only the post learns the final state, once, on resume.
+    resumer = await peer(chat_server, alice)
+    assert (await resumer.subscribe("general", after=1))["seq"] == 4
+    final = await resumer.next("message")
+    assert (final["seq"], final["deleted"], final["body"]) == (4, True, "")
+    await resumer.nothing_more()
+    actions = await sync_to_async(
+        lambda: list(ModerationAction.objects.order_by("id").values_list("action", flat=True))
+    )()
+    assert actions == ["hide", "restore", "erase"]
     await b.ws.close()
     await resumer.ws.close()
 
