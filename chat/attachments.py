@@ -127,7 +127,7 @@ def start_upload(user: Any, room: Room, name: Any, size: Any, content_type: Any)
     key = f"attachments/{room.pk}/{pk}/{get_valid_filename(name)[-100:] or 'file'}"
     with transaction.atomic():
         # One upload at a time per user, so two racing uploads cannot both fit the quota.
-        get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
+        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
         since = timezone.now() - timedelta(days=1)
         used = (
             Attachment.objects.filter(uploader=user, created__gt=since).aggregate(n=Sum("size"))[
