@@ -40,6 +40,24 @@ def moderated_rooms(user: Any) -> QuerySet[Room]:
     return Room.objects.filter(moderators=user)
 
 
+class ReadOnly:
+    """Rows that only the write path (or a transport) writes: the admin shows them, never adds or
+    changes one."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class Permanent(ReadOnly):
+    """Read-only and never deleted here either (the audit log; files go with their message)."""
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class RoomScoped(admin.ModelAdmin):
     """Site permissions as usual; a room moderator without them may view (and act through the
     actions, which the write path checks again) the rows of their own rooms."""
@@ -311,7 +329,7 @@ class ReportAdmin(RoomScoped):
 
 
 @admin.register(ModerationAction)
-class ModerationActionAdmin(RoomScoped):
+class ModerationActionAdmin(Permanent, RoomScoped):
     """The audit log: read-only for everyone, superusers included."""
 
     list_display = ["created", "actor", "action", "room", "target_user", "message", "reason"]
@@ -319,15 +337,6 @@ class ModerationActionAdmin(RoomScoped):
     list_select_related = ["actor", "room", "target_user"]
     search_fields = ["actor__username", "target_user__username", "reason"]
     readonly_fields = [f.name for f in ModerationAction._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @staff_member_required
@@ -358,7 +367,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 
 @admin.register(Attachment)
-class AttachmentAdmin(RoomScoped):
+class AttachmentAdmin(Permanent, RoomScoped):
     """Uploaded files, read-only: a file is hidden or deleted with its message (Messages), so the
     write path publishes the change and deletes the stored object after commit."""
 
@@ -368,29 +377,14 @@ class AttachmentAdmin(RoomScoped):
     search_fields = ["name", "uploader__username", "room__slug"]
     readonly_fields = [f.name for f in Attachment._meta.fields]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(LoggedOutSession)
-class LoggedOutSessionAdmin(admin.ModelAdmin):
+class LoggedOutSessionAdmin(ReadOnly, admin.ModelAdmin):
     """Sessions whose WebSocket tokens are refused since they logged out (kept for the token
     lifetime only)."""
 
     list_display = ["key_hash", "at"]
     readonly_fields = ["key_hash", "at"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class SubscriptionInline(admin.TabularInline):
@@ -400,7 +394,7 @@ class SubscriptionInline(admin.TabularInline):
 
 
 @admin.register(ApiConnection)
-class ApiConnectionAdmin(admin.ModelAdmin):
+class ApiConnectionAdmin(ReadOnly, admin.ModelAdmin):
     """Serverless WebSocket connections (API Gateway): read-only, for looking into who is online;
     rows come and go with $connect, $disconnect, 410s and the clean-up job."""
 
@@ -410,22 +404,10 @@ class ApiConnectionAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in ApiConnection._meta.fields]
     inlines = [SubscriptionInline]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["connection", "room", "created"]
     list_select_related = ["connection", "room"]
     list_filter = ["room"]
     readonly_fields = ["connection", "room", "created"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
