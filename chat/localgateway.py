@@ -20,9 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import concurrent.futures
+import contextlib
+import fcntl
 import importlib
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import random
 import re
@@ -36,6 +41,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,7 @@ from multidict import CIMultiDict
 
 logger = logging.getLogger(__name__)
 report = logging.getLogger(f"{__name__}.report")
+LOG_FORMAT = "%(levelname)s %(name)s %(message)s"
 
 # API Gateway quotas (developerguide/limits.html) and Zappa's default Lambda settings.
 FRAME_LIMIT = 32 * 1024
@@ -216,6 +223,211 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+# --- Lambda containers for asynchronous invocations -----------------------------------
+
+
+@dataclass(frozen=True)
+class _ContainerSetup:
+    """What a container process needs to become the gateway's Lambda function."""
+
+    zappa: ZappaStage
+    settings_dir: str
+    environment: Mapping[str, str]
+    threads: int
+    log_level: int
+    root_log_level: int
+
+
+def _marshal(result: Any) -> Any:
+    """The result as Lambda hands it back: through JSON, or an error when it cannot be."""
+    return json.loads(json.dumps(result))
+
+
+def _container_main(conn: Connection, setup: _ContainerSetup) -> None:
+    """A container's process: cold start, then run the invocations the gateway sends."""
+    # Ctrl-C reaches the whole process group; the gateway stops its containers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=setup.root_log_level, format=LOG_FORMAT)
+    logger.setLevel(setup.log_level)
+    os.environ.update(setup.environment)
+    send_lock = threading.Lock()
+
+    def reply(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    try:
+        _activate(setup.zappa, setup.settings_dir)
+        _cold_start()
+    except Exception as exc:
+        reply(("ready", f"{type(exc).__name__}: {exc}"))
+        return
+    # Django's LOGGING (applied at the cold start) resets the levels of chat.* loggers.
+    logger.setLevel(setup.log_level)
+    reply(("ready", None))
+
+    def run(ident: int, event: dict[str, Any], context: LambdaContext) -> None:
+        try:
+            result = _marshal(_call_lambda(event, context))
+        except Exception as exc:
+            reply((ident, False, (type(exc).__name__, str(exc))))
+        else:
+            reply((ident, True, result))
+
+    with ThreadPoolExecutor(setup.threads, thread_name_prefix="lambda") as pool:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):  # the gateway went away
+                break
+            if message is None:  # stop: the invocations already running finish first
+                break
+            pool.submit(run, *message)
+
+
+class InvocationError(Exception):
+    """An exception raised by the handler in a container, by its type name and message."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+def _above_stdio(conn: Connection) -> Connection:
+    """The connection on a descriptor above 2. A spawned child gets the pipe's descriptor by
+    number, and multiprocessing closes the child's stdin before running it: in a parent
+    started without stdin (a test runner, a service), the pipe can be descriptor 0."""
+    if conn.fileno() > 2:
+        return conn
+    moved = Connection(fcntl.fcntl(conn.fileno(), fcntl.F_DUPFD_CLOEXEC, 3))
+    conn.close()
+    return moved
+
+
+class _Container:
+    """One container process, and the invocations it is running."""
+
+    def __init__(self, setup: _ContainerSetup, name: str) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded event loop
+        parent, child = context.Pipe()
+        child = _above_stdio(child)
+        self.process = context.Process(
+            target=_container_main, args=(child, setup), name=name, daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self.ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.running: dict[int, concurrent.futures.Future[Any]] = {}
+        self.starting = 0
+        self.exited = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name=f"{name}-reader", daemon=True).start()
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.is_set() and self.process.is_alive()
+
+    @property
+    def load(self) -> int:
+        return len(self.running) + self.starting
+
+    def submit(self, ident: int, event: dict[str, Any], context: LambdaContext) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            self.conn.send((ident, event, context))
+            self.running[ident] = future
+        return future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "ready":
+                if message[1] is None:
+                    self.ready.set_result(None)
+                else:
+                    self.ready.set_exception(RuntimeError(f"cold start failed: {message[1]}"))
+                continue
+            ident, ok, payload = message
+            with self._lock:
+                future = self.running.pop(ident)
+            if ok:
+                future.set_result(payload)
+            else:
+                future.set_exception(InvocationError(*payload))
+        # The process is gone: what it was running will never answer.
+        self.exited.set()
+        gone = RuntimeError(f"{self.process.name} exited")
+        with self._lock:
+            lost, self.running = list(self.running.values()), {}
+        for future in [*lost, self.ready]:
+            if not future.done():
+                future.set_exception(gone)
+
+    def stop(self, timeout: float) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout)
+        self.conn.close()
+
+
+class Containers:
+    """Processes that run the asynchronous (``Event``) invocations, as Lambda runs each
+    invocation in an execution environment of its own. The batches of a large room's
+    fan-out, which Zappa's ``@task`` hands to such invocations, then do not share one
+    interpreter (and its GIL) with API Gateway's side of the very posts they make, nor with
+    the invocation that queued them. Each process runs up to ``threads`` invocations at once,
+    as the gateway's own pool does; an invocation goes to the least busy process, and a
+    process that died is replaced (with a cold start) when it is next needed."""
+
+    def __init__(self, count: int, setup: _ContainerSetup) -> None:
+        self.setup = setup
+        self._containers = [self._new(n) for n in range(count)]
+        self._ids = itertools.count()
+
+    def _new(self, n: int) -> _Container:
+        return _Container(self.setup, f"lambda-container-{n}")
+
+    async def ready(self) -> None:
+        await asyncio.gather(*(asyncio.wrap_future(c.ready) for c in self._containers))
+
+    def pids(self) -> list[int | None]:
+        return [c.process.pid for c in self._containers]
+
+    async def invoke(self, event: dict[str, Any], context: LambdaContext) -> Any:
+        for _ in range(len(self._containers) + 1):
+            n, container = min(enumerate(self._containers), key=lambda item: item[1].load)
+            if not container.alive:
+                name = container.process.name
+                logger.warning("localgateway: %s exited; starting another", name)
+                container = self._containers[n] = self._new(n)
+            if not container.ready.done():
+                container.starting += 1  # counted as load while it waits: others go elsewhere
+                try:
+                    await asyncio.wrap_future(container.ready)
+                finally:
+                    container.starting -= 1
+            try:
+                future = container.submit(next(self._ids), event, context)
+            except OSError:  # it died after the check: the next round replaces it
+                container.exited.set()
+                continue
+            return await asyncio.wrap_future(future)
+        raise RuntimeError("no container could take the invocation")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(None, c.stop, timeout) for c in self._containers)
+        )
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -417,6 +629,7 @@ class LocalGateway:
     port: int = 0
     settings_overrides: Mapping[str, Any] = field(default_factory=dict)
     workers: int = 32
+    task_processes: int = 0
     ws_paths: tuple[str, ...] = ("/ws/", "/ws")
     idle_timeout: float = IDLE_TIMEOUT
     max_duration: float = MAX_DURATION
@@ -445,6 +658,7 @@ class LocalGateway:
         self._connections: dict[str, _Connection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pool: ThreadPoolExecutor | None = None
+        self._containers: Containers | None = None
         self._runner: web.AppRunner | None = None
         self._settings_dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -474,9 +688,21 @@ class LocalGateway:
         if self.lambda_environment:
             os.environ.update(self.runtime_environment())
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lambda")
+        if self.task_processes:  # spawned now, with the URLs above in their environment
+            setup = _ContainerSetup(
+                zappa=self.zappa,
+                settings_dir=self._settings_dir.name,
+                environment=dict(os.environ),
+                threads=self.workers,
+                log_level=logger.getEffectiveLevel(),
+                root_log_level=logging.getLogger().level,
+            )
+            self._containers = Containers(self.task_processes, setup)
         # Lambda's init phase: errors show now, and the first concurrent requests do not
         # race through LambdaHandler's unlocked singleton set-up.
         await asyncio.get_running_loop().run_in_executor(self._pool, _cold_start)
+        if self._containers is not None:
+            await self._containers.ready()
         logger.info("localgateway: %s %s %s", self.url, self.ws_url, self.management_url)
         return self.port
 
@@ -494,6 +720,8 @@ class LocalGateway:
             logger.warning("localgateway: stopped with invocations still running")
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._containers is not None:
+            await self._containers.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._settings_dir is not None:  # the handler keeps the imported module
@@ -524,6 +752,10 @@ class LocalGateway:
     def connection_ids(self) -> list[str]:
         return list(self._connections)
 
+    def container_pids(self) -> list[int | None]:
+        """The process ids of the containers for asynchronous invocations, if any."""
+        return self._containers.pids() if self._containers is not None else []
+
     def runtime_environment(self) -> dict[str, str]:
         """What the Lambda runtime puts in a function's environment, for code that checks
         it (Zappa's @task runs inline without AWS_LAMBDA_FUNCTION_NAME). Dummy credentials
@@ -542,16 +774,22 @@ class LocalGateway:
             env.update(AWS_ACCESS_KEY_ID="localgateway", AWS_SECRET_ACCESS_KEY="localgateway")
         return env
 
-    async def invoke(self, event: dict[str, Any], timeout: float | None = None) -> Any:
-        """One Lambda invocation on the pool. Raises the handler's exceptions, and
-        TimeoutError after ``timeout`` (default ``integration_timeout``; the thread runs on,
-        as Lambda would)."""
+    async def invoke(
+        self, event: dict[str, Any], timeout: float | None = None, asynchronous: bool = False
+    ) -> Any:
+        """One Lambda invocation on the pool, or with ``asynchronous`` in a container process
+        when there are any. Raises the handler's exceptions (a container's as
+        InvocationError), and TimeoutError after ``timeout`` (default ``integration_timeout``;
+        the invocation runs on, as Lambda would)."""
         assert self._pool is not None and self.zappa is not None, "call start() first"
         z = self.zappa
         arn = f"arn:aws:lambda:{z.region}:123456789012:function:{z.lambda_name}"
         context = LambdaContext(z.lambda_name, arn, z.memory_size, z.timeout_seconds)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, _call_lambda, event, context)
+        if asynchronous and self._containers is not None:
+            future = asyncio.ensure_future(self._containers.invoke(event, context))
+        else:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._pool, _call_lambda, event, context)
         return await asyncio.wait_for(future, timeout or self.integration_timeout)
 
     def _spawn(self, coro: Any) -> None:
@@ -740,9 +978,11 @@ class LocalGateway:
         frame = {"message": error, "connectionId": conn.id, "requestId": request_id}
         await conn.send(json.dumps(frame))
 
-    async def _invoke_logged(self, event: dict[str, Any], timeout: float | None = None) -> None:
+    async def _invoke_logged(
+        self, event: dict[str, Any], timeout: float | None = None, asynchronous: bool = False
+    ) -> None:
         try:
-            await self.invoke(event, timeout)
+            await self.invoke(event, timeout, asynchronous)
         except Exception:
             what = event.get("requestContext", {}).get("routeKey") or event.get("command")
             logger.exception("localgateway: %s failed", what or "invocation")
@@ -762,8 +1002,8 @@ class LocalGateway:
             return _aws_error(400, "InvalidRequestContentException", "Could not parse JSON")
         kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         timeout = float(self.zappa.timeout_seconds)
-        if kind == "Event":  # queued: answered at once, run on the pool like any other
-            self._spawn(self._invoke_logged(event, timeout))
+        if kind == "Event":  # queued: answered at once, run in a container if there are any
+            self._spawn(self._invoke_logged(event, timeout, asynchronous=True))
             return web.Response(status=202)
         if kind == "DryRun":
             return web.Response(status=204)
@@ -1004,6 +1244,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="dev", help="stage of zappa_settings.json")
     p.add_argument("--settings-file", default=str(PROJECT_DIR / "zappa_settings.json"))
     p.add_argument("--workers", type=int, default=32, help="concurrent invocations")
+    p.add_argument(
+        "--task-processes",
+        type=int,
+        default=2,
+        help="processes for asynchronous invocations (Zappa's @task); 0 runs them on the "
+        "gateway's own threads",
+    )
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, help="seconds")
     p.add_argument("--max-duration", type=float, default=MAX_DURATION, help="seconds")
     p.add_argument("--integration-timeout", type=float, default=INTEGRATION_TIMEOUT, help="seconds")
@@ -1041,7 +1288,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     options = parser().parse_args(argv)
     level = options.log_level.upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     # Zappa's handler sets the root logger to the stage's log_level; ours stays as asked.
     logger.setLevel(level)
     try:
@@ -1051,6 +1298,7 @@ def main(argv: list[str] | None = None) -> None:
             host=options.host,
             port=options.port,
             workers=options.workers,
+            task_processes=options.task_processes,
             idle_timeout=options.idle_timeout,
             max_duration=options.max_duration,
             integration_timeout=options.integration_timeout,

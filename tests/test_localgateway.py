@@ -11,6 +11,8 @@ import json
 import os
 import random
 import re
+import select
+import signal
 import time
 
 import aiohttp
@@ -188,6 +190,48 @@ async def test_invocations_run_concurrently(gateway):
             await ws.send(json.dumps({"action": "barrier", "data": n}))
         replies = {json.loads(await ws.recv())["barrier"] for _ in (1, 2)}
     assert replies == {1, 2}
+
+
+async def invoke_event(gateway, event):
+    """Lambda's Invoke API, as Zappa's @task calls it: an asynchronous invocation."""
+    client = boto3.client(
+        "lambda",
+        endpoint_url=gateway.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    payload = json.dumps(event).encode()
+    name = gateway.zappa.lambda_name
+    return await asyncio.to_thread(
+        client.invoke, FunctionName=name, InvocationType="Event", Payload=payload
+    )
+
+
+@pytest.mark.asyncio
+async def test_asynchronous_invocations_run_in_container_processes(make_gateway):
+    gateway = await make_gateway(task_processes=1)
+    [first_pid] = gateway.container_pids()
+    assert first_pid != os.getpid()
+    async with connect(gateway) as ws:
+        connection_id = await hello(ws)
+        frame = await recorded("$default", connection_id)
+        for n, data in enumerate(["from a container", "from its replacement"]):
+            body = json.dumps({"action": "echo", "data": data})
+            answer = await invoke_event(gateway, {**frame, "body": body})
+            assert answer["StatusCode"] == 202
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            assert reply == {"echo": data, "connectionId": connection_id, "function": "gwtest-dev"}
+            # The handler ran, and answered through @connections, in another process: this
+            # one (where the synchronous invocations run) never recorded the frame.
+            assert not [e for e in echo.EVENTS if e.get("body") == body]
+            if n == 0:  # a container that dies is replaced when it is next needed
+                pidfd = os.pidfd_open(first_pid)
+                os.kill(first_pid, signal.SIGKILL)
+                await asyncio.to_thread(select.select, [pidfd], [], [], 10)  # readable once dead
+                os.close(pidfd)
+    [second_pid] = gateway.container_pids()
+    assert second_pid not in (None, first_pid)
 
 
 @pytest.mark.asyncio

@@ -23,6 +23,9 @@ from tests.test_serverless import serverless_proc, serverless_server  # noqa: F4
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# The state every long-poll answer carries (a lock or rename is not a message, so no cursor has it).
+GENERAL = {"type": "room", "room": "general", "locked": False, "title": "General"}
+
 
 @pytest.fixture(params=["channels", "serverless"])
 def chat_server(request: pytest.FixtureRequest) -> Server:
@@ -277,7 +280,7 @@ def _online(room: Room) -> bool:
 
 async def test_long_poll_times_out_empty(http: aiohttp.ClientSession, room: Room) -> None:
     async with http.get("/api/rooms/general/poll?after=0&timeout=1") as response:
-        assert await response.json() == {"events": [], "seq": 0}
+        assert await response.json() == {"events": [], "seq": 0, "room": GENERAL}
 
 
 async def test_long_poll_errors(http: aiohttp.ClientSession, server: Server, room: Room) -> None:
@@ -297,7 +300,7 @@ async def test_long_poll_receives_typing(
 ) -> None:
     # A first poll marks alice present, so the long poll below is not woken by her own arrival.
     async with http.get("/api/rooms/general/poll?after=0&timeout=0") as response:
-        assert await response.json() == {"events": [], "seq": 0}
+        assert await response.json() == {"events": [], "seq": 0, "room": GENERAL}
     poll = asyncio.create_task(http.get("/api/rooms/general/poll?after=0&timeout=20"))
     b = await peer(server, bob)
     # Typing is ephemeral: keep typing until the waiting poll has picked one up.
@@ -305,7 +308,8 @@ async def test_long_poll_receives_typing(
         await b.send({"action": "typing", "room": "general"})
         await asyncio.wait([poll], timeout=0.1)
     data = await poll.result().json()
-    assert data == {"events": [{"type": "typing", "room": "general", "user": "bob"}], "seq": 0}
+    typing = {"type": "typing", "room": "general", "user": "bob"}
+    assert data == {"events": [typing], "seq": 0, "room": GENERAL}
 
 
 @pytest.fixture

@@ -9,11 +9,13 @@ controlled. `serverless_server` is the gateway counterpart of conftest's `server
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -621,6 +623,75 @@ def test_limit_exceeded_is_retried_with_backoff(monkeypatch, settings):
     monkeypatch.setattr(serverless, "client", lambda url: flaky)
     assert serverless.post(("Conn=", "https://x/dev"), b"{}") == serverless.GONE
     assert flaky.calls == 1  # gone is not retried
+
+
+class Management(http.server.BaseHTTPRequestHandler):
+    """@connections as a keep-alive HTTP/1.1 server: 200, 410 for ids starting "Gone", 429 for
+    ids starting "Busy"; with `close_after` requests on one connection it closes it, silently,
+    as a server with an idle timeout does."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[int, str, str]] = []  # (client port, path, Authorization)
+    close_after = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen.append((self.client_address[1], self.path, self.headers["Authorization"]))
+        connection_id = self.path.rsplit("/", 1)[1]
+        status, kind = {
+            "Gone": (410, "GoneException"),
+            "Busy": (429, "LimitExceededException"),
+        }.get(connection_id[:4], (200, ""))
+        self.send_response(status)
+        if kind:
+            self.send_header("x-amzn-ErrorType", f"{kind}:http://internal.amazon.com/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        on_this_connection = [port for port, _, _ in self.seen if port == self.client_address[1]]
+        if len(on_this_connection) == self.close_after:
+            self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_poster_signs_keeps_its_connection_and_reopens_a_closed_one(monkeypatch, settings):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPOSTER")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    Management.seen, Management.close_after = [], 2
+    closed = threading.Event()
+
+    class Server(http.server.ThreadingHTTPServer):
+        def shutdown_request(self, request: Any) -> None:
+            super().shutdown_request(request)
+            closed.set()  # the socket is closed on the server's side
+
+    server = Server(("127.0.0.1", 0), Management)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/dev"
+        poster = serverless.Poster()
+        assert poster(url, "One=", b"1") == ""
+        assert poster(url, "Gone/x=", b"2") == "GoneException"  # and the id is escaped
+        assert closed.wait(10)
+        # The server closed that connection after two answers: the next call opens another
+        # instead of failing on the dead one.
+        assert poster(url, "Busy=", b"3") == "LimitExceededException"
+        assert poster(url, "Two=", b"4") == ""
+    finally:
+        server.shutdown()
+        server.server_close()
+    ports = [port for port, _, _ in Management.seen]
+    assert ports[0] == ports[1] != ports[2] == ports[3]
+    assert [path for _, path, _ in Management.seen] == [
+        "/dev/@connections/One%3D",
+        "/dev/@connections/Gone%2Fx%3D",
+        "/dev/@connections/Busy%3D",
+        "/dev/@connections/Two%3D",
+    ]
+    authorization = Management.seen[0][2]
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDPOSTER/")
+    assert f"/{settings.CHAT_APIGW_REGION}/execute-api/aws4_request" in authorization
 
 
 def test_a_410_spares_a_connection_whose_connect_may_still_run(db, alice, room, monkeypatch):

@@ -44,6 +44,8 @@ class ResilientClient:
         self.task: asyncio.Task[None] | None = None
         self.retrier: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
+        # Set (and replaced) after every event handled, so waits wake on change, not on a timer.
+        self.changed = asyncio.Event()
 
     # --- lifecycle ---
 
@@ -90,6 +92,7 @@ class ResilientClient:
                 await self._subscribe()
                 async for raw in ws:
                     self._on(json.loads(raw))
+                    self._notify()
             except ConnectionClosed:
                 pass
             finally:
@@ -156,6 +159,10 @@ class ResilientClient:
                 self.subscribed.clear()
                 asyncio.get_running_loop().call_later(0.3, lambda: self._spawn(self._subscribe()))
 
+    def _notify(self) -> None:
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self.background.add(task)
@@ -206,3 +213,22 @@ async def traffic(clients: list[ResilientClient], period: float, stop: asyncio.E
     n = len(clients)
     counts = await asyncio.gather(*(one(c, period * i / n) for i, c in enumerate(clients)))
     return sum(counts)
+
+
+async def wait_for_state(
+    clients: list[ResilientClient], predicate: Any, timeout: float, what: str
+) -> None:
+    """Like `wait_all`, but each client is checked when it has handled an event, not polled.
+    Only for predicates that an incoming event can make true."""
+
+    async def one(client: ResilientClient) -> None:
+        while not predicate(client):
+            await client.changed.wait()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(c) for c in clients)), timeout)
+    except TimeoutError:
+        late = [c.name for c in clients if not predicate(c)]
+        raise AssertionError(
+            f"timed out after {timeout} s waiting for {what}: {late[:10]}"
+        ) from None
