@@ -15,7 +15,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 
-from chat.models import Membership, Room
+from chat.models import ApiConnection, Membership, Room
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,3 +154,83 @@ def live_server_proc(django_db_setup: Any, django_db_blocker: Any) -> Iterator[S
 def server(live_server_proc: Server, transactional_db: Any) -> Server:
     """A running ASGI server; the test's data is committed so the server sees it."""
     return live_server_proc
+
+
+# --- the serverless deployment: the local gateway, in its own process ---
+
+
+class Gateway(Server):
+    """`python -m chat.localgateway` on the test database, like conftest's Server, plus the
+    @connections endpoint."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        # Small batches, so that a room of a few hundred goes through Zappa's @task.
+        super().__init__({"CHAT_APIGW_BATCH": "50", **(env or {})})
+        self.args = args
+        self.env.pop("DJANGO_SETTINGS_MODULE", None)  # the stage's django_settings decides
+
+    @property
+    def management_url(self) -> str:
+        return f"{self.url}/dev"
+
+    def start(self) -> Gateway:
+        out = Path(f"/tmp/localgateway-{self.port}.out")
+        with out.open("wb") as stdout:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "chat.localgateway",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "WARNING",
+                    *self.args,
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=stdout,
+            )
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"local gateway exited with {self.proc.returncode}")
+                if b"Quit with" in out.read_bytes():  # printed once the cold start is done
+                    return self
+                time.sleep(0.05)
+        finally:
+            out.unlink(missing_ok=True)
+        raise RuntimeError("local gateway did not start")
+
+
+@pytest.fixture(scope="session")
+def serverless_proc(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
+    with django_db_blocker.unblock():
+        gateway = Gateway().start()
+    yield gateway
+    gateway.stop()
+
+
+def quiesce(timeout: float = 5.0) -> None:
+    """Wait for the $disconnect invocations of the test's closed sockets: the flush after a
+    transactional test would otherwise race them (and deadlock on PostgreSQL)."""
+    deadline = time.monotonic() + timeout
+    while ApiConnection.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # what those invocations publish
+
+
+@pytest.fixture
+def serverless_server(serverless_proc: Gateway, transactional_db: Any) -> Iterator[Gateway]:
+    """The local gateway in front of Zappa's handler; the test's data is committed so it sees it."""
+    yield serverless_proc
+    quiesce()
+
+
+@pytest.fixture(params=["channels", "serverless"])
+def chat_server(request: pytest.FixtureRequest) -> Server:
+    """Every deployment that speaks the protocol, each test runs against all of them: the Channels
+    server, and the Zappa handler behind the local API Gateway. (Defined here once: a session
+    fixture imported into several modules would start one gateway per module.)"""
+    return request.getfixturevalue("server" if request.param == "channels" else "serverless_server")

@@ -20,8 +20,8 @@ from chat import services
 from chat.models import Membership, Message, ModerationAction, Report, Restriction, Room
 from chat.services import ChatError
 from tests.conftest import Server
-from tests.test_realtime import chat_server, peer  # noqa: F401
-from tests.test_serverless import serverless_proc, serverless_server, session_cookies  # noqa: F401
+from tests.test_realtime import peer
+from tests.test_serverless import session_cookies
 
 
 def post_json(client: Client, url: str, data: Any) -> Any:
@@ -297,7 +297,7 @@ async def _poll_messages(http: aiohttp.ClientSession, after: int) -> list[dict[s
 
 @pytestmark_live
 async def test_an_admin_hide_reaches_websocket_long_poll_and_resume(
-    chat_server: Server,  # noqa: F811
+    chat_server: Server,
     alice: Any,
     bob: Any,
     superuser: Any,
@@ -329,7 +329,7 @@ async def test_an_admin_hide_reaches_websocket_long_poll_and_resume(
 
 @pytestmark_live
 async def test_restore_and_erase_reach_websocket_long_poll_and_resume(
-    chat_server: Server,  # noqa: F811
+    chat_server: Server,
     alice: Any,
     bob: Any,
     superuser: Any,
@@ -378,7 +378,7 @@ async def test_restore_and_erase_reach_websocket_long_poll_and_resume(
 
 @pytestmark_live
 async def test_a_lock_is_live_and_refuses_posts(
-    chat_server: Server,  # noqa: F811
+    chat_server: Server,
     bob: Any,
     room_mod: Any,
     room: Room,
@@ -406,7 +406,7 @@ async def test_a_lock_is_live_and_refuses_posts(
 
 @pytestmark_live
 async def test_long_pollers_learn_of_a_lock_live_and_on_their_next_poll(
-    chat_server: Server,  # noqa: F811
+    chat_server: Server,
     bob: Any,
     room_mod: Any,
     room: Room,
@@ -440,7 +440,7 @@ async def test_long_pollers_learn_of_a_lock_live_and_on_their_next_poll(
 
 @pytestmark_live
 async def test_making_a_room_private_drops_those_who_may_no_longer_read_it(
-    chat_server: Server,  # noqa: F811
+    chat_server: Server,
     alice: Any,
     bob: Any,
     room_mod: Any,
@@ -470,7 +470,7 @@ async def test_making_a_room_private_drops_those_who_may_no_longer_read_it(
 
 @pytestmark_live
 async def test_a_banned_users_socket_is_closed_and_cannot_reconnect(
-    chat_server: Server,  # noqa: F811
+    chat_server: Server,
     bob: Any,
     superuser: Any,
     room: Room,
@@ -496,7 +496,7 @@ async def test_a_banned_users_socket_is_closed_and_cannot_reconnect(
 
 @pytestmark_live
 async def test_a_muted_user_cannot_post_and_limits_answer_rate_limited(
-    chat_server: Server,  # noqa: F811
+    chat_server: Server,
     alice: Any,
     bob: Any,
     room_mod: Any,

@@ -19,19 +19,11 @@ from chat import services
 from chat.models import Message, Room
 from chat.tokens import make_token
 from tests.conftest import Server
-from tests.test_serverless import serverless_proc, serverless_server  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # The state every long-poll answer carries (a lock or rename is not a message, so no cursor has it).
 GENERAL = {"type": "room", "room": "general", "locked": False, "title": "General"}
-
-
-@pytest.fixture(params=["channels", "serverless"])
-def chat_server(request: pytest.FixtureRequest) -> Server:
-    """Every deployment that speaks the protocol, each test runs against all of them: the Channels
-    server, and the Zappa handler behind the local API Gateway."""
-    return request.getfixturevalue("server" if request.param == "channels" else "serverless_server")
 
 
 class Peer:

@@ -47,6 +47,29 @@ function localTime(iso) {
   return [time, date.toLocaleString()];
 }
 
+// Sizes as Django's filesizeformat writes them, so server-rendered and live messages agree.
+function humanSize(bytes) {
+  if (bytes < 1024) return `${bytes}\u00a0${bytes === 1 ? "byte" : "bytes"}`;
+  const units = ["KB", "MB", "GB", "TB"];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(1)}\u00a0${units[unit]}`;
+}
+
+// Thumbnails are shown within this box; the width and height attributes reserve their place
+// before they load, so the log does not jump under the reader.
+const THUMB_BOX = [320, 240];
+
+function fit(width, height) {
+  if (!width || !height) return [null, null];
+  const scale = Math.min(1, THUMB_BOX[0] / width, THUMB_BOX[1] / height);
+  return [Math.max(1, Math.round(width * scale)), Math.max(1, Math.round(height * scale))];
+}
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -59,6 +82,12 @@ class RoomView {
     this.root = root;
     this.slug = root.dataset.room;
     this.me = root.dataset.user;
+    this.moderator = root.dataset.moderator === "true";
+    this.maxAttachment = Number(root.dataset.maxAttachment) || 0; // 0: only the server checks
+    this.attachmentTypes = (root.dataset.attachmentTypes || "")
+      .split(",")
+      .map((type) => type.trim().toLowerCase())
+      .filter(Boolean);
     this.list = document.getElementById("messages");
     this.scroller = document.getElementById("scroller");
     this.olderBox = document.getElementById("older");
@@ -66,6 +95,12 @@ class RoomView {
     this.form = document.getElementById("composer");
     this.input = document.getElementById("composer-body");
     this.badge = document.getElementById("conn-badge");
+    this.submit = this.form.querySelector("button[type=submit]");
+    this.fileInput = document.getElementById("composer-file");
+    this.placeholder = this.input.placeholder;
+    this.file = null; // the File attached to the next message
+    this.reported = new Set(); // ids of messages reported from this page
+    this.roomStateAt = -Infinity; // when the last live `room` event arrived (performance.now())
     this.byId = new Map(); // message id -> <li>
     this.byClient = new Map(); // client_id -> <li> of a message not yet acknowledged
     this.typists = new Map(); // username -> timer
@@ -80,6 +115,8 @@ class RoomView {
     this.transport = new Transport({
       tokenUrl: root.dataset.apiToken,
       roomsUrl: root.dataset.apiRooms,
+      attachmentsUrl: root.dataset.apiAttachments,
+      completeUrl: root.dataset.apiAttachmentComplete,
       csrfToken: this.form.querySelector("[name=csrfmiddlewaretoken]").value,
       user: this.me,
       timings,
@@ -91,6 +128,11 @@ class RoomView {
       current: this.slug,
       roomUrl: root.dataset.roomUrl,
       interval: timings.roomsPoll,
+      // The rooms list carries `locked` and `title` too: it catches a `room` event this page
+      // missed (they are not resumed), unless a live one arrived after the list was asked for.
+      onCurrent: (room, askedAt) => {
+        if (askedAt > this.roomStateAt) this.applyRoom(room);
+      },
     });
   }
 
@@ -103,6 +145,7 @@ class RoomView {
     this.scrollToBottom();
     this.bindTransport();
     this.bindComposer();
+    this.bindAttachments();
     this.bindScroll();
     this.bindRoomsToggle();
     this.setLocked(this.root.dataset.locked === "true");
@@ -215,8 +258,123 @@ class RoomView {
     if (event.edited && !event.deleted) meta.append(el("span", "edited", "edited"));
     meta.append(el("span", "state", "✓"));
     meta.lastChild.setAttribute("aria-label", "sent");
-    const body = el("div", "body", event.deleted ? "message deleted" : event.body);
-    li.replaceChildren(meta, body);
+    const parts = [meta];
+    // A message may be only a file; an empty body then takes no room.
+    if (event.deleted || event.body || !event.attachment) {
+      parts.push(el("div", "body", event.deleted ? "message deleted" : event.body));
+    }
+    if (event.attachment && !event.deleted) parts.push(this.attachmentNode(event.attachment));
+    if (!mine && !event.deleted) {
+      meta.append(this.reportButton(li, event));
+      if (li.reportBox) parts.push(li.reportBox); // a report being written survives an edit
+    } else {
+      li.reportBox = null;
+    }
+    li.replaceChildren(...parts);
+  }
+
+  attachmentNode(a) {
+    const box = el("div", "attachment");
+    if (a.thumbnail) {
+      box.classList.add("image");
+      const link = el("a");
+      link.href = a.url;
+      const img = el("img");
+      img.src = a.thumbnail;
+      img.alt = a.name;
+      const [width, height] = fit(a.width, a.height);
+      if (width) {
+        img.width = width;
+        img.height = height;
+      }
+      img.loading = "lazy";
+      link.append(img);
+      box.append(link);
+    } else {
+      box.classList.add("file");
+      const link = el("a", "file-name", a.name);
+      link.href = a.url;
+      link.download = a.name;
+      box.append(link, " ", el("span", "size", humanSize(a.size)));
+    }
+    return box;
+  }
+
+  // --- reports ---
+
+  reportButton(li, event) {
+    const done = this.reported.has(event.id);
+    const button = el("button", "link-button report-button", done ? "Reported" : "Report");
+    button.type = "button";
+    button.disabled = done;
+    button.setAttribute("aria-label", done ? "Reported" : `Report this message by ${event.author}`);
+    button.addEventListener("click", () => this.openReport(li, event.id));
+    return button;
+  }
+
+  // A small form inside the message: the reason is required by the server, and a dialog the
+  // page draws keeps the log readable (window.prompt would block every live update behind it).
+  openReport(li, id) {
+    if (li.reportBox) {
+      li.reportBox.querySelector("input").focus();
+      return;
+    }
+    const form = el("form", "report-form");
+    const label = el("label", null, "Why report this message?");
+    const input = el("input");
+    input.name = "reason";
+    input.required = true;
+    input.maxLength = 500;
+    input.autocomplete = "off";
+    label.append(input);
+    const send = el("button", null, "Send report");
+    send.type = "submit";
+    const cancel = el("button", "link-button", "Cancel");
+    cancel.type = "button";
+    const status = el("p", "report-status");
+    status.setAttribute("role", "status");
+    form.append(label, send, cancel, status);
+    const close = () => {
+      li.reportBox = null;
+      form.remove();
+    };
+    cancel.addEventListener("click", close);
+    form.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") close();
+    });
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const reason = input.value.trim();
+      if (!reason) return;
+      send.disabled = true;
+      status.className = "report-status";
+      status.textContent = "Sending…";
+      try {
+        await this.transport.report(this.slug, id, reason);
+      } catch (err) {
+        send.disabled = false;
+        status.className = "report-status error";
+        status.dataset.code = err.code || "";
+        let text = `Not reported: ${err.detail || err.code || "something went wrong"}`;
+        if (err.retry_after) text += ` (try again in ${Math.ceil(err.retry_after)} s)`;
+        status.textContent = text;
+        return;
+      }
+      this.reported.add(id);
+      const thanks = el("p", "report-status ok", "Reported. The moderators will take a look.");
+      thanks.setAttribute("role", "status");
+      form.replaceWith(thanks);
+      li.reportBox = thanks;
+      const button = li.querySelector(".report-button");
+      if (button) {
+        button.textContent = "Reported";
+        button.disabled = true;
+        button.setAttribute("aria-label", "Reported");
+      }
+    });
+    li.reportBox = form;
+    li.append(form);
+    input.focus();
   }
 
   // Messages in posting order: ids are taken under the room's lock, so within a room id order is
@@ -238,24 +396,37 @@ class RoomView {
     if (item.room !== this.slug) return;
     let li = this.byClient.get(item.client_id);
     if (!li) {
-      li = el("li");
+      li = el("li", "message mine pending"); // a .message before renderEmpty counts it
       this.byClient.set(item.client_id, li);
       const meta = el("div", "meta");
       const [short, long] = localTime(new Date().toISOString());
       const time = el("time", null, short);
       time.title = long;
       meta.append(el("span", "author", this.me), time, el("span", "state"));
-      li.append(meta, el("div", "body", item.body));
+      li.append(meta);
+      if (item.body || !item.fileInfo) li.append(el("div", "body", item.body));
+      if (item.fileInfo) {
+        // Not a link yet: the file has no address until it is uploaded.
+        const box = el("div", "attachment file");
+        box.append(el("span", "file-name", item.fileInfo.name), " ", el("span", "size", humanSize(item.fileInfo.size)));
+        li.append(box);
+      }
       this.list.append(li);
       this.renderEmpty();
       this.scrollToBottom();
     }
     const failed = item.state === "failed";
+    const uploading = item.state === "uploading";
     li.className = "message mine " + (failed ? "failed" : "pending");
-    li.dataset.state = failed ? "failed" : "pending";
+    li.dataset.state = failed ? "failed" : uploading ? "uploading" : "pending";
     li.dataset.clientId = item.client_id;
     const state = li.querySelector(".state");
     state.replaceChildren();
+    if (uploading) {
+      const percent = item.progress ? ` ${Math.floor(item.progress * 100)}%` : "";
+      state.textContent = `Uploading…${percent}`;
+      return;
+    }
     if (!failed) {
       state.textContent = "Sending…";
       return;
@@ -351,8 +522,8 @@ class RoomView {
     t.addEventListener("presence", (e) => e.detail.room === this.slug && this.showPresence(e.detail.users));
     t.addEventListener("room", (e) => {
       if (e.detail.room !== this.slug) return;
-      this.setLocked(e.detail.locked);
-      this.root.querySelector(".room-title-text").textContent = e.detail.title;
+      this.roomStateAt = performance.now();
+      this.applyRoom(e.detail);
     });
     t.addEventListener("state", (e) => this.showState(e.detail.state));
     this.showState(t.state);
@@ -406,11 +577,31 @@ class RoomView {
     count.hidden = false;
   }
 
+  applyRoom({ locked, title }) {
+    if (typeof locked === "boolean") this.setLocked(locked);
+    if (!title) return;
+    this.root.querySelector(".room-title-text").textContent = title;
+    document.title = title;
+    this.scroller.setAttribute("aria-label", `Messages in ${title}`);
+    const name = document.querySelector(`#room-list li[data-slug="${CSS.escape(this.slug)}"] .room-name`);
+    if (name) name.textContent = title;
+  }
+
+  // The server refuses posts to a locked room except from its moderators (and site staff), so
+  // the composer follows the same rule; the notice says why it is off.
   setLocked(locked) {
+    const blocked = locked && !this.moderator;
     document.getElementById("locked").hidden = !locked;
-    this.input.disabled = locked;
-    this.form.querySelector("button[type=submit]").disabled = locked;
-    if (locked) this.input.placeholder = "This room is locked";
+    const notice = document.getElementById("locked-notice");
+    notice.hidden = !locked;
+    notice.textContent = this.moderator
+      ? "This room is locked. You can still post as a moderator."
+      : "This room is locked. Only moderators can post.";
+    this.input.disabled = blocked;
+    this.submit.disabled = blocked;
+    if (this.fileInput) this.fileInput.disabled = blocked;
+    this.form.classList.toggle("locked", blocked);
+    this.input.placeholder = blocked ? "This room is locked" : this.placeholder;
   }
 
   bindComposer() {
@@ -422,8 +613,9 @@ class RoomView {
     this.form.addEventListener("submit", (e) => {
       e.preventDefault();
       const body = this.input.value;
-      if (!body.trim() || body.length > max) return;
-      this.transport.send(this.slug, body);
+      if ((!body.trim() && !this.file) || body.length > max) return;
+      this.transport.send(this.slug, body.trim() ? body : "", this.file);
+      this.setFile(null);
       this.input.value = "";
       grow();
       this.input.focus();
@@ -442,6 +634,64 @@ class RoomView {
         this.transport.typing(this.slug);
       }
     });
+  }
+
+  // --- attachments ---
+
+  bindAttachments() {
+    // Without the attachments endpoint (or without JavaScript: a plain form post cannot carry
+    // the upload steps) the controls stay hidden.
+    if (!this.fileInput || !this.root.dataset.apiAttachments) return;
+    document.getElementById("attach").hidden = false;
+    if (this.attachmentTypes.length) this.fileInput.accept = this.attachmentTypes.join(",");
+    this.fileInput.addEventListener("change", () => {
+      const file = this.fileInput.files[0];
+      this.fileInput.value = ""; // choosing the same file again still fires `change`
+      if (file) this.setFile(file);
+    });
+    document.getElementById("attachment-remove").addEventListener("click", () => {
+      this.setFile(null);
+      this.input.focus();
+    });
+  }
+
+  refusal(file) {
+    if (this.maxAttachment && file.size > this.maxAttachment) {
+      return `${file.name} is ${humanSize(file.size)}; files can be up to ${humanSize(this.maxAttachment)}.`;
+    }
+    const type = (file.type || "").toLowerCase();
+    const name = file.name.toLowerCase();
+    // An unknown type (an empty file.type) is left to the server, which reads the content anyway.
+    const allowed =
+      !this.attachmentTypes.length ||
+      !type ||
+      this.attachmentTypes.some(
+        (t) => t === type || (t.endsWith("/*") && type.startsWith(t.slice(0, -1))) || (t.startsWith(".") && name.endsWith(t)),
+      );
+    if (!allowed) return `${file.name} cannot be sent here: ${type} files are not accepted.`;
+    return null;
+  }
+
+  setFile(file) {
+    const chip = document.getElementById("attachment-chip");
+    const error = document.getElementById("attach-error");
+    error.textContent = "";
+    error.hidden = true;
+    const refused = file && this.refusal(file);
+    if (refused) {
+      // Refused here, before any upload: the server would refuse it too, after the wait.
+      error.textContent = refused;
+      error.hidden = false;
+      file = null;
+    }
+    this.file = file || null;
+    // A message may be only a file; without one the text is required again.
+    this.input.required = !this.file;
+    chip.hidden = !this.file;
+    if (this.file) {
+      chip.querySelector(".file-name").textContent = this.file.name;
+      chip.querySelector(".size").textContent = humanSize(this.file.size);
+    }
   }
 
   bindRoomsToggle() {

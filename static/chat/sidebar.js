@@ -9,7 +9,9 @@
 
 const DEFAULT_INTERVAL = 30000;
 
-export function startSidebar({ list, apiUrl, transport, current, roomUrl, interval }) {
+// onCurrent(room, askedAt): the current room's entry, with the performance.now() at which it was
+// asked for, so the page can tell it from state that arrived live in the meantime.
+export function startSidebar({ list, apiUrl, transport, current, roomUrl, interval, onCurrent }) {
   if (!list) return null;
   const every = interval || DEFAULT_INTERVAL;
   const url = apiUrl || null;
@@ -47,10 +49,13 @@ export function startSidebar({ list, apiUrl, transport, current, roomUrl, interv
     return li;
   }
 
-  function show(rooms) {
+  function show(rooms, askedAt) {
     for (const room of rooms) {
+      if (room.slug === current && onCurrent) onCurrent(room, askedAt);
       const li = item(room);
       if (!li) continue;
+      const name = li.querySelector(".room-name");
+      if (name && room.title && name.textContent !== room.title) name.textContent = room.title;
       const badge = li.querySelector(".unread");
       if (!badge) continue;
       const count = room.slug === current ? 0 : room.unread;
@@ -65,8 +70,9 @@ export function startSidebar({ list, apiUrl, transport, current, roomUrl, interv
     if (inflight || document.visibilityState !== "visible") return;
     if (transport && transport.state === "offline") return;
     inflight = true;
+    const askedAt = performance.now();
     try {
-      show(await fetchRooms());
+      show(await fetchRooms(), askedAt);
     } catch (err) {
       // The next tick tries again; the counts just stay as they were.
     } finally {

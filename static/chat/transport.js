@@ -16,6 +16,10 @@
 // each open room is resumed from its cursor. Outgoing messages wait in a queue (kept in
 // sessionStorage, so a reload keeps them too) until acknowledged; every attempt, on any transport,
 // carries the same client_id, so the server stores each exactly once.
+//
+// A message with a file is uploaded first (over HTTP whatever carries the events: sockets do not
+// carry files), then sent like any other with the attachment's id. The File itself cannot go into
+// sessionStorage, so after a reload an upload that had not finished has to be attached again.
 
 const PERMANENT = new Set(["bad_request", "forbidden", "not_found", "too_large", "unauthorized"]);
 
@@ -44,6 +48,24 @@ function newClientId() {
   return Date.now().toString(36) + Math.random().toString(36).slice(2);
 }
 
+// A message whose file is not uploaded and checked yet: it cannot be sent before.
+function needsUpload(item) {
+  return Boolean(item.fileInfo && !item.attachment);
+}
+
+function due(item, now) {
+  return (
+    (item.state === "pending" || (item.state === "failed" && !item.manual)) &&
+    (item.nextTry || 0) <= now &&
+    !needsUpload(item)
+  );
+}
+
+// The page renders the complete URL for this id; the real one goes in its place.
+const NIL_ID = "00000000-0000-0000-0000-000000000000";
+
+const LOST_FILE = "The page was reloaded before the file was uploaded; attach it again.";
+
 function cookie(name) {
   const match = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
   return match ? decodeURIComponent(match[1]) : "";
@@ -59,7 +81,9 @@ class HttpError extends Error {
 }
 
 export class Transport extends EventTarget {
-  // options: tokenUrl, roomsUrl (the /api/rooms/ prefix), csrfToken, user, timings, forcePoll
+  // options: tokenUrl, roomsUrl (the /api/rooms/ prefix), attachmentsUrl (the room's
+  // /api/rooms/<slug>/attachments), completeUrl (for the attachment id NIL_ID),
+  // csrfToken, user, timings, forcePoll
   constructor(options) {
     super();
     this.options = options;
@@ -73,6 +97,8 @@ export class Transport extends EventTarget {
     this.timers = {};
     this.storageKey = `chat.outbox.${options.user || ""}`;
     this.outbox = this._loadOutbox();
+    this.uploads = new Map(); // File -> its XMLHttpRequest while it uploads
+    this.reports = new Map(); // client_id -> {resolve, reject, timer} of a report sent on the socket
     this.started = false;
   }
 
@@ -112,8 +138,13 @@ export class Transport extends EventTarget {
     return room ? room.cursor : null;
   }
 
-  send(slug, body) {
+  // `file` (optional) is uploaded first; the message then carries its attachment.
+  send(slug, body, file = null) {
     const item = { client_id: newClientId(), room: slug, body, state: "pending", attempts: 0 };
+    if (file) {
+      item.file = file;
+      item.fileInfo = { name: file.name, size: file.size, content_type: file.type };
+    }
     this.outbox.push(item);
     this._saveOutbox();
     this._emit("outgoing", item);
@@ -128,6 +159,11 @@ export class Transport extends EventTarget {
   retry(clientId) {
     const item = this.outbox.find((i) => i.client_id === clientId);
     if (!item) return;
+    if (needsUpload(item) && !item.file) {
+      item.error = LOST_FILE;
+      this._emit("outgoing", item);
+      return;
+    }
     item.state = "pending";
     item.error = null;
     item.nextTry = 0;
@@ -138,8 +174,29 @@ export class Transport extends EventTarget {
   }
 
   discard(clientId) {
+    const item = this.outbox.find((i) => i.client_id === clientId);
+    if (item && item.file && this.uploads.has(item.file)) this.uploads.get(item.file).abort();
     this.outbox = this.outbox.filter((i) => i.client_id !== clientId);
     this._saveOutbox();
+  }
+
+  // Report someone's message to the room's moderators. Resolves when the server has it; rejects
+  // with {code, detail} otherwise. Not queued: the user is looking at the answer.
+  report(slug, id, reason) {
+    if (this._wsReady()) {
+      const clientId = newClientId();
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.reports.delete(clientId);
+          reject({ code: "timeout", detail: "No answer from the server; try again." });
+        }, this.t.ackTimeout);
+        this.reports.set(clientId, { resolve, reject, timer });
+        this._wsSend({ action: "report", room: slug, id, reason, client_id: clientId });
+      });
+    }
+    return this._post(`${slug}/messages/${id}/report`, { reason }).catch((err) => {
+      throw { code: err.code || "network", detail: err.message, retry_after: err.retryAfter };
+    });
   }
 
   typing(slug) {
@@ -389,9 +446,11 @@ export class Transport extends EventTarget {
         if (event.reason === "resync") this._resync(event.room, event.seq);
         break;
       case "ack":
+        if (this._reportAnswered(event.client_id, event, "resolve")) break;
         this._acked(event.client_id, event);
         break;
       case "error":
+        if (this._reportAnswered(event.client_id, event, "reject")) break;
         if (event.client_id) this._sendFailed(event.client_id, event);
         else this._emit("error", event);
         break;
@@ -401,6 +460,15 @@ export class Transport extends EventTarget {
         // typing, presence, room, unsubscribed: ephemeral, straight to the page
         this._emit(event.type, event);
     }
+  }
+
+  _reportAnswered(clientId, event, how) {
+    const waiting = clientId && this.reports.get(clientId);
+    if (!waiting) return false;
+    this.reports.delete(clientId);
+    clearTimeout(waiting.timer);
+    waiting[how](event);
+    return true;
   }
 
   // --- long-polling ---
@@ -450,9 +518,16 @@ export class Transport extends EventTarget {
             await this._resync(slug, answer.seq);
           } else {
             const messages = answer.events.filter((e) => e.type === "message");
-            for (const event of answer.events) if (event.type !== "message") this._dispatch(event);
+            for (const event of answer.events) {
+              // answer.room (below) is the latest of these
+              if (event.type === "message" || (event.type === "room" && answer.room)) continue;
+              this._dispatch(event);
+            }
             if (messages.length) await this._deliver(slug, messages);
           }
+          // Every answer carries the room's state: a lock or rename published between two polls
+          // reached nobody, and no cursor replays it.
+          if (answer.room) this._dispatch(answer.room);
         } catch (err) {
           if (abort.signal.aborted || !current()) break;
           if (err.status === 404 || err.status === 403) {
@@ -529,7 +604,10 @@ export class Transport extends EventTarget {
   _loadOutbox() {
     try {
       const items = JSON.parse(sessionStorage.getItem(this.storageKey) || "[]");
-      return items.map((item) => ({ ...item, attempts: 0, state: item.manual ? "failed" : "pending" }));
+      return items.map((item) => {
+        if (needsUpload(item)) return { ...item, attempts: 0, state: "failed", manual: true, error: LOST_FILE };
+        return { ...item, attempts: 0, state: item.manual ? "failed" : "pending" };
+      });
     } catch (err) {
       return [];
     }
@@ -537,12 +615,14 @@ export class Transport extends EventTarget {
 
   _saveOutbox() {
     try {
-      const keep = this.outbox.map(({ client_id, room, body, manual, error }) => ({
+      const keep = this.outbox.map(({ client_id, room, body, manual, error, fileInfo, attachment }) => ({
         client_id,
         room,
         body,
         manual,
         error,
+        fileInfo,
+        attachment,
       }));
       sessionStorage.setItem(this.storageKey, JSON.stringify(keep));
     } catch (err) {
@@ -551,19 +631,25 @@ export class Transport extends EventTarget {
   }
 
   _flush() {
-    if (this.state === "offline" || this.flushing) return;
+    if (this.state === "offline") return;
+    // Uploads go over HTTP whatever carries the events. A text sent while a file uploads does not
+    // wait for it: the message with the file is posted, and takes its place, when the file is ready.
+    for (const item of this.outbox) {
+      if (needsUpload(item) && item.state === "pending" && item.file) this._upload(item);
+    }
+    if (this.flushing) return;
     const now = Date.now();
-    const due = this.outbox.filter(
-      (i) => (i.state === "pending" || (i.state === "failed" && !i.manual)) && (i.nextTry || 0) <= now,
-    );
-    if (!due.length) return;
+    const ready = this.outbox.filter((i) => due(i, now));
+    if (!ready.length) return;
     if (this._wsReady()) {
       // Frames on one socket are handled in order, so the queue goes out at once.
-      for (const item of due) {
+      for (const item of ready) {
         item.state = "sending";
         item.via = this.ws;
         item.attempts += 1;
-        this._wsSend({ action: "sendmessage", room: item.room, body: item.body, client_id: item.client_id });
+        const frame = { action: "sendmessage", room: item.room, body: item.body, client_id: item.client_id };
+        if (item.attachment) frame.attachment = item.attachment.id;
+        this._wsSend(frame);
         const ws = this.ws;
         setTimeout(() => {
           if (item.state === "sending" && item.via === ws) {
@@ -587,18 +673,15 @@ export class Transport extends EventTarget {
     try {
       for (;;) {
         const now = Date.now();
-        const item = this.outbox.find(
-          (i) => (i.state === "pending" || (i.state === "failed" && !i.manual)) && (i.nextTry || 0) <= now,
-        );
+        const item = this.outbox.find((i) => due(i, now));
         if (!item || this._wsReady() || this.state === "offline") break;
         item.state = "sending";
         item.via = "http";
         item.attempts += 1;
         try {
-          const event = await this._post(`${item.room}/messages`, {
-            body: item.body,
-            client_id: item.client_id,
-          });
+          const data = { body: item.body, client_id: item.client_id };
+          if (item.attachment) data.attachment = item.attachment.id;
+          const event = await this._post(`${item.room}/messages`, data);
           this._acked(item.client_id, event);
           this._deliverOwn(event);
         } catch (err) {
@@ -614,6 +697,95 @@ export class Transport extends EventTarget {
     }
     // Upgraded to a socket in the meantime: what is left goes that way.
     if (this._wsReady()) this._flush();
+  }
+
+  // --- uploading ---
+
+  // Create the attachment, send the file where the server says (our own upload view, or an S3
+  // presigned POST), then have the server check it. A failure is the user's to retry or discard:
+  // sending a large file again on its own could cost a lot of data, and most failures (type, size,
+  // quota) would only repeat.
+  async _upload(item) {
+    item.state = "uploading";
+    item.progress = 0;
+    item.error = null;
+    this._emit("outgoing", item);
+    try {
+      const info = item.fileInfo;
+      const created = await this._postTo(this.options.attachmentsUrl, {
+        name: info.name,
+        size: info.size,
+        content_type: info.content_type || "application/octet-stream",
+      });
+      await this._sendFile(created.upload, item.file, (fraction) => {
+        item.progress = fraction;
+        this._emit("outgoing", item);
+      });
+      const completeUrl = (this.options.completeUrl || `/api/attachments/${NIL_ID}/complete`).replace(
+        NIL_ID,
+        encodeURIComponent(created.attachment.id),
+      );
+      const done = await this._postTo(completeUrl, {});
+      if (!this.outbox.includes(item)) return; // discarded meanwhile
+      item.attachment = done.attachment;
+      item.file = null;
+      item.state = "pending";
+      item.progress = null;
+      this._saveOutbox();
+      this._emit("outgoing", item);
+      this._flush();
+    } catch (err) {
+      if (!this.outbox.includes(item)) return;
+      item.state = "failed";
+      item.manual = true;
+      item.progress = null;
+      item.error = err.message || "The file could not be uploaded.";
+      this._saveOutbox();
+      this._emit("outgoing", item);
+    }
+  }
+
+  _sendFile(upload, file, onProgress) {
+    return new Promise((resolve, reject) => {
+      const url = new URL(upload.url, location.href);
+      // Every field of the presigned form first: S3 ignores fields after the file.
+      const form = new FormData();
+      for (const [name, value] of Object.entries(upload.fields || {})) form.append(name, value);
+      form.append("file", file, file.name);
+      // XMLHttpRequest rather than fetch: fetch reports no upload progress.
+      const xhr = new XMLHttpRequest();
+      this.uploads.set(file, xhr);
+      xhr.addEventListener("loadend", () => this.uploads.delete(file));
+      xhr.open("POST", url.href);
+      if (url.origin === location.origin) {
+        // Our own upload view: the session cookie goes by default, and it needs the CSRF token.
+        xhr.setRequestHeader("X-CSRFToken", this._csrf());
+        xhr.setRequestHeader("Accept", "application/json");
+      } else {
+        // The bucket: the presigned fields are the credentials; our cookie and token stay here.
+        xhr.withCredentials = false;
+      }
+      xhr.upload.addEventListener("progress", (e) => {
+        if (e.lengthComputable && e.total) onProgress(e.loaded / e.total);
+      });
+      xhr.addEventListener("load", () => {
+        if (xhr.status >= 200 && xhr.status < 300) {
+          resolve();
+          return;
+        }
+        let data = null;
+        try {
+          data = JSON.parse(xhr.responseText);
+        } catch (err) {
+          data = null; // S3 answers XML; the status says enough
+        }
+        reject(new HttpError(xhr.status, data));
+      });
+      const network = () => reject(new HttpError(0, { error: "network", detail: "The upload was interrupted." }));
+      xhr.addEventListener("error", network);
+      xhr.addEventListener("abort", network);
+      xhr.send(form);
+    });
   }
 
   // Our own message from the POST answer: shown at once if it is next, else the poll brings it.
@@ -656,8 +828,12 @@ export class Transport extends EventTarget {
     return this.options.csrfToken || cookie("csrftoken");
   }
 
-  async _post(path, data) {
-    const response = await fetch(this.options.roomsUrl + path, {
+  _post(path, data) {
+    return this._postTo(this.options.roomsUrl + path, data);
+  }
+
+  async _postTo(url, data) {
+    const response = await fetch(url, {
       method: "POST",
       credentials: "same-origin",
       headers: {

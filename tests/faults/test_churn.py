@@ -19,7 +19,6 @@ from chat.models import ApiConnection, Room
 from tests.conftest import Server
 from tests.faults.client import ResilientClient, traffic, wait_for_state
 from tests.faults.conftest import assert_complete, users_and_tokens
-from tests.test_serverless import serverless_proc, serverless_server  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
 
@@ -41,11 +40,6 @@ async def connection_rows_settle(most: int, least: int, timeout: float) -> int:
         if least <= rows <= most or loop.time() > deadline:
             return rows
         await asyncio.sleep(0.1)
-
-
-@pytest.fixture(params=["channels", "serverless"])
-def chat_server(request: pytest.FixtureRequest) -> Server:
-    return request.getfixturevalue("server" if request.param == "channels" else "serverless_server")
 
 
 def test_reconnect_churn_keeps_every_client_complete(

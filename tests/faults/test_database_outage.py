@@ -19,10 +19,10 @@ from websockets.asyncio.client import connect
 
 from chat import tokens
 from chat.models import Message, Room
-from tests.conftest import Server
+from tests.conftest import Gateway, Server, quiesce
 from tests.faults.conftest import Servers
 from tests.test_realtime import Peer
-from tests.test_serverless import Gateway, quiesce, session_cookies
+from tests.test_serverless import session_cookies
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 

@@ -29,8 +29,7 @@ from chatsite.asgi import application
 from tests.conftest import Server
 from tests.faults.conftest import Servers
 from tests.faults.test_authz_matrix import lambda_connect, lambda_handler  # noqa: F401
-from tests.test_realtime import Peer, chat_server  # noqa: F401
-from tests.test_serverless import serverless_proc, serverless_server  # noqa: F401
+from tests.test_realtime import Peer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 
@@ -62,7 +61,7 @@ def _bad_token(kind: str, alice: Any, bob: Any) -> str:
 @pytest.mark.parametrize(
     "kind", ["forged", "expired", "other-user", "password-changed", "logged-out", "huge"]
 )
-def test_bad_tokens_are_refused_on_both_transports(chat_server: Server, kind: str) -> None:  # noqa: F811
+def test_bad_tokens_are_refused_on_both_transports(chat_server: Server, kind: str) -> None:
     model = get_user_model()
     alice = model.objects.create_user("alice", password="pw-alice-123")
     bob = model.objects.create_user("bob", password="pw-bob-123")
@@ -76,7 +75,7 @@ def test_bad_tokens_are_refused_on_both_transports(chat_server: Server, kind: st
     assert asyncio.run(scenario()) in (401, 403)
 
 
-def test_a_token_acts_only_as_its_user(chat_server: Server) -> None:  # noqa: F811
+def test_a_token_acts_only_as_its_user(chat_server: Server) -> None:
     model = get_user_model()
     alice = model.objects.create_user("alice", password="pw-alice-123")
     bob = model.objects.create_user("bob", password="pw-bob-123")
