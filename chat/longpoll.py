@@ -44,17 +44,20 @@ def clean_timeout(value: Any) -> float:
     return min(timeout, cap)
 
 
-def _open(user: Any, slug: str, after: int) -> tuple[int, Answer | None, int, Event]:
+def _open(user: Any, slug: str, after: int) -> tuple[int, Answer | None, int, Event, Event]:
     """Check access, mark the poller present, and answer at once if anything is newer."""
     room = services.get_room(user, slug)
     presence.join(room.pk, room.slug, f"poll-{user.pk}", user.get_username())
     state = events.room_state(room.slug, room.locked, room.title)
+    # Who is online goes with every answer too: a poller woken by nothing else would otherwise
+    # learn the list only when someone arrives or leaves.
+    online = events.presence(room.slug, presence.users(room.pk))
     changes, seq = services.changes_after(room, after)
     if changes is None:
-        return room.pk, {"resync": True, "seq": seq}, seq, state
+        return room.pk, {"resync": True, "seq": seq}, seq, state, online
     if changes:
-        return room.pk, {"events": changes, "seq": seq}, seq, state
-    return room.pk, None, seq, state
+        return room.pk, {"events": changes, "seq": seq}, seq, state, online
+    return room.pk, None, seq, state, online
 
 
 def _reread(room_id: int, after: int, state: Event | None = None) -> Answer | None:
@@ -89,8 +92,10 @@ async def wait_hub(
     hub = get_hub()
     await hub.join(room_id, listener)
     try:
-        # Anything committed between the first read and joining the hub is found here.
-        answer = await database_sync_to_async(_reread, thread_sensitive=False)(room_id, after)
+        # Anything committed (or a room change) between the first read and joining the hub.
+        answer = await database_sync_to_async(_reread, thread_sensitive=False)(
+            room_id, after, state
+        )
         if answer is not None:
             return answer
         try:
@@ -132,9 +137,9 @@ async def poll(user: Any, slug: str, after_raw: Any, timeout_raw: Any) -> Answer
         raise ChatError("bad_request", "Send `after`, the last seq you have.")
     after = services.clean_seq(after_raw, "after")
     timeout = clean_timeout(timeout_raw)
-    room_id, answer, seq, state = await database_sync_to_async(_open, thread_sensitive=False)(
-        user, slug, after
-    )
+    room_id, answer, seq, state, online = await database_sync_to_async(
+        _open, thread_sensitive=False
+    )(user, slug, after)
     if answer is None:
         wait = WAITS[settings.CHAT_POLL_WAIT]
         answer = await wait(room_id, after, timeout, user.get_username(), state)
@@ -144,6 +149,8 @@ async def poll(user: Any, slug: str, after_raw: Any, timeout_raw: Any) -> Answer
     # message, so no cursor replays it. A room event in the answer is newer than the one read.
     changed = [e for e in answer.get("events", ()) if e.get("type") == "room"]
     answer["room"] = changed[-1] if changed else state
+    arrivals = [e for e in answer.get("events", ()) if e.get("type") == "presence"]
+    answer["presence"] = arrivals[-1] if arrivals else online
     return answer
 
 

@@ -220,14 +220,20 @@ def _error(exc: ChatError, frame: Frame | None) -> Event:
 def admit(
     conn: Connection, text: str | None, binary: bytes | None = None
 ) -> tuple[Frame | None, Event | None]:
-    """Rate limit and parse a frame without touching the database: (frame, None) or (None, error)."""
+    """Rate limit and parse a frame without touching the database: (frame, None) or (None, error).
+
+    Parsed first (bounded by the frame limit), so a refusal names the frame's client_id and room
+    and the client can match it to what it sent; malformed frames count against the limit too."""
+    frame: Frame | None = None
+    refused: Event | None = None
+    try:
+        frame = parse(text, binary)
+    except ChatError as exc:
+        refused = _error(exc, None)
     wait = conn.bucket.take()
     if wait:
-        return None, events.error("rate_limited", "Too many frames; slow down.", retry_after=wait)
-    try:
-        return parse(text, binary), None
-    except ChatError as exc:
-        return None, _error(exc, None)
+        return None, _error(ChatError("rate_limited", "Too many frames; slow down.", wait), frame)
+    return frame, refused
 
 
 def execute(conn: Connection, frame: Frame) -> list[Event]:

@@ -734,3 +734,18 @@ def test_a_file_over_the_limit_is_refused_before_uploading(
     expect(page.locator(".message.mine")).to_have_attribute("data-state", "sent")
     assert requests == []
     assert Attachment.objects.count() == 0
+
+
+def test_a_long_poll_page_shows_who_is_online_in_a_quiet_room(
+    sessions: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    """Nobody arrives or leaves after the page opens, and nobody speaks: the list comes with the
+    poll answers themselves."""
+    b = sessions(bob)
+    b.open("general")
+    expect(b.page.locator("#online-list")).to_contain_text("bob")
+    a = sessions(alice)
+    a.open("general", FAST + "&transport=poll&poll_timeout=2")
+    expect(a.badge).to_have_text("Fallback")
+    expect(a.page.locator("#online-list")).to_contain_text("alice")
+    expect(a.page.locator("#online-list")).to_contain_text("bob")

@@ -24,6 +24,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # The state every long-poll answer carries (a lock or rename is not a message, so no cursor has it).
 GENERAL = {"type": "room", "room": "general", "locked": False, "title": "General"}
+# ...and who is online: the poller itself (alice) in these tests.
+ONLINE = {"type": "presence", "room": "general", "users": ["alice"]}
 
 
 class Peer:
@@ -272,7 +274,12 @@ def _online(room: Room) -> bool:
 
 async def test_long_poll_times_out_empty(http: aiohttp.ClientSession, room: Room) -> None:
     async with http.get("/api/rooms/general/poll?after=0&timeout=1") as response:
-        assert await response.json() == {"events": [], "seq": 0, "room": GENERAL}
+        assert await response.json() == {
+            "events": [],
+            "seq": 0,
+            "room": GENERAL,
+            "presence": ONLINE,
+        }
 
 
 async def test_long_poll_errors(http: aiohttp.ClientSession, server: Server, room: Room) -> None:
@@ -292,7 +299,12 @@ async def test_long_poll_receives_typing(
 ) -> None:
     # A first poll marks alice present, so the long poll below is not woken by her own arrival.
     async with http.get("/api/rooms/general/poll?after=0&timeout=0") as response:
-        assert await response.json() == {"events": [], "seq": 0, "room": GENERAL}
+        assert await response.json() == {
+            "events": [],
+            "seq": 0,
+            "room": GENERAL,
+            "presence": ONLINE,
+        }
     poll = asyncio.create_task(http.get("/api/rooms/general/poll?after=0&timeout=20"))
     b = await peer(server, bob)
     # Typing is ephemeral: keep typing until the waiting poll has picked one up.
@@ -301,7 +313,7 @@ async def test_long_poll_receives_typing(
         await asyncio.wait([poll], timeout=0.1)
     data = await poll.result().json()
     typing = {"type": "typing", "room": "general", "user": "bob"}
-    assert data == {"events": [typing], "seq": 0, "room": GENERAL}
+    assert data == {"events": [typing], "seq": 0, "room": GENERAL, "presence": ONLINE}
 
 
 @pytest.fixture

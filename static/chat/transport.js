@@ -519,8 +519,10 @@ export class Transport extends EventTarget {
           } else {
             const messages = answer.events.filter((e) => e.type === "message");
             for (const event of answer.events) {
-              // answer.room (below) is the latest of these
-              if (event.type === "message" || (event.type === "room" && answer.room)) continue;
+              // answer.room and answer.presence (below) are the latest of these
+              if (event.type === "message") continue;
+              if (event.type === "room" && answer.room) continue;
+              if (event.type === "presence" && answer.presence) continue;
               this._dispatch(event);
             }
             if (messages.length) await this._deliver(slug, messages);
@@ -528,6 +530,8 @@ export class Transport extends EventTarget {
           // Every answer carries the room's state: a lock or rename published between two polls
           // reached nobody, and no cursor replays it.
           if (answer.room) this._dispatch(answer.room);
+          // ...and who is online, which a quiet room would otherwise never tell a poller.
+          if (answer.presence) this._dispatch(answer.presence);
         } catch (err) {
           if (abort.signal.aborted || !current()) break;
           if (err.status === 404 || err.status === 403) {
