@@ -12,6 +12,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
+from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -99,10 +100,32 @@ class RoomScoped(admin.ModelAdmin):
 
 
 class MembershipInline(admin.TabularInline):
+    """The room's members, managed by whoever may change the room: site staff with the
+    permission, or the room's own moderators (who hold no model permissions of their own)."""
+
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
     readonly_fields = ["joined", "read_seq"]
+
+    def _manages(self, request: HttpRequest, room: Any) -> bool:
+        if room is None:
+            # Asked without a room (the inline's queryset): the parent form only opens for the
+            # rooms the user moderates, and the formset only holds that room's rows.
+            return request.user.is_staff and Room.objects.filter(moderators=request.user).exists()
+        return services.can_moderate(request.user, room, "change_room")
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) or self._manages(request, obj)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_add_permission(request, obj) or self._manages(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) or self._manages(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) or self._manages(request, obj)
 
 
 @admin.register(Room)
@@ -153,6 +176,12 @@ class RoomAdmin(RoomScoped):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         changed = [f.model._meta.model_name for f in formsets if f.has_changed()]
+        removed = any(getattr(f, "deleted_objects", None) for f in formsets)
+        room = form.instance
+        if removed and room.private:
+            # Members taken out of a private room stop receiving it, as when a room turns private.
+            room_id = room.pk
+            transaction.on_commit(lambda: services.drop_readers_without_access(room_id))
         if "moderators" in form.changed_data or changed:
             services.audit(
                 request.user,

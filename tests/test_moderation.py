@@ -531,3 +531,68 @@ def test_the_database_wait_sees_a_room_state_change(room_mod: Any, room: Room) -
     services.moderate_room(room_mod, room, {"locked": True})
     answer = longpoll._reread(room.pk, 0, before)
     assert answer == {"events": [events.room_state("general", True, "General")], "seq": 0}
+
+
+@pytestmark_live
+async def test_a_room_moderator_manages_their_room_in_the_admin_live(
+    chat_server: Server,
+    alice: Any,
+    bob: Any,
+    private_room: Room,
+) -> None:
+    """Through the admin's change form: a rename reaches subscribers, a member taken out of the
+    private room stops receiving it, and the moderators list stays out of their reach."""
+    other = await sync_to_async(Room.objects.create)(slug="other", title="Other")
+    mod = await sync_to_async(get_user_model().objects.create_user)(
+        "secretmod", password="pw-secretmod-1", is_staff=True
+    )
+    await sync_to_async(private_room.moderators.add)(mod)
+    bobs = await sync_to_async(Membership.objects.get)(room=private_room, user=bob)
+    alices = await sync_to_async(Membership.objects.get)(room=private_room, user=alice)
+    b = await peer(chat_server, bob)
+    await b.subscribe("secret")
+    assert (await b.next("room"))["title"] == "Secret"
+    form = {
+        "title": "Renamed",
+        "private": "on",
+        "rate_limit": "5",
+        "moderators": [str(bob.pk)],  # read-only for a room moderator: ignored
+        "memberships-TOTAL_FORMS": "2",
+        "memberships-INITIAL_FORMS": "2",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+        "memberships-0-id": str(alices.pk),
+        "memberships-0-room": str(private_room.pk),
+        "memberships-0-user": str(alice.pk),
+        "memberships-1-id": str(bobs.pk),
+        "memberships-1-room": str(private_room.pk),
+        "memberships-1-user": str(bob.pk),
+        "memberships-1-DELETE": "on",
+        "_save": "Save",
+    }
+    async with await _http(chat_server, mod) as admin:
+        url = f"/admin/chat/room/{private_room.pk}/change/"
+        async with admin.post(url, data=form, allow_redirects=False) as r:
+            assert r.status == 302, await r.text()
+        # Another room's form is not theirs: the admin answers as for a room that does not exist.
+        async with admin.get(f"/admin/chat/room/{other.pk}/change/", allow_redirects=False) as r:
+            assert (r.status, r.headers["Location"]) == (302, "/admin/")
+    renamed = await b.next("room")
+    assert (renamed["title"], renamed["locked"]) == ("Renamed", False)
+    error = await b.next("error")
+    assert (error["code"], error["room"]) == ("forbidden", "secret")
+    await b.ws.close()
+    room = await sync_to_async(Room.objects.get)(pk=private_room.pk)
+    assert (room.title, room.rate_limit) == ("Renamed", 5)
+    moderators = await sync_to_async(
+        lambda: list(room.moderators.values_list("username", flat=True))
+    )()
+    assert moderators == ["secretmod"]
+    members = await sync_to_async(
+        lambda: sorted(room.memberships.values_list("user__username", flat=True))
+    )()
+    assert members == ["alice"]
+    actions = await sync_to_async(
+        lambda: sorted(ModerationAction.objects.filter(actor=mod).values_list("action", flat=True))
+    )()
+    assert actions == ["room", "room_people"]
