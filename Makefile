@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
-.PHONY: run test lint format bench serverless services browser clean
+.PHONY: run test lint format bench soak serverless services browser clean
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ format: $(BIN)/.installed
 
 bench: $(BIN)/.installed services
 	$(BIN)/python bench/run.py
+
+# 30 minutes of mixed traffic on both deployments (bench/soak.py); SOAK_ARGS="--minutes 2" to shorten.
+soak: $(BIN)/.installed services
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 serverless: $(BIN)/.installed
 	$(BIN)/python manage.py migrate --noinput

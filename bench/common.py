@@ -273,3 +273,132 @@ def print_budgets(budgets: list[dict[str, Any]]) -> None:
         for b in budgets
     ]
     print(table(["budget", "measured (median)", "limit", "result"], rows))
+
+
+# --- long runs (bench/soak.py) ---
+
+
+class LoggedServer(Server):
+    """A Server whose output goes to a log file, for runs long enough that server warnings would
+    break up the tables; the file is searched for errors at the end (`error_lines`).
+
+    With `ready_text`, start() waits for that line in the log instead of an open port: the local
+    gateway listens before its Lambda cold start has finished, and a request that early would race
+    the handler's set-up."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        env: dict[str, str],
+        name: str = "server",
+        log: Path | None = None,
+        ready_text: str | None = None,
+    ) -> None:
+        super().__init__(cmd, env, name)
+        self.log = log or Path(f"/tmp/bench-{name}-{os.getpid()}.log")
+        self.ready_text = ready_text
+
+    @classmethod
+    def localgateway(cls, env: dict[str, str], *extra: str) -> LoggedServer:
+        """`manage.py localgateway`: it execs `python -m chat.localgateway` in the same process,
+        so this pid is the gateway's (for RSS and CPU)."""
+        return cls(
+            [sys.executable, "manage.py", "localgateway", "--port", "{port}", *extra],
+            env,
+            name="localgateway",
+            ready_text="Quit with",
+        )
+
+    def start(self) -> LoggedServer:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; see {self.log}"
+                )
+            if self.ready_text is not None:
+                if self.ready_text in self.log.read_text(errors="replace"):
+                    return self
+            else:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start; see {self.log}")
+
+    def error_lines(self) -> list[str]:
+        """Log lines that report an error or a traceback."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        return [
+            line
+            for line in text.splitlines()
+            if "Traceback" in line or "ERROR" in line or "CRITICAL" in line
+        ]
+
+
+def session_cookie(user: Any) -> str:
+    """A logged-in session for `user` (stored in the database, so every server of the bench
+    accepts it), as the value of the session cookie. Needs setup_django()."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    s = SessionStore()
+    s[SESSION_KEY] = str(user.pk)
+    s[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    s[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    s.create()
+    assert s.session_key is not None
+    return s.session_key
+
+
+def slope_per_hour(samples: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) samples, per hour; NaN for fewer than 3."""
+    if len(samples) < 3:
+        return float("nan")
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_v = sum(v for _, v in samples) / n
+    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    if var == 0:
+        return float("nan")
+    cov = sum((t - mean_t) * (v - mean_v) for t, v in samples)
+    return cov / var * 3600
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (children, theirs, ...): a server's workers count towards it."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for path in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in path.read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
+
+
+def process_label(pid: int) -> str:
+    """A short name for a process from its command line."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    text = " ".join(argv)
+    if "resource_tracker" in text:
+        return "multiprocessing resource tracker"
+    if "spawn_main" in text:
+        return "spawned worker"
+    return Path(argv[0]).name if argv and argv[0] else "?"
