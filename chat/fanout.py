@@ -19,6 +19,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,13 @@ def channel_layer_publisher(room_id: int, event: dict[str, Any], text: str) -> N
 @cache
 def _publishers() -> tuple[Publisher, ...]:
     return tuple(import_string(path) for path in settings.CHAT_PUBLISHERS)
+
+
+@receiver(setting_changed)
+def _forget_publishers(setting: str, **kwargs: Any) -> None:
+    # Chosen once per process; a settings override (tests) chooses again.
+    if setting == "CHAT_PUBLISHERS":
+        _publishers.cache_clear()
 
 
 def publish(room_id: int, event: dict[str, Any]) -> None:

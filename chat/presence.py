@@ -13,11 +13,13 @@ import logging
 import threading
 import time
 from functools import cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from chat import events, fanout
@@ -128,6 +130,13 @@ def store() -> Store:
     if settings.REDIS_URL:
         return RedisStore(settings.REDIS_URL, settings.CHAT_REDIS_PREFIX)
     return MemoryStore()
+
+
+@receiver(setting_changed)
+def _forget_store(setting: str, **kwargs: Any) -> None:
+    # The store is chosen once per process; a settings override (tests) chooses again.
+    if setting in ("CHAT_PRESENCE_STORE", "REDIS_URL", "CHAT_REDIS_PREFIX"):
+        store.cache_clear()
 
 
 # Presence is best effort, like live push: with Redis down, subscribing, posting and resuming must

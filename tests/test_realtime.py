@@ -256,7 +256,9 @@ async def test_long_poll_is_woken_by_a_post(
 ) -> None:
     poll = asyncio.create_task(http.get("/api/rooms/general/poll?after=0&timeout=20"))
     # Wait until the poller is present in the room, i.e. it is waiting, then post.
-    while not await sync_to_async(_online, thread_sensitive=False)(room):  # noqa: ASYNC110
+    deadline = time.monotonic() + 10
+    while not await sync_to_async(_online, thread_sensitive=False)(room):
+        assert time.monotonic() < deadline, "the poller never showed up in the room"
         await asyncio.sleep(0.02)
     await sync_to_async(services.post_message)(bob, room, "wake up")
     started = time.monotonic()
