@@ -290,3 +290,59 @@ async def test_many_rooms_on_one_connection(alice: Any, room: Room) -> None:
     assert sorted(e["type"] for e in received) == ["ack", "ack", "message"]
     assert [e["body"] for e in received if e["type"] == "message"] == ["for me"]
     await a.disconnect()
+
+
+async def test_a_socket_that_does_not_drain_holds_a_bounded_outbox_and_loses_nothing(
+    alice: Any, bob: Any, room: Room, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket's writes block (a client that stops reading, once the kernel buffers are full):
+    live events beyond CHAT_SEND_QUEUE are dropped, not queued, and the room is filled from the
+    database once the socket drains, so the client still gets every message once, in order."""
+    import asyncio
+
+    from chat.consumers import ChatConsumer
+
+    settings.CHAT_SEND_QUEUE = 10
+    posts = 60
+    drained = asyncio.Event()
+    drained.set()
+    consumers: list[ChatConsumer] = []
+    delivered = asyncio.Event()
+    deliver = ChatConsumer.deliver
+
+    def counting(self: ChatConsumer, message: dict[str, Any]) -> None:
+        if self not in consumers:
+            consumers.append(self)
+        deliver(self, message)
+        if message.get("seq") == posts:
+            delivered.set()
+
+    monkeypatch.setattr(ChatConsumer, "deliver", counting)
+
+    async def stalling(scope: Any, receive: Any, send: Any) -> None:
+        async def gated(message: dict[str, Any]) -> None:
+            if message["type"] == "websocket.send":
+                await drained.wait()
+            await send(message)
+
+        await application(scope, receive, gated)
+
+    token = await sync_to_async(make_token)(bob)
+    comm = WebsocketCommunicator(stalling, f"/ws/?token={token}")
+    assert (await comm.connect())[0]
+    await comm.send_json_to({"action": "subscribe", "room": "general"})
+    await receive_until(comm, "room")
+    drained.clear()  # from here the socket takes nothing
+    for i in range(posts):
+        await sync_to_async(services.post_message)(alice, room, f"m{i}", f"c{i}")
+    await asyncio.wait_for(delivered.wait(), 10)
+    (consumer,) = consumers
+    assert consumer.outbox.qsize() <= settings.CHAT_SEND_QUEUE
+    assert consumer.lagging == {room.pk}
+    drained.set()
+    seqs: list[int] = []
+    while len(seqs) < posts:
+        event = await receive_until(comm, "message", timeout=5)
+        seqs.append(event["seq"])
+    assert seqs == list(range(1, posts + 1))
+    await comm.disconnect()
