@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -99,14 +101,48 @@ class RoomScoped(admin.ModelAdmin):
             self.message_user(request, f"{count} {done}.", messages.SUCCESS)
 
 
+class UsernameField(forms.ModelChoiceField):
+    """A member named by username: for moderators who may not list the site's users (the
+    admin's user autocomplete needs that permission)."""
+
+    def __init__(self) -> None:
+        model = get_user_model()
+        super().__init__(
+            queryset=model.objects.filter(is_active=True),
+            to_field_name=model.USERNAME_FIELD,
+            widget=forms.TextInput(attrs={"autocomplete": "off"}),
+            help_text="Their username.",
+        )
+
+
+class MembershipForm(forms.ModelForm):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(self.fields.get("user"), UsernameField) and self.instance.pk:
+            self.initial["user"] = self.instance.user.get_username()
+
+
+def _lists_users(request: HttpRequest) -> bool:
+    return request.user.has_perm(f"{get_user_model()._meta.app_label}.view_user")
+
+
 class MembershipInline(admin.TabularInline):
     """The room's members, managed by whoever may change the room: site staff with the
     permission, or the room's own moderators (who hold no model permissions of their own)."""
 
     model = Membership
+    form = MembershipForm
     extra = 0
     autocomplete_fields = ["user"]
     readonly_fields = ["joined", "read_seq"]
+
+    def get_autocomplete_fields(self, request: HttpRequest) -> list[str]:
+        return list(self.autocomplete_fields) if _lists_users(request) else []
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "user" and not _lists_users(request):
+            return UsernameField()
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def _manages(self, request: HttpRequest, room: Any) -> bool:
         if room is None:

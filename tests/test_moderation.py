@@ -538,6 +538,7 @@ async def test_a_room_moderator_manages_their_room_in_the_admin_live(
     chat_server: Server,
     alice: Any,
     bob: Any,
+    outsider: Any,
     private_room: Room,
 ) -> None:
     """Through the admin's change form: a rename reaches subscribers, a member taken out of the
@@ -557,17 +558,20 @@ async def test_a_room_moderator_manages_their_room_in_the_admin_live(
         "private": "on",
         "rate_limit": "5",
         "moderators": [str(bob.pk)],  # read-only for a room moderator: ignored
-        "memberships-TOTAL_FORMS": "2",
+        "memberships-TOTAL_FORMS": "3",
         "memberships-INITIAL_FORMS": "2",
         "memberships-MIN_NUM_FORMS": "0",
         "memberships-MAX_NUM_FORMS": "1000",
         "memberships-0-id": str(alices.pk),
         "memberships-0-room": str(private_room.pk),
-        "memberships-0-user": str(alice.pk),
+        # Named by username: a room moderator may not list the site's users.
+        "memberships-0-user": "alice",
         "memberships-1-id": str(bobs.pk),
         "memberships-1-room": str(private_room.pk),
-        "memberships-1-user": str(bob.pk),
+        "memberships-1-user": "bob",
         "memberships-1-DELETE": "on",
+        "memberships-2-room": str(private_room.pk),
+        "memberships-2-user": "mallory",
         "_save": "Save",
     }
     async with await _http(chat_server, mod) as admin:
@@ -591,7 +595,7 @@ async def test_a_room_moderator_manages_their_room_in_the_admin_live(
     members = await sync_to_async(
         lambda: sorted(room.memberships.values_list("user__username", flat=True))
     )()
-    assert members == ["alice"]
+    assert members == ["alice", "mallory"]
     actions = await sync_to_async(
         lambda: sorted(ModerationAction.objects.filter(actor=mod).values_list("action", flat=True))
     )()
