@@ -7,7 +7,9 @@ served at the root). Each event goes through ``zappa.handler.lambda_handler`` on
 pool, concurrently as on Lambda, with the ``zappa_settings`` module ``zappa package`` would
 generate. Zappa's handler is a process-wide singleton: a process serves one settings module
 at a time. It also answers Lambda's Invoke API (``/2015-03-31/functions/{name}/invocations``),
-so Zappa's ``@task`` runs as an asynchronous invocation here as it would on AWS.
+so Zappa's ``@task`` runs as an asynchronous invocation here as it would on AWS: in separate
+container processes (``--task-processes``), since on Lambda each is a container of its own and
+sharing the gateway's GIL would slow a large room's fan-out batches down together.
 
 Run it as ``python -m chat.localgateway`` (``manage.py localgateway`` hands over to that): the
 Lambda side has to import Django itself, after the stage's ``environment_variables`` and the
