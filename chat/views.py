@@ -81,6 +81,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "rooms": services.visible_rooms(request.user),
         "is_latest": before_seq is None,
         "max_body": settings.CHAT_MAX_BODY,
+        "edit_window": settings.CHAT_EDIT_WINDOW,
         "max_attachment": settings.CHAT_ATTACHMENT_MAX_SIZE,
         "attachment_types": ",".join(settings.CHAT_ATTACHMENT_TYPES),
         # Moderators may post in a locked room: the page keeps their composer open.
