@@ -83,6 +83,7 @@ structured = st.fixed_dictionaries(
         "after": anything,
         "seq": anything,
         "id": anything | st.integers(min_value=1, max_value=5),
+        "attachment": anything | st.uuids().map(str),
     },
 ).map(json.dumps)
 # Frames that mostly pass validation, so the write path (posts, edits, deletes) runs too.
@@ -232,6 +233,22 @@ paths = st.one_of(
     st.builds("/api/rooms/{}/typing".format, slugs),
     st.builds("/api/rooms/{}/poll".format, slugs),
     st.just("/api/ws-token"),
+    st.builds("/api/rooms/{}/messages/{}/report".format, slugs, ids | st.just("1")),
+    st.builds(
+        "/api/rooms/{}/messages/{}/{}".format,
+        slugs,
+        ids | st.just("1"),
+        st.sampled_from(["hide", "restore", "erase"]),
+    ),
+    st.builds("/api/rooms/{}/moderate".format, slugs),
+    st.just("/api/moderation/restrictions"),
+    st.builds("/api/moderation/restrictions/{}".format, ids | st.just("1")),
+    st.builds("/api/rooms/{}/attachments".format, slugs),
+    st.builds(
+        "/api/attachments/{}{}".format,
+        st.uuids(),
+        st.sampled_from(["", "/thumbnail", "/upload", "/complete"]),
+    ),
 )
 query_values = st.one_of(st.text(max_size=12), st.integers(min_value=-5, max_value=2**70).map(str))
 queries = st.dictionaries(
@@ -253,6 +270,16 @@ bodies = st.one_of(
             "title": anything,
             "private": anything,
             "reason": anything,
+            "attachment": anything,
+            "name": anything,
+            "size": anything,
+            "content_type": anything | st.sampled_from(["text/plain", "image/png"]),
+            "locked": anything,
+            "rate_limit": anything,
+            "user": anything,
+            "kind": anything | st.sampled_from(["ban", "mute"]),
+            "room": anything | slugs,
+            "until": anything,
         },
     ).map(json.dumps),
     st.text(max_size=40),
