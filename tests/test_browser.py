@@ -15,12 +15,14 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.test import Client
+from django.utils import timezone
 from PIL import Image
 from playwright.sync_api import (
     Browser,
@@ -33,6 +35,7 @@ from playwright.sync_api import (
 
 from chat import services
 from chat.models import Attachment, Message, Report, Room
+from tests.conftest import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -124,6 +127,9 @@ class Session:
             has_text=re.compile(f"^{re.escape(body)}$")
         )
 
+    def item(self, message: Message) -> Any:
+        return self.page.locator(f'#messages .message[data-id="{message.pk}"]')
+
     def bodies(self) -> list[str]:
         return self.page.locator("#messages .message .body").all_text_contents()
 
@@ -136,8 +142,8 @@ class Session:
 def sessions(browser: Browser, server: Any) -> Iterator[Any]:
     opened: list[Session] = []
 
-    def start(user: Any, **context: Any) -> Session:
-        session = Session(browser, server, user, **context)
+    def start(user: Any, on: Any = None, **context: Any) -> Session:
+        session = Session(browser, on or server, user, **context)
         opened.append(session)
         return session
 
@@ -749,3 +755,288 @@ def test_a_long_poll_page_shows_who_is_online_in_a_quiet_room(
     expect(a.badge).to_have_text("Fallback")
     expect(a.page.locator("#online-list")).to_contain_text("alice")
     expect(a.page.locator("#online-list")).to_contain_text("bob")
+
+
+# --- editing and deleting one's own messages ---
+
+
+def edit_button(item: Any) -> Any:
+    return item.get_by_role("button", name="Edit your message", exact=True)
+
+
+def delete_button(item: Any) -> Any:
+    return item.get_by_role("button", name="Delete your message", exact=True)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_alice_edits_her_message_and_bob_sees_it_live(
+    sessions: Any, alice: Any, bob: Any, room: Room, transport: str
+) -> None:
+    mine = services.post_message(alice, room, "see you at 5", "e1").message
+    query, badge = TRANSPORTS[transport]
+    a, b = sessions(alice), sessions(bob)
+    a.open("general", FAST + query)
+    b.open("general")
+    expect(a.badge).to_have_text(badge)
+    expect(b.badge).to_have_text("Live")
+
+    item = a.item(mine)
+    edit_button(item).click()
+    box = item.get_by_label("Edited message")
+    expect(box).to_be_focused()
+    expect(box).to_have_value("see you at 5")
+    expect(box).to_have_attribute("maxlength", str(settings.CHAT_MAX_BODY))
+    box.fill("see you at 6")
+    box.press("Shift+Enter")
+    box.press_sequentially("at the station")
+    if transport == "websocket":
+        screenshot(a.page, "room-editing.png")
+    box.press("Enter")
+
+    expect(b.message("see you at 6\nat the station")).to_have_count(1)
+    expect(b.item(mine).locator(".edited")).to_have_text("edited")
+    expect(a.message("see you at 6\nat the station")).to_have_count(1)
+    expect(item.locator(".edited")).to_have_text("edited")
+    expect(box).to_have_count(0)
+    expect(item).not_to_have_attribute("data-change", re.compile(".*"))
+    # Back on the message's own button, not lost at the top of the page.
+    expect(edit_button(item)).to_be_focused()
+    mine.refresh_from_db()
+    assert (mine.body, mine.edited is not None) == ("see you at 6\nat the station", True)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_alice_deletes_her_message_after_confirming_and_bob_sees_it_gone(
+    sessions: Any, alice: Any, bob: Any, room: Room, transport: str
+) -> None:
+    mine = services.post_message(alice, room, "wrong room, sorry", "d1").message
+    services.post_message(alice, room, "this one stays", "d2")
+    query, badge = TRANSPORTS[transport]
+    a, b = sessions(alice), sessions(bob)
+    a.open("general", FAST + query)
+    b.open("general")
+    expect(a.badge).to_have_text(badge)
+    expect(b.badge).to_have_text("Live")
+
+    item = a.item(mine)
+    delete_button(item).click()
+    confirm = item.get_by_role("group", name="Delete this message for everyone?")
+    expect(confirm).to_be_visible()
+    # The safe answer has the keyboard; Escape is the same answer.
+    expect(confirm.get_by_role("button", name="Cancel")).to_be_focused()
+    a.page.keyboard.press("Escape")
+    expect(confirm).to_have_count(0)
+    expect(delete_button(item)).to_be_focused()
+    assert not Message.objects.get(pk=mine.pk).deleted
+
+    delete_button(item).click()
+    if transport == "websocket":
+        screenshot(a.page, "room-delete-confirm.png")
+    confirm.get_by_role("button", name="Delete", exact=True).click()
+    expect(b.item(mine)).to_have_class(re.compile(r"\bdeleted\b"))
+    expect(b.item(mine).locator(".body")).to_have_text("message deleted")
+    expect(item.locator(".body")).to_have_text("message deleted")
+    expect(item.get_by_role("button")).to_have_count(0)
+    assert b.bodies() == ["message deleted", "this one stays"]
+    mine.refresh_from_db()
+    assert (mine.deleted, mine.body) == (True, "")
+
+
+def test_edit_and_delete_are_only_on_your_own_messages_still_there(
+    sessions: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    hers = services.post_message(alice, room, "alice speaking", "o1").message
+    gone = services.post_message(bob, room, "bob, said and deleted", "o2").message
+    services.delete_message(bob, room, gone.pk)
+    his = services.post_message(bob, room, "bob speaking", "o3").message
+    b = sessions(bob)
+    b.open("general")
+    expect(b.badge).to_have_text("Live")
+
+    expect(edit_button(b.item(his))).to_be_visible()
+    expect(delete_button(b.item(his))).to_be_visible()
+    expect(b.item(his).locator(".report-button")).to_have_count(0)
+    expect(b.item(hers).get_by_role("button", name="Report this message by alice")).to_be_visible()
+    expect(b.item(hers).locator(".own-actions")).to_have_count(0)
+    expect(b.item(gone).get_by_role("button")).to_have_count(0)
+    # A message just sent gets its buttons too, once the server has it.
+    b.say("and one more")
+    fresh = b.page.locator(".message.mine", has_text="and one more")
+    expect(fresh).to_have_attribute("data-state", "sent")
+    expect(edit_button(fresh)).to_be_visible()
+    expect(b.page.locator(".own-actions")).to_have_count(2)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_refused_change_shows_the_servers_reason_and_keeps_the_text(
+    sessions: Any, alice: Any, room: Room, transport: str
+) -> None:
+    late = services.post_message(alice, room, "typed in haste", "r1").message
+    vanished = services.post_message(alice, room, "about to vanish", "r2").message
+    query, badge = TRANSPORTS[transport]
+    a = sessions(alice)
+    a.open("general", FAST + query)
+    expect(a.badge).to_have_text(badge)
+
+    item = a.item(late)
+    edit_button(item).click()
+    item.get_by_label("Edited message").fill("typed at leisure")
+    # The window passes while the editor is open (no event says so): the server refuses.
+    Message.objects.filter(pk=late.pk).update(created=timezone.now() - timedelta(hours=1))
+    item.get_by_role("button", name="Save").click()
+    note = item.locator(".change-note")
+    expect(note).to_have_attribute("data-code", "forbidden")
+    expect(note).to_contain_text("Not saved: The edit window for this message has passed.")
+    expect(item.locator(".body")).to_have_text("typed in haste")
+    expect(item.locator(".edited")).to_have_count(0)
+    expect(item).not_to_have_attribute("data-change", re.compile(".*"))
+    assert Message.objects.get(pk=late.pk).body == "typed in haste"
+    note.get_by_role("button", name="Dismiss this notice").click()
+    expect(note).to_have_count(0)
+
+    # Gone from the database behind the page's back: the delete is refused as not found.
+    gone = a.item(vanished)
+    delete_button(gone).click()
+    Message.objects.filter(pk=vanished.pk).delete()
+    gone.get_by_role("button", name="Delete", exact=True).click()
+    expect(gone.locator(".change-note")).to_have_attribute("data-code", "not_found")
+    expect(gone.locator(".change-note")).to_contain_text(
+        "Not deleted: There is no such message in this room."
+    )
+    expect(gone.locator(".body")).to_have_text("about to vanish")
+    expect(delete_button(gone)).to_be_enabled()
+
+
+def test_a_change_in_flight_shows_as_pending(sessions: Any, alice: Any, room: Room) -> None:
+    first = services.post_message(alice, room, "first draft", "p1").message
+    second = services.post_message(alice, room, "to be deleted", "p2").message
+    held: list[Any] = []
+    a = sessions(alice)
+    # Over long-polling each change is one request, which the test holds until it has looked.
+    a.page.route(re.compile(r"/api/rooms/general/messages/\d+$"), lambda r: held.append(r))
+    a.open("general", FAST + "&transport=poll")
+    expect(a.badge).to_have_text("Fallback")
+
+    item = a.item(first)
+    edit_button(item).click()
+    box = item.get_by_label("Edited message")
+    box.fill("second draft")
+    box.press("Enter")
+    expect(item).to_have_attribute("data-change", "edit")
+    expect(item.locator(".state")).to_have_text("Saving…")
+    expect(item.locator(".body")).to_have_text("second draft")
+    expect(edit_button(item)).to_be_disabled()
+    expect(delete_button(item)).to_be_disabled()
+
+    other = a.item(second)
+    delete_button(other).click()
+    other.get_by_role("button", name="Delete", exact=True).click()
+    expect(other).to_have_attribute("data-change", "delete")
+    expect(other.locator(".state")).to_have_text("Deleting…")
+    expect(other.locator(".body")).to_have_text("to be deleted")
+
+    assert [(r.request.method, r.request.url.rsplit("/", 1)[1]) for r in held] == [
+        ("PATCH", str(first.pk)),
+        ("DELETE", str(second.pk)),
+    ]
+    for route in held:
+        route.continue_()
+    expect(item.locator(".edited")).to_have_text("edited")
+    expect(item).not_to_have_attribute("data-change", re.compile(".*"))
+    expect(edit_button(item)).to_be_enabled()
+    expect(other.locator(".body")).to_have_text("message deleted")
+    assert Message.objects.get(pk=first.pk).body == "second draft"
+
+
+def test_cancelling_or_saving_the_same_text_changes_nothing(
+    sessions: Any, alice: Any, room: Room
+) -> None:
+    mine = services.post_message(alice, room, "as it was", "c1").message
+    a = sessions(alice)
+    frames: list[str] = []
+    a.page.on("websocket", lambda ws: ws.on("framesent", lambda frame: frames.append(frame)))
+    a.open("general")
+    expect(a.badge).to_have_text("Live")
+    item = a.item(mine)
+
+    edit_button(item).click()
+    box = item.get_by_label("Edited message")
+    box.fill("something else")
+    box.press("Escape")
+    expect(box).to_have_count(0)
+    expect(item.locator(".body")).to_have_text("as it was")
+    expect(edit_button(item)).to_be_focused()
+
+    a.page.keyboard.press("Enter")  # the focused Edit button opens it again
+    expect(box).to_have_value("as it was")
+    box.press("Enter")
+    expect(box).to_have_count(0)
+    expect(item.locator(".edited")).to_have_count(0)
+    expect(item.locator(".body")).to_have_text("as it was")
+    assert any('"subscribe"' in str(frame) for frame in frames)
+    assert not any("editmessage" in str(frame) for frame in frames)
+    assert Message.objects.get(pk=mine.pk).edited is None
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_locking_the_room_disables_edit_and_delete_live(
+    sessions: Any, bob: Any, moderator: Any, room: Room, transport: str
+) -> None:
+    room.moderators.add(moderator)
+    his = services.post_message(bob, room, "before the lock", "l1").message
+    theirs = services.post_message(moderator, room, "moderator here", "l2").message
+    query, badge = TRANSPORTS[transport]
+    b, m = sessions(bob), sessions(moderator)
+    b.open("general", NO_ROOMS_POLL + query)
+    m.open("general", NO_ROOMS_POLL + query)
+    expect(b.badge).to_have_text(badge)
+    expect(m.badge).to_have_text(badge)
+    item = b.item(his)
+    expect(edit_button(item)).to_be_enabled()
+    # An edit being written keeps its text through the lock; only Save waits for the unlock.
+    edit_button(item).click()
+    item.get_by_label("Edited message").fill("after the lock")
+
+    services.moderate_room(moderator, room, {"locked": True})
+    expect(edit_button(item)).to_be_disabled()
+    expect(delete_button(item)).to_be_disabled()
+    expect(item.get_by_role("button", name="Save")).to_be_disabled()
+    expect(item.get_by_label("Edited message")).to_have_value("after the lock")
+    # The server lets moderators change their messages in a locked room.
+    expect(edit_button(m.item(theirs))).to_be_enabled()
+    expect(delete_button(m.item(theirs))).to_be_enabled()
+
+    services.moderate_room(moderator, room, {"locked": False})
+    expect(edit_button(item)).to_be_enabled()
+    item.get_by_role("button", name="Save").click()
+    expect(m.message("after the lock")).to_have_count(1)
+
+
+@pytest.fixture
+def short_window_server(live_server_proc: Server, transactional_db: Any) -> Iterator[Server]:
+    """The edit window is read by the server process: this one gives five seconds."""
+    server = Server(env={"CHAT_EDIT_WINDOW": "5"}).start()
+    yield server
+    server.stop()
+
+
+def test_the_edit_button_goes_when_the_edit_window_passes(
+    sessions: Any, short_window_server: Server, alice: Any, room: Room
+) -> None:
+    old = services.post_message(alice, room, "from a minute ago", "w1").message
+    Message.objects.filter(pk=old.pk).update(created=timezone.now() - timedelta(minutes=1))
+    fresh = services.post_message(alice, room, "just now", "w2").message
+    a = sessions(alice, on=short_window_server)
+    page = a.open("general")
+    expect(a.badge).to_have_text("Live")
+    expect(page.locator("#chat")).to_have_attribute("data-edit-window", "5")
+
+    expect(edit_button(a.item(old))).to_have_count(0)
+    expect(delete_button(a.item(old))).to_be_visible()
+    edit = edit_button(a.item(fresh))
+    expect(edit).to_be_visible()
+    # No event and no reload: the page's own clock takes it away.
+    expect(edit).to_have_count(0)
+    expect(delete_button(a.item(fresh))).to_be_visible()
+    # ...and not before the window had passed.
+    assert timezone.now() - Message.objects.get(pk=fresh.pk).created > timedelta(seconds=5)

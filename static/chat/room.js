@@ -5,6 +5,8 @@ import { Transport } from "./transport.js";
 import { startSidebar } from "./sidebar.js";
 
 const PAGE = 50;
+// setTimeout takes at most this (about 24 days); a longer edit window is checked again then.
+const LONGEST_TIMER = 2 ** 31 - 1;
 const BADGES = {
   connecting: ["Connecting…", "Opening a connection"],
   live: ["Live", "Connected over WebSocket"],
@@ -77,12 +79,33 @@ function el(tag, className, text) {
   return node;
 }
 
+// `key` finds the button again after a re-render, to give the keyboard focus back to it.
+function button(text, className, label, key) {
+  const node = el("button", className, text);
+  node.type = "button";
+  if (label) node.setAttribute("aria-label", label);
+  if (key) node.dataset.key = key;
+  return node;
+}
+
+// The text of a refused change, as the report form words its own.
+function refusal(what, err) {
+  let text = `${what}: ${err.detail || err.code || "something went wrong"}`;
+  if (err.retry_after) text += ` (try again in ${Math.ceil(err.retry_after)} s)`;
+  return text;
+}
+
 class RoomView {
   constructor(root) {
     this.root = root;
     this.slug = root.dataset.room;
     this.me = root.dataset.user;
     this.moderator = root.dataset.moderator === "true";
+    // Posting, editing and deleting are refused alike in a locked room (moderators excepted).
+    this.blocked = root.dataset.locked === "true" && !this.moderator;
+    this.maxBody = Number(root.dataset.maxBody) || 4000;
+    // Seconds after posting that the server accepts an edit (CHAT_EDIT_WINDOW).
+    this.editWindow = root.dataset.editWindow ? Number(root.dataset.editWindow) : 900;
     this.maxAttachment = Number(root.dataset.maxAttachment) || 0; // 0: only the server checks
     this.attachmentTypes = (root.dataset.attachmentTypes || "")
       .split(",")
@@ -203,7 +226,10 @@ class RoomView {
 
   async reload(seq) {
     // resync: the cursor was too old to resume; start again from the latest page.
-    for (const li of this.byId.values()) li.remove();
+    for (const li of this.byId.values()) {
+      clearTimeout(li.editExpiry);
+      li.remove();
+    }
     this.byId.clear();
     this.before = null;
     this.oldestId = Infinity;
@@ -243,11 +269,23 @@ class RoomView {
     if (!history && atBottom) this.scrollToBottom();
   }
 
+  // Also called again with the same event when only the page's side changed (an edit opened or
+  // in flight, the edit window over, the room locked), so everything it shows comes from `li`.
   render(li, event) {
+    li.event = event;
     const mine = event.author === this.me;
-    li.className = "message" + (mine ? " mine" : "") + (event.deleted ? " deleted" : "");
+    if (event.deleted) {
+      // Nothing is left to change: an open editor or confirmation goes (a refusal note stays).
+      li.editor = null;
+      li.confirmBox = null;
+    }
+    const pending = li.change && !event.deleted ? li.change : null;
+    li.className =
+      "message" + (mine ? " mine" : "") + (event.deleted ? " deleted" : "") + (pending ? " changing" : "");
     li.dataset.seq = event.seq;
     li.dataset.state = "sent";
+    if (pending) li.dataset.change = pending.kind;
+    else delete li.dataset.change;
     const meta = el("div", "meta");
     meta.append(el("span", "author", event.author));
     const [short, long] = localTime(event.created);
@@ -256,12 +294,20 @@ class RoomView {
     time.title = long;
     meta.append(time);
     if (event.edited && !event.deleted) meta.append(el("span", "edited", "edited"));
-    meta.append(el("span", "state", "✓"));
-    meta.lastChild.setAttribute("aria-label", "sent");
+    if (pending) {
+      meta.append(el("span", "state", pending.kind === "edit" ? "Saving…" : "Deleting…"));
+    } else {
+      meta.append(el("span", "state", "✓"));
+      meta.lastChild.setAttribute("aria-label", "sent");
+    }
     const parts = [meta];
-    // A message may be only a file; an empty body then takes no room.
-    if (event.deleted || event.body || !event.attachment) {
-      parts.push(el("div", "body", event.deleted ? "message deleted" : event.body));
+    if (li.editor) {
+      parts.push(li.editor); // an edit being written survives every re-render
+    } else if (event.deleted || event.body || !event.attachment || pending) {
+      // A message may be only a file; an empty body then takes no room.
+      let text = event.deleted ? "message deleted" : event.body;
+      if (pending && pending.kind === "edit") text = pending.body;
+      parts.push(el("div", "body", text));
     }
     if (event.attachment && !event.deleted) parts.push(this.attachmentNode(event.attachment));
     if (!mine && !event.deleted) {
@@ -270,7 +316,37 @@ class RoomView {
     } else {
       li.reportBox = null;
     }
-    li.replaceChildren(...parts);
+    if (mine && !event.deleted) {
+      meta.append(this.ownActions(li, event));
+      if (li.confirmBox) parts.push(li.confirmBox);
+    }
+    if (li.note) parts.push(li.note);
+    this.syncChangeControls(li);
+    this.keepFocus(li, () => li.replaceChildren(...parts));
+    this.scheduleEditExpiry(li, event);
+  }
+
+  // Re-rendering replaces a message's nodes: whoever was typing in its editor or report form, or
+  // was on one of its buttons, keeps the keyboard there (or on the message, if the button went).
+  keepFocus(li, replace) {
+    const active = document.activeElement;
+    const inside = active && active !== li && li.contains(active);
+    replace();
+    if (!inside) return;
+    if (li.contains(active)) {
+      active.focus({ preventScroll: true });
+      return;
+    }
+    const key = active.dataset.key;
+    const again =
+      (key && li.querySelector(`[data-key="${key}"]:not(:disabled)`)) ||
+      li.querySelector(".meta button:not(:disabled)");
+    if (again) {
+      again.focus({ preventScroll: true });
+    } else {
+      li.tabIndex = -1;
+      li.focus({ preventScroll: true });
+    }
   }
 
   attachmentNode(a) {
@@ -298,6 +374,194 @@ class RoomView {
       box.append(link, " ", el("span", "size", humanSize(a.size)));
     }
     return box;
+  }
+
+  // --- editing and deleting one's own messages ---
+
+  editTimeLeft(event) {
+    const created = Date.parse(event.created);
+    if (Number.isNaN(created)) return 0;
+    return created + this.editWindow * 1000 - Date.now();
+  }
+
+  ownActions(li, event) {
+    const box = el("span", "own-actions");
+    // The server decides (its clock, its window); the button only goes where it would say no.
+    if (this.editTimeLeft(event) > 0 || li.editor) {
+      const edit = button("Edit", "link-button edit-button", "Edit your message", "edit");
+      edit.addEventListener("click", () => this.openEditor(li));
+      box.append(edit);
+    }
+    const remove = button("Delete", "link-button delete-button", "Delete your message", "delete");
+    remove.addEventListener("click", () => this.confirmDelete(li));
+    box.append(remove);
+    for (const node of box.children) node.disabled = this.blocked || Boolean(li.change);
+    return box;
+  }
+
+  // The Edit button goes when the window closes, with no event to say so.
+  scheduleEditExpiry(li, event) {
+    clearTimeout(li.editExpiry);
+    const left = this.editTimeLeft(event);
+    if (event.author !== this.me || event.deleted || left <= 0) return;
+    li.editExpiry = setTimeout(() => {
+      if (li.isConnected && li.event === event) this.render(li, event);
+    }, Math.min(left + 50, LONGEST_TIMER));
+  }
+
+  // In a locked room the server refuses the change: Save and Delete in an open editor or
+  // confirmation are off too, and come back with the unlock, the text still there.
+  syncChangeControls(li) {
+    for (const box of [li.editor, li.confirmBox]) {
+      const go = box && box.querySelector("[data-go]");
+      if (go) go.disabled = this.blocked;
+    }
+  }
+
+  openEditor(li) {
+    if (li.editor) {
+      li.editor.querySelector("textarea").focus();
+      return;
+    }
+    const form = el("form", "edit-form");
+    const input = el("textarea");
+    input.value = li.event.body;
+    input.maxLength = this.maxBody;
+    input.rows = 1;
+    input.setAttribute("aria-label", "Edited message");
+    const hint = el("span", "edit-hint", "Enter saves, Esc cancels");
+    hint.id = `edit-hint-${li.event.id}`;
+    input.setAttribute("aria-describedby", hint.id);
+    const save = el("button", "save", "Save");
+    save.type = "submit";
+    save.dataset.go = "";
+    const cancel = button("Cancel", "link-button");
+    const status = el("p", "edit-status");
+    status.setAttribute("role", "status");
+    const actions = el("div", "edit-actions");
+    actions.append(save, cancel, hint, status);
+    form.append(input, actions);
+
+    const grow = () => {
+      input.style.height = "auto";
+      input.style.height = `${Math.min(input.scrollHeight + 2, 240)}px`;
+    };
+    const close = () => {
+      li.editor = null;
+      this.render(li, li.event);
+      const edit = li.querySelector(".edit-button:not(:disabled)");
+      if (edit) edit.focus();
+    };
+    cancel.addEventListener("click", close);
+    input.addEventListener("input", grow);
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") {
+        e.preventDefault();
+        close();
+      } else if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const body = input.value;
+      if (body === li.event.body) {
+        close(); // nothing to save: no request, no "edited"
+        return;
+      }
+      if (!body.trim()) {
+        status.textContent = "A message cannot be empty; delete it instead.";
+        return;
+      }
+      if (body.length > this.maxBody || this.blocked) return;
+      li.editor = null;
+      this.change(li, "edit", body);
+    });
+
+    li.editor = form;
+    li.confirmBox = null;
+    li.note = null; // a new try: the last refusal is old news
+    this.render(li, li.event);
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+    grow();
+  }
+
+  // Asked inside the message, not with window.confirm, which would stop every live update.
+  confirmDelete(li) {
+    if (li.confirmBox) {
+      li.confirmBox.querySelector(".link-button").focus();
+      return;
+    }
+    const box = el("div", "confirm-delete");
+    box.setAttribute("role", "group");
+    const question = el("span", null, "Delete this message for everyone?");
+    question.id = `confirm-delete-${li.event.id}`;
+    box.setAttribute("aria-labelledby", question.id);
+    const yes = button("Delete", "danger");
+    yes.dataset.go = "";
+    const no = button("Cancel", "link-button");
+    box.append(question, yes, no);
+    const close = () => {
+      li.confirmBox = null;
+      this.render(li, li.event);
+      const again = li.querySelector(".delete-button:not(:disabled)");
+      if (again) again.focus();
+    };
+    no.addEventListener("click", close);
+    box.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") close();
+    });
+    yes.addEventListener("click", () => {
+      if (this.blocked) return;
+      li.confirmBox = null;
+      this.change(li, "delete");
+    });
+    li.confirmBox = box;
+    li.note = null;
+    this.render(li, li.event);
+    // The safe answer first: Enter on a Delete pressed twice by mistake keeps the message.
+    no.focus();
+  }
+
+  // Shown as pending until the server answers. The answer is the changed message (as every
+  // subscriber gets it); a refusal puts the message back as the server has it, with the reason.
+  async change(li, kind, body = null) {
+    const id = li.event.id;
+    li.change = { kind, body };
+    li.note = null;
+    this.render(li, li.event);
+    let error = null;
+    try {
+      const event =
+        kind === "edit" ? await this.transport.edit(this.slug, id, body) : await this.transport.remove(this.slug, id);
+      // Over HTTP the answer may come before the poll brings the event: show it now.
+      if (event && event.type === "message") this.upsert(event);
+    } catch (err) {
+      error = err;
+    }
+    li.change = null;
+    if (error) li.note = this.changeNote(li, kind === "edit" ? "Not saved" : "Not deleted", error);
+    this.render(li, li.event);
+    // The keyboard waited on the message while its buttons were off: back to the first of them.
+    if (document.activeElement === li) {
+      const next = li.querySelector(".meta button:not(:disabled)");
+      if (next) next.focus({ preventScroll: true });
+    }
+  }
+
+  changeNote(li, what, err) {
+    const note = el("p", "change-note error");
+    note.setAttribute("role", "alert");
+    note.dataset.code = err.code || "";
+    const dismiss = button("Dismiss", "link-button", "Dismiss this notice");
+    dismiss.addEventListener("click", () => {
+      li.note = null;
+      this.render(li, li.event);
+    });
+    note.append(el("span", null, refusal(what, err)), " ", dismiss);
+    return note;
   }
 
   // --- reports ---
@@ -355,9 +619,7 @@ class RoomView {
         send.disabled = false;
         status.className = "report-status error";
         status.dataset.code = err.code || "";
-        let text = `Not reported: ${err.detail || err.code || "something went wrong"}`;
-        if (err.retry_after) text += ` (try again in ${Math.ceil(err.retry_after)} s)`;
-        status.textContent = text;
+        status.textContent = refusal("Not reported", err);
         return;
       }
       this.reported.add(id);
@@ -591,6 +853,13 @@ class RoomView {
   // the composer follows the same rule; the notice says why it is off.
   setLocked(locked) {
     const blocked = locked && !this.moderator;
+    if (blocked !== this.blocked) {
+      this.blocked = blocked;
+      // Edit and Delete follow the composer: the server would refuse them too.
+      for (const li of this.byId.values()) {
+        if (li.event && li.event.author === this.me) this.render(li, li.event);
+      }
+    }
     document.getElementById("locked").hidden = !locked;
     const notice = document.getElementById("locked-notice");
     notice.hidden = !locked;
@@ -605,7 +874,7 @@ class RoomView {
   }
 
   bindComposer() {
-    const max = Number(this.root.dataset.maxBody) || 4000;
+    const max = this.maxBody;
     const grow = () => {
       this.input.style.height = "auto";
       this.input.style.height = `${Math.min(this.input.scrollHeight, 160)}px`;

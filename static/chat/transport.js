@@ -98,7 +98,8 @@ export class Transport extends EventTarget {
     this.storageKey = `chat.outbox.${options.user || ""}`;
     this.outbox = this._loadOutbox();
     this.uploads = new Map(); // File -> its XMLHttpRequest while it uploads
-    this.reports = new Map(); // client_id -> {resolve, reject, timer} of a report sent on the socket
+    // client_id -> {resolve, reject, timer, changes?} of a report, edit or delete sent on the socket
+    this.requests = new Map();
     this.started = false;
   }
 
@@ -183,20 +184,29 @@ export class Transport extends EventTarget {
   // Report someone's message to the room's moderators. Resolves when the server has it; rejects
   // with {code, detail} otherwise. Not queued: the user is looking at the answer.
   report(slug, id, reason) {
+    if (this._wsReady()) return this._request({ action: "report", room: slug, id, reason });
+    return this._answer(this._post(`${slug}/messages/${id}/report`, { reason }));
+  }
+
+  // Edit or delete one's own message. Resolves with the changed `message` event (which also
+  // arrives as an event, as for every subscriber); rejects with {code, detail}. Not queued either:
+  // a change that waited for the network could land after the edit window, or after the user
+  // stopped looking, and the server's refusal would then reach nobody.
+  edit(slug, id, body) {
     if (this._wsReady()) {
-      const clientId = newClientId();
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          this.reports.delete(clientId);
-          reject({ code: "timeout", detail: "No answer from the server; try again." });
-        }, this.t.ackTimeout);
-        this.reports.set(clientId, { resolve, reject, timer });
-        this._wsSend({ action: "report", room: slug, id, reason, client_id: clientId });
-      });
+      // A success has no answer of its own on a socket: the changed message is the answer.
+      const changes = (event) => event.id === id && Boolean(event.edited || event.deleted);
+      return this._request({ action: "editmessage", room: slug, id, body }, changes);
     }
-    return this._post(`${slug}/messages/${id}/report`, { reason }).catch((err) => {
-      throw { code: err.code || "network", detail: err.message, retry_after: err.retryAfter };
-    });
+    return this._changeOverHttp("PATCH", slug, id, { body });
+  }
+
+  remove(slug, id) {
+    if (this._wsReady()) {
+      const changes = (event) => event.id === id && event.deleted;
+      return this._request({ action: "deletemessage", room: slug, id }, changes);
+    }
+    return this._changeOverHttp("DELETE", slug, id);
   }
 
   typing(slug) {
@@ -437,6 +447,40 @@ export class Transport extends EventTarget {
     this._wsSend({ action: "subscribe", room: slug, after: room.cursor });
   }
 
+  // A frame that the server answers to this client alone: an `ack` or an `error` with its
+  // client_id, or (with `changes`) the first `message` event that `changes(event)` accepts.
+  _request(frame, changes = null) {
+    const clientId = newClientId();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.requests.delete(clientId);
+        reject({ code: "timeout", detail: "No answer from the server; try again." });
+      }, this.t.ackTimeout);
+      this.requests.set(clientId, { resolve, reject, timer, changes });
+      this._wsSend({ ...frame, client_id: clientId });
+    });
+  }
+
+  _changeOverHttp(method, slug, id, data = null) {
+    const sent = this._send(method, `${this.options.roomsUrl}${slug}/messages/${id}`, data).then((event) => {
+      this._deliverOwn(event);
+      return event;
+    });
+    return this._answer(sent);
+  }
+
+  // HTTP failures in the shape the socket's `error` events have.
+  _answer(promise) {
+    return promise.catch((err) => {
+      const network = !(err instanceof HttpError);
+      throw {
+        code: network ? "network" : err.code,
+        detail: network ? "The server could not be reached; try again." : err.message,
+        retry_after: err.retryAfter,
+      };
+    });
+  }
+
   _dispatch(event) {
     switch (event.type) {
       case "message":
@@ -446,11 +490,11 @@ export class Transport extends EventTarget {
         if (event.reason === "resync") this._resync(event.room, event.seq);
         break;
       case "ack":
-        if (this._reportAnswered(event.client_id, event, "resolve")) break;
+        if (this._answered(event.client_id, event, "resolve")) break;
         this._acked(event.client_id, event);
         break;
       case "error":
-        if (this._reportAnswered(event.client_id, event, "reject")) break;
+        if (this._answered(event.client_id, event, "reject")) break;
         if (event.client_id) this._sendFailed(event.client_id, event);
         else this._emit("error", event);
         break;
@@ -462,13 +506,21 @@ export class Transport extends EventTarget {
     }
   }
 
-  _reportAnswered(clientId, event, how) {
-    const waiting = clientId && this.reports.get(clientId);
+  _answered(clientId, event, how) {
+    const waiting = clientId && this.requests.get(clientId);
     if (!waiting) return false;
-    this.reports.delete(clientId);
+    this.requests.delete(clientId);
     clearTimeout(waiting.timer);
     waiting[how](event);
     return true;
+  }
+
+  // Every message event passes here, in seq order, whichever way it came (live, resume, gap fill).
+  _emitMessage(event) {
+    this._emit("message", event);
+    for (const [clientId, waiting] of this.requests) {
+      if (waiting.changes && waiting.changes(event)) this._answered(clientId, event, "resolve");
+    }
   }
 
   // --- long-polling ---
@@ -567,7 +619,7 @@ export class Transport extends EventTarget {
         if (event.seq <= room.cursor) continue;
       }
       room.cursor = event.seq;
-      this._emit("message", event);
+      this._emitMessage(event);
     }
   }
 
@@ -585,7 +637,7 @@ export class Transport extends EventTarget {
     for (const event of answer.messages) {
       if (event.seq <= room.cursor) continue;
       room.cursor = event.seq;
-      this._emit("message", event);
+      this._emitMessage(event);
     }
     room.cursor = Math.max(room.cursor, answer.seq);
   }
@@ -836,16 +888,18 @@ export class Transport extends EventTarget {
     return this._postTo(this.options.roomsUrl + path, data);
   }
 
-  async _postTo(url, data) {
+  _postTo(url, data) {
+    return this._send("POST", url, data);
+  }
+
+  async _send(method, url, data = null) {
+    const headers = { Accept: "application/json", "X-CSRFToken": this._csrf() };
+    if (data !== null) headers["Content-Type"] = "application/json";
     const response = await fetch(url, {
-      method: "POST",
+      method,
       credentials: "same-origin",
-      headers: {
-        "Content-Type": "application/json",
-        Accept: "application/json",
-        "X-CSRFToken": this._csrf(),
-      },
-      body: JSON.stringify(data),
+      headers,
+      body: data === null ? undefined : JSON.stringify(data),
     });
     return this._json(response);
   }
