@@ -40,7 +40,7 @@ from django.utils.text import get_valid_filename
 from PIL import Image, UnidentifiedImageError
 
 from chat import services
-from chat.models import Attachment, Restriction, Room
+from chat.models import Attachment, Room
 from chat.services import ChatError
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ def for_download(user: Any, pk: Any) -> Attachment:
     if attachment is None or attachment.status != Attachment.READY:
         raise missing
     room = attachment.room
-    if not services.can_read(user, room) or services.restriction(user, room) == Restriction.BAN:
+    if not services.may_read(user, room):
         raise missing
     message = getattr(attachment, "message", None)
     if message is None:

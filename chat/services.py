@@ -742,13 +742,7 @@ def drop_readers_without_access(room_id: int) -> None:
     Channels: a `recheck` on the channel layer makes each subscribed consumer check its user
     (chat/consumers.py). Serverless: the subscription rows of those users are deleted here."""
     room = Room.objects.get(pk=room_id)
-    if "chat.fanout.channel_layer_publisher" in settings.CHAT_PUBLISHERS:
-        event = events.room_state(room.slug, room.locked, room.title)
-        message = {**fanout.layer_message(room_id, event, fanout.encode(event)), "recheck": True}
-        try:
-            fanout.layer_send(room_id, message)
-        except Exception:
-            log.exception("rechecking the readers of room %s failed", room_id)
+    _tell_consumers(room, recheck=True)
     subscriptions = Subscription.objects.filter(room_id=room_id).select_related("connection__user")
     lost = [s for s in subscriptions if not may_read(s.connection.user, room)]
     if not lost:
@@ -852,13 +846,8 @@ def close_connections(user_id: int, room_id: int | None) -> None:
     New connections are refused at connect (site bans) or at subscribe (room bans)."""
     rooms = Room.objects.all() if room_id is None else Room.objects.filter(pk=room_id)
     if "chat.fanout.channel_layer_publisher" in settings.CHAT_PUBLISHERS:
-        for pk, slug, locked, title in rooms.values_list("pk", "slug", "locked", "title"):
-            event = events.room_state(slug, locked, title)
-            message = {**fanout.layer_message(pk, event, fanout.encode(event)), "kick": user_id}
-            try:
-                fanout.layer_send(pk, message)
-            except Exception:
-                log.exception("closing the connections of user %s failed", user_id)
+        for room in rooms.only("pk", "slug", "locked", "title"):
+            _tell_consumers(room, kick=user_id)
     rows = ApiConnection.objects.filter(user_id=user_id)
     if room_id is not None:
         rows = rows.filter(subscriptions__room_id=room_id)
@@ -867,6 +856,19 @@ def close_connections(user_id: int, room_id: int | None) -> None:
         from chat import serverless
 
         serverless.close_connections(rows)
+
+
+def _tell_consumers(room: Room, **control: Any) -> None:
+    """A control message to the Channels consumers of a room (chat/consumers.py acts on `kick`
+    and `recheck`): the room's unchanged state, harmless to anyone it does not concern."""
+    if "chat.fanout.channel_layer_publisher" not in settings.CHAT_PUBLISHERS:
+        return
+    event = events.room_state(room.slug, room.locked, room.title)
+    message = {**fanout.layer_message(room.pk, event, fanout.encode(event)), **control}
+    try:
+        fanout.layer_send(room.pk, message)
+    except Exception:
+        log.exception("telling the consumers of room %s %s failed", room.pk, control)
 
 
 def report_message(user: Any, room: Room, message_id: Any, reason: Any) -> Report:
