@@ -101,10 +101,14 @@ def clean_type(content_type: Any) -> str:
 
 
 def clean_id(value: Any) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
     try:
-        return uuid.UUID(str(value)) if isinstance(value, str | uuid.UUID) else uuid.UUID("")
+        if isinstance(value, str):
+            return uuid.UUID(value)
     except ValueError:
-        raise ChatError("bad_request", "`attachment` must be an attachment id.") from None
+        pass
+    raise ChatError("bad_request", "`attachment` must be an attachment id.")
 
 
 def human_size(size: int) -> str:
@@ -191,7 +195,7 @@ def _pending(user: Any, pk: Any) -> Attachment:
 def receive(user: Any, pk: Any, upload: Any) -> Attachment:
     """Store the bytes of a pending upload (file-system storage only)."""
     if direct_upload():
-        raise ChatError("bad_request", "Upload to the address `start_upload` gave.")
+        raise ChatError("bad_request", "Send the file to the `upload` address of its declaration.")
     attachment = _pending(user, pk)
     if attachment.status != Attachment.PENDING:
         raise ChatError("bad_request", "This upload is already complete.")
