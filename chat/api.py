@@ -305,20 +305,7 @@ def download(request: HttpRequest, attachment_id: str, thumbnail: bool = False) 
 
 
 def attachment_dict(attachment: Any) -> dict[str, Any]:
-    from chat.models import attachment_event
-
-    return {
-        **attachment_event(
-            attachment.pk,
-            attachment.name,
-            attachment.size,
-            attachment.content_type,
-            attachment.thumbnail.name,
-            attachment.width,
-            attachment.height,
-        ),
-        "status": attachment.status,
-    }
+    return {**attachment.to_event(), "status": attachment.status}
 
 
 def _default_ws_url(request: HttpRequest) -> str:

@@ -202,7 +202,7 @@ def receive(user: Any, pk: Any, upload: Any) -> Attachment:
     if upload is None:
         raise ChatError("bad_request", "Send the file as the multipart field `file`.")
     if upload.size != attachment.size:
-        _discard(attachment)
+        discard(attachment)
         raise ChatError(
             "bad_request", f"The file has {upload.size} bytes, not the {attachment.size} declared."
         )
@@ -236,7 +236,7 @@ def complete(user: Any, pk: Any) -> Attachment:
             data = handle.read(settings.CHAT_ATTACHMENT_MAX_SIZE + 1)
         _check_content(attachment, data)
     except ChatError:
-        _discard(attachment)
+        discard(attachment)
         raise
     attachment.status = Attachment.READY
     attachment.save(update_fields=["status", "thumbnail", "width", "height"])
@@ -301,7 +301,7 @@ def _thumbnail(attachment: Attachment, image: Image.Image) -> None:
     attachment.thumbnail.name = name
 
 
-def _discard(attachment: Attachment) -> None:
+def discard(attachment: Attachment) -> None:
     """Delete an attachment's files and its row."""
     delete_files(attachment.file.name, attachment.thumbnail.name)
     Attachment.objects.filter(pk=attachment.pk).delete()
@@ -396,7 +396,7 @@ def purge_unused(older_than: timedelta | None = None) -> int:
     stale = Attachment.objects.filter(created__lt=timezone.now() - age, message__isnull=True)
     count = 0
     for attachment in stale.iterator():
-        _discard(attachment)
+        discard(attachment)
         count += 1
     return count
 

@@ -181,6 +181,14 @@ class Attachment(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.size} bytes) in {self.room_id}"
 
+    def columns(self) -> list[Any]:
+        """ATTACHMENT_COLUMNS of this row, as values_list reads them for events."""
+        return [getattr(self, name) for name in ATTACHMENT_COLUMNS]
+
+    def to_event(self) -> dict[str, Any]:
+        """What `message` events carry as `attachment` (the upload API answers it too)."""
+        return attachment_event(self.pk, *self.columns())
+
 
 class Message(models.Model):
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
@@ -229,14 +237,12 @@ class Message(models.Model):
 
     def to_event(self) -> dict[str, Any]:
         """The `message` event: the full current state of this message, the one wire format."""
-        values = [getattr(self, name) for name in EVENT_COLUMNS[:9]]
-        a = self.attachment if self.attachment_id else None
-        files = (a.name, a.size, a.content_type, a.thumbnail.name, a.width, a.height) if a else ()
+        values = [getattr(self, name) for name in MESSAGE_COLUMNS]
+        files = self.attachment.columns() if self.attachment_id else ()
         return message_event(self.room.slug, self.author.get_username(), *values, *files)
 
 
-ATTACHMENT_COLUMNS = ("name", "size", "content_type", "thumbnail", "width", "height")
-EVENT_COLUMNS = (
+MESSAGE_COLUMNS = (
     "id",
     "seq",
     "body",
@@ -246,8 +252,10 @@ EVENT_COLUMNS = (
     "deleted",
     "hidden",
     "attachment_id",
-    *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS),
 )
+ATTACHMENT_COLUMNS = ("name", "size", "content_type", "thumbnail", "width", "height")
+# A message event's columns in one row: MessageQuerySet.events reads them with values_list.
+EVENT_COLUMNS = (*MESSAGE_COLUMNS, *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS))
 
 
 def attachment_url(pk: Any, thumbnail: bool = False) -> str:
@@ -264,7 +272,7 @@ def attachment_event(
     name: str,
     size: int,
     content_type: str,
-    thumbnail: str | None,
+    thumbnail: Any,  # its storage key (a name or a FieldFile): empty when there is none
     width: int | None,
     height: int | None,
 ) -> dict[str, Any]:

@@ -554,14 +554,12 @@ def _change(message: Message, **fields: Any) -> Message:
 
 
 def _delete_attachment_on_commit(pk: Any) -> None:
-    row = Attachment.objects.filter(pk=pk).values_list("file", "thumbnail").first()
-
     def delete() -> None:
         from chat import attachments
 
-        Attachment.objects.filter(pk=pk).delete()
+        row = Attachment.objects.filter(pk=pk).first()
         if row is not None:
-            attachments.delete_files(*row)
+            attachments.discard(row)
 
     transaction.on_commit(delete)
 

@@ -231,6 +231,8 @@ STORAGES = {
 }
 # An S3-compatible endpoint instead of AWS's (a local S3 in tests); path-style addressing then.
 AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL", ("http", "https"))
+# Lifetime of the signed S3 URLs that downloads redirect to (and the admin's file links).
+CHAT_ATTACHMENT_URL_TTL = env_int("CHAT_ATTACHMENT_URL_TTL", 300, minimum=1)
 if AWS_STORAGE_BUCKET_NAME:
     STORAGES["default"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
@@ -240,7 +242,7 @@ if AWS_STORAGE_BUCKET_NAME:
             # Private objects, reached only through signed URLs that expire.
             "default_acl": None,
             "querystring_auth": True,
-            "querystring_expire": env_int("CHAT_ATTACHMENT_URL_TTL", 300, minimum=1),
+            "querystring_expire": CHAT_ATTACHMENT_URL_TTL,
             "file_overwrite": False,
             "signature_version": "s3v4",
             "region_name": env_str("AWS_S3_REGION_NAME", env_str("AWS_REGION")) or None,
@@ -270,8 +272,7 @@ CHAT_ATTACHMENT_TYPES = env_list(
 )
 # Bytes one user may upload in 24 hours (default 100 MB).
 CHAT_ATTACHMENT_DAILY_QUOTA = env_int("CHAT_ATTACHMENT_DAILY_QUOTA", 100 * 1024 * 1024, minimum=0)
-# Lifetime of the signed S3 URLs the download view redirects to, and of a presigned upload.
-CHAT_ATTACHMENT_URL_TTL = env_int("CHAT_ATTACHMENT_URL_TTL", 300, minimum=1)
+# Lifetime of a presigned upload (that of signed download URLs is above, with the storage).
 CHAT_ATTACHMENT_UPLOAD_TTL = env_int("CHAT_ATTACHMENT_UPLOAD_TTL", 600, minimum=1)
 # Uploads never sent in a message are deleted after this many seconds (`manage.py purgeattachments`).
 CHAT_ATTACHMENT_UNUSED_TTL = env_int("CHAT_ATTACHMENT_UNUSED_TTL", 86400, minimum=60)
