@@ -153,16 +153,25 @@ def sendmessage(conn: Connection, frame: Frame) -> list[Event]:
     return [posted.ack()]
 
 
+def _change_ack(frame: Frame, room: Room, changed: Any) -> list[Event]:
+    """An `ack` of an edit or delete to a sender that named it with a client_id, so the client
+    settles that request exactly (the changed `message` goes to every subscriber anyway)."""
+    client_id = services.clean_client_id(frame.get("client_id"))
+    if client_id is None:
+        return []
+    return [events.ack(client_id, room.slug, changed.seq, changed.pk)]
+
+
 def editmessage(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
-    services.edit_message(conn.user, room, frame.get("id"), _body(frame))
-    return []
+    changed = services.edit_message(conn.user, room, frame.get("id"), _body(frame))
+    return _change_ack(frame, room, changed)
 
 
 def deletemessage(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
-    services.delete_message(conn.user, room, frame.get("id"))
-    return []
+    changed = services.delete_message(conn.user, room, frame.get("id"))
+    return _change_ack(frame, room, changed)
 
 
 def report(conn: Connection, frame: Frame) -> list[Event]:

@@ -346,3 +346,24 @@ async def test_a_socket_that_does_not_drain_holds_a_bounded_outbox_and_loses_not
         seqs.append(event["seq"])
     assert seqs == list(range(1, posts + 1))
     await comm.disconnect()
+
+
+async def test_an_edit_or_delete_with_a_client_id_is_acknowledged(alice: Any, room: Room) -> None:
+    posted = await sync_to_async(services.post_message)(alice, room, "typo")
+    a = await connect(alice, "&room=general")
+    await receive_until(a, "subscribed")
+    frames = [
+        {"action": "editmessage", "id": posted.message.pk, "body": "fixed", "client_id": "e1"},
+        {"action": "deletemessage", "id": posted.message.pk, "client_id": "d1"},
+    ]
+    for seq, frame in enumerate(frames, start=2):
+        await a.send_json_to({"room": "general", **frame})
+        ack = await receive_until(a, "ack")
+        assert ack == {
+            "type": "ack",
+            "client_id": frame["client_id"],
+            "room": "general",
+            "seq": seq,
+            "id": posted.message.pk,
+        }
+    await a.disconnect()
