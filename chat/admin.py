@@ -65,23 +65,29 @@ class RoomScoped(admin.ModelAdmin):
     """Site permissions as usual; a room moderator without them may view (and act through the
     actions, which the write path checks again) the rows of their own rooms."""
 
-    room_path = "room"
+    # The lookup from a row to its room's moderators.
+    moderators_path = "room__moderators"
 
     def _site(self, request: HttpRequest, action: str) -> bool:
         opts = self.model._meta
         return request.user.has_perm(f"{opts.app_label}.{action}_{opts.model_name}")
 
     def _moderates(self, request: HttpRequest, obj: Any = None) -> bool:
-        rooms = Room.objects.filter(moderators=request.user)
+        """A room moderator's own rows (any of them without `obj`). Site permissions are not
+        this: a site view permission must not turn into change or delete."""
+        user = request.user
+        if not (user.is_active and user.is_staff):
+            return False
         if obj is None:
-            return request.user.is_active and request.user.is_staff and rooms.exists()
-        return self.get_queryset(request).filter(pk=obj.pk).exists()
+            return Room.objects.filter(moderators=user).exists()
+        mine = self.model._default_manager.filter(**{self.moderators_path: user})
+        return mine.filter(pk=obj.pk).exists()
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         qs = super().get_queryset(request)
         if self._site(request, "view") or self._site(request, "change"):
             return qs
-        return qs.filter(**{f"{self.room_path}__moderators": request.user})
+        return qs.filter(**{self.moderators_path: request.user}).distinct()
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return super().has_module_permission(request) or self._moderates(request)
@@ -166,7 +172,7 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Room)
 class RoomAdmin(RoomScoped):
-    room_path = "pk"
+    moderators_path = "moderators"
     list_display = ["slug", "title", "private", "locked", "rate_limit", "seq", "created"]
     list_filter = ["private", "locked"]
     search_fields = ["slug", "title"]
@@ -174,12 +180,6 @@ class RoomAdmin(RoomScoped):
     filter_horizontal = ["moderators"]
     inlines = [MembershipInline]
     actions = ["lock", "unlock"]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        qs = admin.ModelAdmin.get_queryset(self, request)
-        if self._site(request, "view") or self._site(request, "change"):
-            return qs
-        return qs.filter(moderators=request.user)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return super().has_change_permission(request, obj) or self._moderates(request, obj)
@@ -198,12 +198,20 @@ class RoomAdmin(RoomScoped):
             return
         # Lock, rename, privacy and rate limit go through the write path (it publishes a `room`
         # event and writes the audit row); the rest of the form is saved as usual.
+        # Never obj.save(): it would write back the `seq` read when the form was loaded, and a
+        # post in between would then collide with the next one. Only the changed plain columns.
         state = ["locked", "title", "private", "rate_limit"]
         wanted = {name: getattr(obj, name) for name in state if name in form.changed_data}
+        plain = {
+            name: getattr(obj, name)
+            for name in form.changed_data
+            if name not in state and not Room._meta.get_field(name).many_to_many
+        }
+        if plain:
+            Room.objects.filter(pk=obj.pk).update(**plain)
         current = Room.objects.get(pk=obj.pk)
-        for name in state:
-            setattr(obj, name, getattr(current, name))
-        super().save_model(request, obj, form, change)
+        for field in Room._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(current, field.attname))
         try:
             services.moderate_room(request.user, obj, wanted)
         except ChatError as exc:
@@ -269,25 +277,15 @@ class StateFilter(admin.SimpleListFilter):
 
 
 @admin.register(Message)
-class MessageAdmin(RoomScoped):
+class MessageAdmin(Permanent, RoomScoped):
     list_display = ["room", "posted_seq", "seq", "author", "body", "created", "hidden", "deleted"]
     list_filter = ["room", StateFilter, "created"]
     list_select_related = ["room", "author"]
     search_fields = ["body", "author__username", "room__slug"]
-    # Messages change only through the write path (it takes the room's next seq and publishes).
-    readonly_fields = [f.name for f in Message._meta.fields]
+    # Messages change only through the write path (it takes the room's next seq and publishes):
+    # no save or delete here (a save would write back what the form read; Django's delete would
+    # take a seq-less row out of history). The actions, which services check per message, do.
     actions = ["hide", "restore", "erase"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Django's delete would take a seq-less row out of history; "erase" is the write path's.
-        return False
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        # Offered to whoever reaches the list; services check the permission per message.
-        return super().get_actions(request)
 
     def _each(self, request: HttpRequest, queryset: QuerySet[Message], act: Any, done: str) -> None:
         self.run(request, queryset, lambda m: act(request.user, m.room, m.pk), done)
@@ -359,7 +357,7 @@ class RestrictionAdmin(RoomScoped):
 
 @admin.register(Report)
 class ReportAdmin(RoomScoped):
-    room_path = "message__room"
+    moderators_path = "message__room__moderators"
     list_display = ["message", "message_body", "reporter", "reason", "created", "resolved"]
     list_filter = ["resolved", "message__room", "created"]
     list_select_related = ["message__room", "message__author", "reporter"]
@@ -411,9 +409,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     rooms = moderated_rooms(request.user)
     if not (request.user.is_superuser or rooms.exists()):
         return render(request, "chat/dashboard.html", {"forbidden": True}, status=403)
-    actions = ModerationAction.objects.filter(room__in=rooms) | ModerationAction.objects.filter(
-        room__isnull=True
-    )
+    actions = ModerationAction.objects.filter(room__in=rooms)
+    if services.is_site_moderator(request.user):
+        # Site-wide actions (site bans, deactivations) are the site moderators' business only.
+        actions |= ModerationAction.objects.filter(room__isnull=True)
     reported = (
         Message.objects.filter(room__in=rooms, reports__resolved=False)
         .annotate(reports_count=Count("reports"))

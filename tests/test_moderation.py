@@ -600,3 +600,58 @@ async def test_a_room_moderator_manages_their_room_in_the_admin_live(
         lambda: sorted(ModerationAction.objects.filter(actor=mod).values_list("action", flat=True))
     )()
     assert actions == ["room", "room_people"]
+
+
+def test_an_admin_save_never_writes_back_an_old_seq(
+    alice: Any, superuser: Any, room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin reads the room, a post takes the next seq, the admin saves: the room keeps its
+    seq, and the next post is stored (it would collide with a seq written back)."""
+    from chat.admin import RoomAdmin
+
+    read = RoomAdmin.get_object
+
+    def read_then_post(self: Any, request: Any, object_id: Any, from_field: Any = None) -> Any:
+        room = read(self, request, object_id, from_field)
+        if request.method == "POST":
+            services.post_message(alice, room, "meanwhile")
+        return room
+
+    monkeypatch.setattr(RoomAdmin, "get_object", read_then_post)
+    client = Client()
+    client.force_login(superuser)
+    url = f"/admin/chat/room/{room.pk}/change/"
+    form = {
+        "slug": "general",
+        "title": "Renamed",
+        "rate_limit": "0",
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+        "_save": "Save",
+    }
+    assert client.post(url, form).status_code == 302
+    room.refresh_from_db()
+    assert (room.title, room.seq) == ("Renamed", 1)
+    assert services.post_message(alice, room, "after the save").message.seq == 2
+
+
+def test_a_site_view_permission_does_not_grant_change_or_delete(
+    alice: Any, room: Room, superuser: Any
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    viewer = get_user_model().objects.create_user("viewer", password="pw-viewer-1", is_staff=True)
+    viewer.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_room", "view_restriction"])
+    )
+    row = services.restrict(superuser, alice, "mute", room)
+    client = Client()
+    client.force_login(viewer)
+    assert client.get(f"/admin/chat/room/{room.pk}/change/").status_code == 200  # a view
+    assert client.post(f"/admin/chat/room/{room.pk}/change/", {"title": "x"}).status_code == 403
+    assert (
+        client.post(f"/admin/chat/restriction/{row.pk}/delete/", {"post": "yes"}).status_code == 403
+    )
+    assert Restriction.objects.filter(pk=row.pk).exists()
