@@ -172,12 +172,49 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def deliver(self, message: dict[str, Any]) -> None:
         """Called by the hub for every live event of a subscribed room; must not block."""
+        if "kick" in message or "recheck" in message:
+            # Moderation (chat/services._tell_consumers) acts at once: never queued behind, or
+            # dropped with, the events of a client that does not read.
+            if self.conn is not None and message.get("kick") in (None, self.conn.user.pk):
+                self.tasks.append(asyncio.create_task(self._control(message)))
+            return
         try:
             self.outbox.put_nowait(("live", message))
         except asyncio.QueueFull:
             # A client that does not read: drop, remember, and fill from the database once it
             # catches up. Its memory stays bounded and nobody else waits for it.
             self.lagging.add(message["room"])
+
+    async def _control(self, message: dict[str, Any]) -> None:
+        room_id = message["room"]
+        if room_id not in self.cursors or self.conn is None:
+            return
+        slug = self.slugs[room_id]
+        if message.get("kick") is not None:
+            # Banned (chat/services.close_connections): stop the writer first, so nothing more
+            # of any room reaches this socket, then say why and close.
+            for task in self.tasks:
+                if task.get_name() == "ws-writer":
+                    task.cancel()
+            rooms = [(rid, self.slugs[rid]) for rid in list(self.cursors)]
+            for rid, _ in rooms:
+                await self.leave_room(rid)
+            await database_sync_to_async(self._leave_presence, thread_sensitive=False)(rooms)
+            error = events.error("forbidden", "You are banned.", room=slug, fatal=True)
+            await self.send(text_data=encode(error))
+            await self.close(code=FORBIDDEN)
+            return
+        # The room turned private, or this user left its members (services.
+        # drop_readers_without_access): leave it unless the user may still read it.
+        if await database_sync_to_async(_may_read, thread_sensitive=False)(self.conn.user, room_id):
+            return
+        if await self.leave_room(room_id):
+            await database_sync_to_async(self._leave_presence, thread_sensitive=False)(
+                [(room_id, slug)]
+            )
+            await self.send(
+                text_data=encode(events.error("forbidden", services.NO_ACCESS, room=slug))
+            )
 
     async def _write(self) -> None:
         try:
@@ -223,29 +260,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _send_live(self, message: dict[str, Any]) -> None:
         room_id = message["room"]
         if room_id not in self.cursors:
-            return
-        if message.get("kick") is not None and self.conn and message["kick"] == self.conn.user.pk:
-            # Moderation: this user was banned (chat/services.close_connections). Say why, close.
-            error = events.error(
-                "forbidden", "You are banned.", room=self.slugs[room_id], fatal=True
-            )
-            await self.send(text_data=encode(error))
-            await self.close(code=FORBIDDEN)
-            return
-        if message.get("recheck"):
-            # The room turned private (chat/services.drop_readers_without_access); the room
-            # event itself arrives separately, so only the access check happens here.
-            user = self.conn.user if self.conn else None
-            if user is not None and not await database_sync_to_async(
-                _may_read, thread_sensitive=False
-            )(user, room_id):
-                slug = self.slugs[room_id]
-                await self.leave_room(room_id)
-                await database_sync_to_async(self._leave_presence, thread_sensitive=False)(
-                    [(room_id, slug)]
-                )
-                error = events.error("forbidden", services.NO_ACCESS, room=slug)
-                await self.send(text_data=encode(error))
             return
         cursor = self.cursors[room_id]
         if cursor is None:

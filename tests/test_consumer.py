@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing.websocket import WebsocketCommunicator
+from django.contrib.auth import get_user_model
 
 from chat import services
 from chat.models import Message, Room
@@ -367,3 +368,61 @@ async def test_an_edit_or_delete_with_a_client_id_is_acknowledged(alice: Any, ro
             "id": posted.message.pk,
         }
     await a.disconnect()
+
+
+async def test_a_ban_reaches_a_socket_that_does_not_drain(
+    alice: Any, bob: Any, room: Room, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ban is not a live event a full outbox may drop: the stalled socket gets nothing more of
+    the room, only the ban, and is closed."""
+    import asyncio
+
+    from chat.consumers import ChatConsumer
+
+    settings.CHAT_SEND_QUEUE = 5
+    drained = asyncio.Event()
+    drained.set()
+    consumers: list[ChatConsumer] = []
+    deliver = ChatConsumer.deliver
+
+    def recording(self: ChatConsumer, message: dict[str, Any]) -> None:
+        if self not in consumers:
+            consumers.append(self)
+        deliver(self, message)
+
+    monkeypatch.setattr(ChatConsumer, "deliver", recording)
+    left = asyncio.Event()
+    leave = ChatConsumer.leave_room
+
+    async def leaving(self: ChatConsumer, room_id: int) -> bool:
+        done = await leave(self, room_id)
+        if not self.cursors:
+            left.set()
+        return done
+
+    monkeypatch.setattr(ChatConsumer, "leave_room", leaving)
+
+    async def stalling(scope: Any, receive: Any, send: Any) -> None:
+        async def gated(message: dict[str, Any]) -> None:
+            if message["type"] in ("websocket.send", "websocket.close"):
+                await drained.wait()
+            await send(message)
+
+        await application(scope, receive, gated)
+
+    token = await sync_to_async(make_token)(bob)
+    comm = WebsocketCommunicator(stalling, f"/ws/?token={token}")
+    assert (await comm.connect())[0]
+    await comm.send_json_to({"action": "subscribe", "room": "general"})
+    await receive_until(comm, "room")
+    drained.clear()
+    for i in range(20):
+        await sync_to_async(services.post_message)(alice, room, f"m{i}")
+    boss = await sync_to_async(get_user_model().objects.create_superuser)("boss", password="pw-1")
+    await sync_to_async(services.restrict)(boss, bob, "ban", room)
+    await asyncio.wait_for(left.wait(), 5)  # the ban left the room at once, socket still stalled
+    assert len(consumers) == 1 and consumers[0].cursors == {}
+    drained.set()
+    first = json.loads(await comm.receive_from(5))
+    assert (first["type"], first["code"], first["fatal"]) == ("error", "forbidden", True)
+    assert (await comm.receive_output(5)) == {"type": "websocket.close", "code": 4403}
