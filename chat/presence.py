@@ -174,14 +174,17 @@ def refresh(room_id: int, conn: str, user: str) -> None:
         log.warning("presence store unavailable", exc_info=True)
 
 
-def leave(room_id: int, slug: str, conn: str, user: str) -> None:
+def leave(room_id: int, slug: str, conn: str, user: str, announcing: bool = True) -> bool:
+    """Take the connection out; True when that changed the list (announced unless told not to:
+    a caller removing many connections announces each room once)."""
     try:
         changed = store().leave(room_id, conn, user)
     except redis.RedisError:
         log.warning("presence store unavailable", exc_info=True)
-        return
-    if changed:
+        return False
+    if changed and announcing:
         announce(room_id, slug)
+    return changed
 
 
 def _sweep(room_id: int) -> None:

@@ -327,8 +327,15 @@ def forget(rows: Any, grace: bool = False) -> int:
     )
     _, per_model = ApiConnection.objects.filter(pk__in=rows.values("pk")).delete()
     deleted = per_model.get(ApiConnection._meta.label, 0)
-    for connection_id, room_id, slug, username in subscriptions:
-        presence.leave(room_id, slug, connection_id, username)
+    # One announcement per room whose list changed, not one per gone connection: each is a
+    # fan-out of its own to the whole room (which may find more gone connections).
+    changed = {
+        (room_id, slug)
+        for connection_id, room_id, slug, username in subscriptions
+        if presence.leave(room_id, slug, connection_id, username, announcing=False)
+    }
+    for room_id, slug in sorted(changed):
+        presence.announce(room_id, slug)
     return deleted
 
 
@@ -638,10 +645,12 @@ class SubscriptionPresence:
 
     def touch(self, room_id: int, conn: str, user: str, ttl: float) -> bool:
         # The Subscription row exists already (join runs first): is it this user's only one?
-        others = Subscription.objects.filter(
+        # A long-poller (`poll-<user>`) has none and changes nothing: on Lambda every poll would
+        # otherwise announce the list to the whole room.
+        conns = Subscription.objects.filter(
             room_id=room_id, connection__user__username=user
-        ).exclude(connection__connection_id=conn)
-        return not others.exists()
+        ).values_list("connection__connection_id", flat=True)
+        return list(conns[:2]) == [conn]
 
     def leave(self, room_id: int, conn: str, user: str) -> bool:
         return not Subscription.objects.filter(

@@ -800,3 +800,46 @@ print(json.dumps([lambda_handler(event("forged"), None)["statusCode"],
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == [401, 200, 200]
     assert ApiConnection.objects.get().connection_id == "Pkg="
+
+
+def _subscribed(room: Room, user: Any, connection_id: str) -> ApiConnection:
+    now = timezone.now()
+    row = ApiConnection.objects.create(
+        connection_id=connection_id,
+        user=user,
+        domain="example.test",
+        stage="dev",
+        connected_at=now - timedelta(minutes=5),
+        last_seen=now,
+    )
+    Subscription.objects.create(connection=row, room=room)
+    return row
+
+
+def test_presence_on_lambda_changes_with_connections_not_with_polls(db: Any) -> None:
+    room = Room.objects.create(slug="general", title="General")
+    alice = make_user("alice")
+    store = serverless.SubscriptionPresence()
+    # A long-poller has no row: its polls change nothing (and announce nothing to the room).
+    assert store.touch(room.pk, f"poll-{alice.pk}", "alice", 60) is False
+    _subscribed(room, alice, "c-1")
+    assert store.touch(room.pk, "c-1", "alice", 60) is True  # her first connection here
+    _subscribed(room, alice, "c-2")
+    assert store.touch(room.pk, "c-2", "alice", 60) is False  # already listed
+
+
+def test_forgetting_gone_connections_announces_each_room_once(
+    db: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from chat import presence
+
+    settings.CHAT_PRESENCE_STORE = "chat.serverless.SubscriptionPresence"
+    room = Room.objects.create(slug="general", title="General")
+    for name in ("alice", "bob", "carol"):
+        _subscribed(room, make_user(name), f"gone-{name}")
+    announced: list[tuple[int, str]] = []
+    monkeypatch.setattr(
+        presence, "announce", lambda room_id, slug: announced.append((room_id, slug))
+    )
+    assert serverless.forget(ApiConnection.objects.all()) == 3
+    assert announced == [(room.pk, "general")]
