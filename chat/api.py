@@ -118,7 +118,7 @@ def messages(request: HttpRequest, slug: str) -> HttpResponse:
         return JsonResponse(posted.message.to_event(), status=201 if posted.created else 200)
     after = query_int(request, "after")
     if after is not None:
-        changes, seq = services.changes_after(room, after)
+        changes, seq = services.changes_after(room, after, room.seq)
         if changes is None:
             return JsonResponse({"resync": True, "seq": seq})
         return JsonResponse({"messages": changes, "seq": seq})

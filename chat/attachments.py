@@ -13,7 +13,7 @@ An upload has three steps, the same on every storage so that one client serves b
    check deletes the object and the row: nothing refused is kept.
 
 `services.post_message` then puts a ready attachment into one message, once. Downloads go through
-`open_download`, which checks the room every time: the file itself on the file system, a redirect
+`for_download`, which checks the room every time: the file itself on the file system, a redirect
 to a short-lived signed URL on S3.
 """
 
@@ -228,12 +228,14 @@ def complete(user: Any, pk: Any) -> Attachment:
         raise ChatError("bad_request", "The file has not been uploaded yet.")
     try:
         size = default_storage.size(key)
-        if size != attachment.size or size > settings.CHAT_ATTACHMENT_MAX_SIZE:
+        if size != attachment.size:  # the declared size was checked against the limit
             raise ChatError(
                 "bad_request", f"The file has {size} bytes, not the {attachment.size} declared."
             )
+        # Images are opened whole (to verify and thumbnail them); other types only sniffed.
+        whole = attachment.content_type in IMAGE_FORMATS
         with default_storage.open(key, "rb") as handle:
-            data = handle.read(settings.CHAT_ATTACHMENT_MAX_SIZE + 1)
+            data = handle.read(size if whole else SNIFF_BYTES)
         _check_content(attachment, data)
     except ChatError:
         discard(attachment)
@@ -347,7 +349,7 @@ def for_download(user: Any, pk: Any) -> Attachment:
     missing = ChatError("not_found", "There is no such file.")
     if attachment is None or attachment.status != Attachment.READY:
         raise missing
-    room = attachment.room
+    room = services.with_flags(user, attachment.room)  # the user's flags, read once
     if not services.may_read(user, room):
         raise missing
     message = getattr(attachment, "message", None)

@@ -320,7 +320,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 def _changes_after(room_id: int, cursor: int) -> tuple[list[events.Event] | None, int]:
     room = Room.objects.get(pk=room_id)
     try:
-        return services.changes_after(room, cursor)
+        return services.changes_after(room, cursor, room.seq)
     except services.ChatError:
         return [], room.seq
 

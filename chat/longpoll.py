@@ -52,7 +52,7 @@ def _open(user: Any, slug: str, after: int) -> tuple[int, Answer | None, int, Ev
     # Who is online goes with every answer too: a poller woken by nothing else would otherwise
     # learn the list only when someone arrives or leaves.
     online = events.presence(room.slug, presence.users(room.pk))
-    changes, seq = services.changes_after(room, after)
+    changes, seq = services.changes_after(room, after, room.seq)
     if changes is None:
         return room.pk, {"resync": True, "seq": seq}, seq, state, online
     if changes:
@@ -66,7 +66,7 @@ def _reread(room_id: int, after: int, state: Event | None = None) -> Answer | No
     from chat.models import Room
 
     room = Room.objects.get(pk=room_id)
-    changes, seq = services.changes_after(room, after)
+    changes, seq = services.changes_after(room, after, room.seq)
     if changes is None:
         return {"resync": True, "seq": seq}
     now = events.room_state(room.slug, room.locked, room.title)

@@ -305,7 +305,7 @@ def ensure_lobby() -> Room:
 # --- messages: the write path ---
 
 
-def _with_flags(user: Any, room: Room) -> Room:
+def with_flags(user: Any, room: Room) -> Room:
     """The room with the user's flags: as get_room() returned it, or read in one query (callers
     that hold a Room from elsewhere would otherwise pay a query per flag)."""
     if getattr(room, "_flags_for", None) == user.pk or not user.is_authenticated:
@@ -461,9 +461,9 @@ def post_message(
     client_id = clean_client_id(client_id)
     try:
         body = clean_body(body, may_be_empty=attachment is not None)
-        room = _with_flags(user, room)
+        room = with_flags(user, room)
         check_can_post(user, room)
-        if room.private and not is_member(user, room) and not is_moderator(user, room):
+        if not can_read(user, room):
             raise ChatError("not_found", f"There is no room {room.slug!r}.")
         _check_rate(user, room)
         message = Message(room=room, author=user, body=body, client_id=client_id)
@@ -508,11 +508,7 @@ def post_message(
 
 
 def _own_message(user: Any, room: Room, message_id: Any) -> Message:
-    if isinstance(message_id, bool) or not isinstance(message_id, int):
-        raise ChatError("bad_request", "`id` must be a message id.")
-    message = Message.objects.with_author().filter(room=room, pk=message_id).first()
-    if message is None:
-        raise ChatError("not_found", "There is no such message in this room.")
+    message = _room_message(room, message_id)
     if message.author_id != user.pk:
         raise ChatError("forbidden", "You can only change your own messages.")
     if message.deleted:
@@ -584,16 +580,23 @@ def delete_message(user: Any, room: Room, message_id: Any) -> Message:
 
 
 def mark_read(user: Any, room: Room, seq: Any) -> int:
-    """Move the user's read cursor forward (never back); returns the cursor."""
+    """Move the user's read cursor forward (never back); returns the cursor. Reading a public
+    room joins it, as posting does; reading never makes anyone a member of a private room (a
+    moderator reading one stays out of it)."""
     seq = min(clean_seq(seq, "seq"), room.seq)
-    membership, _ = Membership.objects.get_or_create(room=room, user=user)
+    if room.private:
+        membership = Membership.objects.filter(room=room, user=user).first()
+        if membership is None:
+            return seq
+    else:
+        membership, _ = Membership.objects.get_or_create(room=room, user=user)
     Membership.objects.filter(pk=membership.pk, read_seq__lt=seq).update(read_seq=seq)
     return max(seq, membership.read_seq)
 
 
 def send_typing(user: Any, room: Room) -> None:
     # Whoever may not post (muted, banned, a locked room) has nothing to be typing.
-    check_can_post(user, _with_flags(user, room))
+    check_can_post(user, with_flags(user, room))
     fanout.publish(room.pk, events.typing(room.slug, user.get_username()))
 
 
@@ -608,9 +611,13 @@ def history(room: Room, before: int | None, limit: int) -> dict[str, Any]:
     return {"messages": page, "has_more": has_more}
 
 
-def changes_after(room: Room, after: int) -> tuple[list[dict[str, Any]] | None, int]:
-    """Every change after the cursor in seq order, or None when the cursor is too old (resync)."""
-    room_seq = Room.objects.values_list("seq", flat=True).get(pk=room.pk)
+def changes_after(
+    room: Room, after: int, room_seq: int | None = None
+) -> tuple[list[dict[str, Any]] | None, int]:
+    """Every change after the cursor in seq order, or None when the cursor is too old (resync).
+    `room_seq` is the room's seq if the caller has just read it; else it is read here."""
+    if room_seq is None:
+        room_seq = Room.objects.values_list("seq", flat=True).get(pk=room.pk)
     if after > room_seq:
         raise ChatError("bad_request", f"The cursor {after} is ahead of the room ({room_seq}).")
     if room_seq - after > settings.CHAT_RESUME_LIMIT:
@@ -758,7 +765,8 @@ def drop_readers_without_access(room_id: int) -> None:
 
 
 def may_read(user: Any, room: Room) -> bool:
-    """What get_room() allows: read access and no ban."""
+    """What get_room() allows: read access and no ban (the user's flags in one query)."""
+    room = with_flags(user, room)
     return can_read(user, room) and restriction(user, room) != Restriction.BAN
 
 

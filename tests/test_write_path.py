@@ -236,3 +236,14 @@ def test_a_restriction_that_lands_after_the_checks_still_stops_the_post(
     assert Message.objects.count() == 0
     room.refresh_from_db()
     assert room.seq == 0
+
+
+def test_reading_never_makes_anyone_a_member_of_a_private_room(
+    alice: Any, moderator: Any, private_room: Room
+) -> None:
+    services.post_message(alice, private_room, "hello")
+    private_room.refresh_from_db()
+    assert services.mark_read(moderator, private_room, 1) == 1
+    assert not Membership.objects.filter(room=private_room, user=moderator).exists()
+    assert services.mark_read(alice, private_room, 1) == 1
+    assert Membership.objects.get(room=private_room, user=alice).read_seq == 1
