@@ -1040,3 +1040,174 @@ def test_the_edit_button_goes_when_the_edit_window_passes(
     expect(delete_button(a.item(fresh))).to_be_visible()
     # ...and not before the window had passed.
     assert timezone.now() - Message.objects.get(pk=fresh.pk).created > timedelta(seconds=5)
+
+
+def drop_first(ws: WebSocketRoute, lost: list[dict[str, Any]], matches: Any) -> None:
+    """Forward the server's frames to the page except the first that `matches` (into `lost`)."""
+    server = ws.connect_to_server()
+
+    def forward(frame: str | bytes) -> None:
+        event = json.loads(frame)
+        if not lost and matches(event):
+            lost.append(event)
+        else:
+            ws.send(frame)
+
+    server.on_message(forward)
+
+
+def test_a_gap_whose_fill_fails_is_read_again(
+    sessions: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    """A message lost on the way, and the request that reads the hole failing once: the cursor
+    stays before the hole and the page asks again, so every message shows, once."""
+    lost: list[dict[str, Any]] = []
+    fills: list[str] = []
+
+    def fill(route: Any) -> None:
+        fills.append(route.request.url)
+        if len(fills) == 1:
+            route.abort()
+        else:
+            route.continue_()
+
+    b = sessions(bob)
+    b.page.route_web_socket(
+        re.compile(r"/ws/"),
+        lambda ws: drop_first(
+            ws, lost, lambda e: e.get("type") == "message" and e.get("body") == "two"
+        ),
+    )
+    b.page.route(re.compile(r"/api/rooms/general/messages\?after="), fill)
+    b.open("general")
+    expect(b.badge).to_have_text("Live")
+    for body in ("one", "two", "three"):
+        services.post_message(alice, room, body, f"gap-{body}")
+    expect(b.message("three")).to_have_count(1)
+    expect(b.message("two")).to_have_count(1)
+    assert b.bodies() == ["one", "two", "three"]
+    assert [event["body"] for event in lost] == ["two"]
+    assert len(fills) == 1
+
+
+def test_an_edit_is_settled_by_its_ack_over_websocket(
+    sessions: Any, alice: Any, room: Room
+) -> None:
+    """The changed message is lost on the way: the server's ack alone settles the edit."""
+    mine = services.post_message(alice, room, "typo here", "k1").message
+    lost: list[dict[str, Any]] = []
+    a = sessions(alice)
+    a.page.route_web_socket(
+        re.compile(r"/ws/"),
+        lambda ws: drop_first(
+            ws, lost, lambda e: e.get("type") == "message" and e.get("id") == mine.pk
+        ),
+    )
+    a.open("general", FAST + "&ack_timeout=3000")
+    expect(a.badge).to_have_text("Live")
+    item = a.item(mine)
+    edit_button(item).click()
+    box = item.get_by_label("Edited message")
+    box.fill("no typo here")
+    box.press("Enter")
+    expect(item.locator(".edited")).to_have_text("edited")
+    expect(item.locator(".body")).to_have_text("no typo here")
+    expect(item).not_to_have_attribute("data-change", re.compile(".*"))
+    expect(item.locator(".change-note")).to_have_count(0)
+    assert [event["body"] for event in lost] == ["no typo here"]
+    assert Message.objects.get(pk=mine.pk).body == "no typo here"
+
+    # The next event shows the hole, which is read: the server's copy replaces the page's.
+    services.post_message(alice, room, "and another", "k2")
+    expect(a.message("and another")).to_have_count(1)
+    expect(item.locator(".body")).to_have_text("no typo here")
+    expect(item.locator(".change-note")).to_have_count(0)
+
+
+def test_a_change_waiting_on_a_socket_that_closes_fails_at_once(
+    sessions: Any, alice: Any, room: Room
+) -> None:
+    mine = services.post_message(alice, room, "still here", "w1").message
+    routes: list[WebSocketRoute] = []
+    held: list[str | bytes] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def up(frame: str | bytes) -> None:
+            # The delete never reaches the server: the socket dies with it in flight.
+            if json.loads(frame).get("action") == "deletemessage":
+                held.append(frame)
+            else:
+                server.send(frame)
+
+        ws.on_message(up)
+        routes.append(ws)
+
+    a = sessions(alice)
+    a.page.route_web_socket(re.compile(r"/ws/"), route)
+    # Far longer than the test waits: only the closing socket can answer in time.
+    a.open("general", FAST + "&ack_timeout=60000")
+    expect(a.badge).to_have_text("Live")
+    item = a.item(mine)
+    delete_button(item).click()
+    item.get_by_role("button", name="Delete", exact=True).click()
+    expect(item).to_have_attribute("data-change", "delete")
+    routes[0].close()
+    note = item.locator(".change-note")
+    expect(note).to_have_attribute("data-code", "network", timeout=3000)
+    expect(note).to_contain_text("Not deleted:")
+    expect(item.locator(".body")).to_have_text("still here")
+    expect(a.badge).to_have_text("Live")
+    expect(delete_button(item)).to_be_enabled()
+    assert not Message.objects.get(pk=mine.pk).deleted
+    assert len(held) == 1
+
+
+def test_live_messages_are_kept_while_history_reloads_after_a_resync(
+    sessions: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    for n in range(60):
+        services.post_message(alice, room, f"old {n:02}", f"old-{n}")
+    routes: list[WebSocketRoute] = []
+    pages: list[Any] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    b = sessions(bob)
+    b.page.route_web_socket(re.compile(r"/ws/"), route)
+    # Held, so that a live message arrives while the page waits for its history.
+    b.page.route(re.compile(r"/api/rooms/general/messages\?limit="), lambda r: pages.append(r))
+    b.open("general")
+    expect(b.badge).to_have_text("Live")
+    expect(b.page.locator("#messages .message")).to_have_count(50)
+    # What the server says when the page's cursor is too old to resume.
+    seq = Room.objects.get(pk=room.pk).seq
+    routes[0].send(
+        json.dumps(
+            {
+                "type": "subscribed",
+                "room": "general",
+                "seq": seq,
+                "resumed": False,
+                "reason": "resync",
+            }
+        )
+    )
+    expect(b.page.locator("#messages .message")).to_have_count(0)
+    # Playwright hands a held request to its handler while the test talks to the browser.
+    for _ in range(500):
+        if pages:
+            break
+        b.page.evaluate("0")
+    # The page as the server had it before the new message.
+    assert len(pages) == 1
+    answer = pages[0].fetch()
+    services.post_message(alice, room, "during the reload", "live-1")
+    expect(b.message("during the reload")).to_have_count(1)
+    pages[0].fulfill(response=answer)
+    expect(b.page.locator("#messages .message")).to_have_count(51)
+    assert b.bodies() == [f"old {n:02}" for n in range(10, 60)] + ["during the reload"]
+    expect(b.page.locator("#older button")).to_have_text("Load older messages")

@@ -15,10 +15,10 @@ const BADGES = {
   offline: ["Offline", "No network; messages will be sent when you are back"],
 };
 
-// Timings from data-* attributes, overridden by the query string (tests use short ones):
+// Timings other than the defaults come from the query string (tests use short ones):
 // ?ws_timeout=1500&ws_failures=2&probe_min=500&probe_max=2000&poll_timeout=10&heartbeat=30000
 //  &pong_timeout=10000&ack_timeout=10000&retry_min=1000&rooms_poll=30000&transport=poll
-function settings(root) {
+function settings() {
   const query = new URLSearchParams(location.search);
   const names = {
     wsTimeout: "ws_timeout",
@@ -34,12 +34,11 @@ function settings(root) {
   };
   const timings = {};
   for (const [key, name] of Object.entries(names)) {
-    const raw = query.get(name) ?? root.dataset[key];
+    const raw = query.get(name);
     const value = Number(raw);
     if (raw != null && raw !== "" && Number.isFinite(value) && value > 0) timings[key] = value;
   }
-  const transport = query.get("transport") ?? root.dataset.transport;
-  return { timings, forcePoll: transport === "poll" };
+  return { timings, forcePoll: query.get("transport") === "poll" };
 }
 
 function localTime(iso) {
@@ -134,7 +133,7 @@ class RoomView {
     this.lastTyping = 0;
     this.readSeq = 0;
 
-    const { timings, forcePoll } = settings(root);
+    const { timings, forcePoll } = settings();
     this.transport = new Transport({
       tokenUrl: root.dataset.apiToken,
       roomsUrl: root.dataset.apiRooms,
@@ -189,10 +188,9 @@ class RoomView {
     this.before = Number.isFinite(next) ? next : null;
     this.olderBox.replaceChildren();
     if (this.hasMore) {
-      const button = el("button", "link-button", "Load older messages");
-      button.type = "button";
-      button.addEventListener("click", () => this.loadOlder());
-      this.olderBox.append(button);
+      const older = button("Load older messages", "link-button");
+      older.addEventListener("click", () => this.loadOlder());
+      this.olderBox.append(older);
     } else if (this.byId.size) {
       this.olderBox.append(el("span", "muted", "Beginning of the conversation"));
     }
@@ -214,17 +212,16 @@ class RoomView {
       this.scroller.scrollTop = top + (this.scroller.scrollHeight - height);
     } catch (err) {
       this.olderBox.replaceChildren(el("span", "error", "Could not load older messages."));
-      const button = el("button", "link-button", "Try again");
-      button.type = "button";
-      button.addEventListener("click", () => this.loadOlder());
-      this.olderBox.append(" ", button);
+      const again = button("Try again", "link-button");
+      again.addEventListener("click", () => this.loadOlder());
+      this.olderBox.append(" ", again);
     } finally {
       this.loadingOlder = false;
       this.olderBox.classList.remove("loading");
     }
   }
 
-  async reload(seq) {
+  async reload() {
     // resync: the cursor was too old to resume; start again from the latest page.
     for (const li of this.byId.values()) {
       clearTimeout(li.editExpiry);
@@ -233,6 +230,9 @@ class RoomView {
     this.byId.clear();
     this.before = null;
     this.oldestId = Infinity;
+    // Until the page is here nothing is known to be older than a live event: every one is kept
+    // (upsert would drop them as changes to an unloaded page), and the page's own copies merge.
+    this.hasMore = false;
     try {
       const page = await this.transport.get(`${this.slug}/messages?limit=${PAGE}`);
       this.addPage(page.messages, page.has_more);
@@ -525,30 +525,45 @@ class RoomView {
     no.focus();
   }
 
-  // Shown as pending until the server answers. The answer is the changed message (as every
-  // subscriber gets it); a refusal puts the message back as the server has it, with the reason.
+  // Shown as pending until the server answers; a refusal puts the message back as the server has
+  // it, with the reason. The answer is shown at once: the `message` event for the change, which
+  // every subscriber gets, may come later (it replaces this with the server's copy).
   async change(li, kind, body = null) {
     const id = li.event.id;
     li.change = { kind, body };
     li.note = null;
     this.render(li, li.event);
     let error = null;
+    let answer = null;
     try {
-      const event =
+      answer =
         kind === "edit" ? await this.transport.edit(this.slug, id, body) : await this.transport.remove(this.slug, id);
-      // Over HTTP the answer may come before the poll brings the event: show it now.
-      if (event && event.type === "message") this.upsert(event);
     } catch (err) {
       error = err;
     }
     li.change = null;
-    if (error) li.note = this.changeNote(li, kind === "edit" ? "Not saved" : "Not deleted", error);
-    this.render(li, li.event);
+    if (error) {
+      li.note = this.changeNote(li, kind === "edit" ? "Not saved" : "Not deleted", error);
+      this.render(li, li.event);
+    } else {
+      this.upsert(this.changed(li.event, kind, body, answer));
+    }
     // The keyboard waited on the message while its buttons were off: back to the first of them.
     if (document.activeElement === li) {
       const next = li.querySelector(".meta button:not(:disabled)");
       if (next) next.focus({ preventScroll: true });
     }
+  }
+
+  // The message as the server has it after the change: over HTTP the answer is the changed
+  // `message` event; over a socket it is an `ack` with the change's seq.
+  changed(event, kind, body, answer) {
+    if (answer && answer.type === "message") return answer;
+    // The event came first (or the change changed nothing): it is the server's copy.
+    if (!answer || answer.seq <= event.seq) return event;
+    const seq = answer.seq;
+    if (kind === "edit") return { ...event, seq, body, edited: event.edited || new Date().toISOString() };
+    return { ...event, seq, body: "", deleted: true, attachment: null };
   }
 
   changeNote(li, what, err) {
@@ -568,12 +583,11 @@ class RoomView {
 
   reportButton(li, event) {
     const done = this.reported.has(event.id);
-    const button = el("button", "link-button report-button", done ? "Reported" : "Report");
-    button.type = "button";
-    button.disabled = done;
-    button.setAttribute("aria-label", done ? "Reported" : `Report this message by ${event.author}`);
-    button.addEventListener("click", () => this.openReport(li, event.id));
-    return button;
+    const label = done ? "Reported" : `Report this message by ${event.author}`;
+    const report = button(done ? "Reported" : "Report", "link-button report-button", label, "report");
+    report.disabled = done;
+    report.addEventListener("click", () => this.openReport(li, event.id));
+    return report;
   }
 
   // A small form inside the message: the reason is required by the server, and a dialog the
@@ -593,14 +607,15 @@ class RoomView {
     label.append(input);
     const send = el("button", null, "Send report");
     send.type = "submit";
-    const cancel = el("button", "link-button", "Cancel");
-    cancel.type = "button";
+    const cancel = button("Cancel", "link-button");
     const status = el("p", "report-status");
     status.setAttribute("role", "status");
     form.append(label, send, cancel, status);
     const close = () => {
       li.reportBox = null;
-      form.remove();
+      this.render(li, li.event);
+      const again = li.querySelector(".report-button:not(:disabled)");
+      if (again) again.focus();
     };
     cancel.addEventListener("click", close);
     form.addEventListener("keydown", (e) => {
@@ -625,17 +640,11 @@ class RoomView {
       this.reported.add(id);
       const thanks = el("p", "report-status ok", "Reported. The moderators will take a look.");
       thanks.setAttribute("role", "status");
-      form.replaceWith(thanks);
       li.reportBox = thanks;
-      const button = li.querySelector(".report-button");
-      if (button) {
-        button.textContent = "Reported";
-        button.disabled = true;
-        button.setAttribute("aria-label", "Reported");
-      }
+      this.render(li, li.event);
     });
     li.reportBox = form;
-    li.append(form);
+    this.render(li, li.event);
     input.focus();
   }
 
@@ -681,7 +690,6 @@ class RoomView {
     const uploading = item.state === "uploading";
     li.className = "message mine " + (failed ? "failed" : "pending");
     li.dataset.state = failed ? "failed" : uploading ? "uploading" : "pending";
-    li.dataset.clientId = item.client_id;
     const state = li.querySelector(".state");
     state.replaceChildren();
     if (uploading) {
@@ -694,13 +702,11 @@ class RoomView {
       return;
     }
     state.append(el("span", null, item.manual ? `Not sent: ${item.error}` : "Not sent, retrying… "));
-    const retry = el("button", "link-button retry", "Retry now");
-    retry.type = "button";
+    const retry = button("Retry now", "link-button");
     retry.addEventListener("click", () => this.transport.retry(item.client_id));
     state.append(retry);
     if (item.manual) {
-      const drop = el("button", "link-button", "Discard");
-      drop.type = "button";
+      const drop = button("Discard", "link-button");
       drop.addEventListener("click", () => {
         this.transport.discard(item.client_id);
         this.byClient.delete(item.client_id);
@@ -779,7 +785,7 @@ class RoomView {
     });
     t.addEventListener("outgoing", (e) => this.showOutgoing(e.detail));
     t.addEventListener("ack", (e) => this.acked(e.detail));
-    t.addEventListener("resync", (e) => e.detail.room === this.slug && this.reload(e.detail.seq));
+    t.addEventListener("resync", (e) => e.detail.room === this.slug && this.reload());
     t.addEventListener("typing", (e) => e.detail.room === this.slug && this.showTyping(e.detail.user));
     t.addEventListener("presence", (e) => e.detail.room === this.slug && this.showPresence(e.detail.users));
     t.addEventListener("room", (e) => {

@@ -7,6 +7,8 @@
 // when it becomes visible again or reconnects) is cheap and bounded. A per-user notification
 // channel would make this push-based; the protocol does not have one yet.
 
+import { getJson } from "./transport.js";
+
 const DEFAULT_INTERVAL = 30000;
 
 // onCurrent(room, askedAt): the current room's entry, with the performance.now() at which it was
@@ -14,19 +16,11 @@ const DEFAULT_INTERVAL = 30000;
 export function startSidebar({ list, apiUrl, transport, current, roomUrl, interval, onCurrent }) {
   if (!list) return null;
   const every = interval || DEFAULT_INTERVAL;
-  const url = apiUrl || null;
   let timer = null;
   let inflight = false;
 
   async function fetchRooms() {
-    if (transport) return (await transport.get("")).rooms;
-    const response = await fetch(url, {
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-      cache: "no-store",
-    });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    return (await response.json()).rooms;
+    return (await (transport ? transport.get("") : getJson(apiUrl))).rooms;
   }
 
   function item(room) {

@@ -23,7 +23,7 @@
 
 const PERMANENT = new Set(["bad_request", "forbidden", "not_found", "too_large", "unauthorized"]);
 
-export const DEFAULT_TIMINGS = {
+const DEFAULT_TIMINGS = {
   wsTimeout: 4000, // ms from opening a socket to its first frame
   wsFailures: 2, // failures in a row before falling back
   probeMin: 3000, // first background WebSocket probe after falling back
@@ -61,7 +61,7 @@ function due(item, now) {
   );
 }
 
-// The page renders the complete URL for this id; the real one goes in its place.
+// The page renders the attachment's complete URL for this id; the real one goes in its place.
 const NIL_ID = "00000000-0000-0000-0000-000000000000";
 
 const LOST_FILE = "The page was reloaded before the file was uploaded; attach it again.";
@@ -78,6 +78,36 @@ class HttpError extends Error {
     this.code = (data && data.error) || (status >= 500 ? "server_error" : "bad_request");
     this.retryAfter = data && data.retry_after;
   }
+}
+
+// Every JSON request of the page goes through here: the answer's data, or an HttpError (a
+// TypeError from fetch when the server was not reached, an AbortError when `signal` ended it).
+async function request(method, url, { data = null, signal, csrf } = {}) {
+  const headers = { Accept: "application/json" };
+  if (csrf) headers["X-CSRFToken"] = csrf;
+  if (data !== null) headers["Content-Type"] = "application/json";
+  const response = await fetch(url, {
+    method,
+    credentials: "same-origin",
+    headers,
+    cache: "no-store",
+    signal,
+    body: data === null ? undefined : JSON.stringify(data),
+  });
+  if (response.status === 204) return null;
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch (err) {
+    answer = null;
+  }
+  if (!response.ok) throw new HttpError(response.status, answer);
+  return answer;
+}
+
+// A GET of the JSON API, for a page without a transport (the rooms index).
+export function getJson(url, signal) {
+  return request("GET", url, { signal });
 }
 
 export class Transport extends EventTarget {
@@ -98,7 +128,7 @@ export class Transport extends EventTarget {
     this.storageKey = `chat.outbox.${options.user || ""}`;
     this.outbox = this._loadOutbox();
     this.uploads = new Map(); // File -> its XMLHttpRequest while it uploads
-    // client_id -> {resolve, reject, timer, changes?} of a report, edit or delete sent on the socket
+    // client_id -> {resolve, reject, timer, ws} of a report, edit or delete sent on the socket
     this.requests = new Map();
     this.started = false;
   }
@@ -185,49 +215,37 @@ export class Transport extends EventTarget {
   // with {code, detail} otherwise. Not queued: the user is looking at the answer.
   report(slug, id, reason) {
     if (this._wsReady()) return this._request({ action: "report", room: slug, id, reason });
-    return this._answer(this._post(`${slug}/messages/${id}/report`, { reason }));
+    return this._answer(this._send("POST", this._api(`${slug}/messages/${id}/report`), { reason }));
   }
 
-  // Edit or delete one's own message. Resolves with the changed `message` event (which also
-  // arrives as an event, as for every subscriber); rejects with {code, detail}. Not queued either:
-  // a change that waited for the network could land after the edit window, or after the user
-  // stopped looking, and the server's refusal would then reach nobody.
+  // Edit or delete one's own message. Resolves with the server's answer: over a socket an `ack`
+  // (its `seq` is the change's; the changed `message` event follows, as for every subscriber),
+  // over HTTP the changed `message` event itself (the poll brings it too). Rejects with
+  // {code, detail}. Not queued either: a change that waited for the network could land after the
+  // edit window, or after the user stopped looking, and the server's refusal would reach nobody.
   edit(slug, id, body) {
-    if (this._wsReady()) {
-      // A success has no answer of its own on a socket: the changed message is the answer.
-      const changes = (event) => event.id === id && Boolean(event.edited || event.deleted);
-      return this._request({ action: "editmessage", room: slug, id, body }, changes);
-    }
+    if (this._wsReady()) return this._request({ action: "editmessage", room: slug, id, body });
     return this._changeOverHttp("PATCH", slug, id, { body });
   }
 
   remove(slug, id) {
-    if (this._wsReady()) {
-      const changes = (event) => event.id === id && event.deleted;
-      return this._request({ action: "deletemessage", room: slug, id }, changes);
-    }
+    if (this._wsReady()) return this._request({ action: "deletemessage", room: slug, id });
     return this._changeOverHttp("DELETE", slug, id);
   }
 
   typing(slug) {
     if (this._wsReady()) this._wsSend({ action: "typing", room: slug });
-    else if (this.state === "fallback") this._post(`${slug}/typing`, {}).catch(() => {});
+    else if (this.state === "fallback") this._send("POST", this._api(`${slug}/typing`), {}).catch(() => {});
   }
 
   read(slug, seq) {
     if (this._wsReady()) this._wsSend({ action: "read", room: slug, seq });
-    else if (this.state !== "offline") this._post(`${slug}/read`, { seq }).catch(() => {});
+    else if (this.state !== "offline") this._send("POST", this._api(`${slug}/read`), { seq }).catch(() => {});
   }
 
   // The JSON API, for the page (history pages) and for the fallback.
-  async get(path, signal) {
-    const response = await fetch(this.options.roomsUrl + path, {
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-      cache: "no-store",
-      signal,
-    });
-    return this._json(response);
+  get(path, signal) {
+    return this._send("GET", this._api(path), null, signal);
   }
 
   // --- state ---
@@ -236,6 +254,7 @@ export class Transport extends EventTarget {
     if (this.state === state) return;
     this.state = state;
     this._emit("state", { state, mode: this.mode });
+    // The one place a new connection sends what waits.
     if (state === "live" || state === "fallback") this._flush();
   }
 
@@ -278,13 +297,8 @@ export class Transport extends EventTarget {
     return this.ws && this.ws.alive && this.ws.readyState === WebSocket.OPEN;
   }
 
-  async _token() {
-    const response = await fetch(this.options.tokenUrl, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "X-CSRFToken": this._csrf(), Accept: "application/json" },
-    });
-    return this._json(response);
+  _token() {
+    return this._send("POST", this.options.tokenUrl);
   }
 
   // One attempt. As the main connection (`probe` false) a failure counts towards falling back;
@@ -350,6 +364,11 @@ export class Transport extends EventTarget {
     this._clear("pong");
     this._clear("rotate");
     for (const item of this.outbox) if (item.state === "sending" && item.via === ws) item.state = "pending";
+    // A report, edit or delete sent on this socket gets no answer now: the user hears so at once.
+    for (const [clientId, waiting] of this.requests) {
+      if (waiting.ws !== ws) continue;
+      this._answered(clientId, { code: "network", detail: "The connection was lost; try again." }, "reject");
+    }
     if (this.state === "offline") return;
     if (ws.alive) {
       // A working socket went away (server restart, API Gateway's 2-hour limit, rotation):
@@ -419,7 +438,6 @@ export class Transport extends EventTarget {
       if (this.ws === ws) ws.close(4000, "rotating before the gateway's limit");
     });
     this._emit("connected", { mode: "ws" });
-    this._flush();
   }
 
   _heartbeat(ws) {
@@ -448,36 +466,36 @@ export class Transport extends EventTarget {
   }
 
   // A frame that the server answers to this client alone: an `ack` or an `error` with its
-  // client_id, or (with `changes`) the first `message` event that `changes(event)` accepts.
-  _request(frame, changes = null) {
+  // client_id. The socket closing answers it too (a network error).
+  _request(frame) {
     const clientId = newClientId();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.requests.delete(clientId);
         reject({ code: "timeout", detail: "No answer from the server; try again." });
       }, this.t.ackTimeout);
-      this.requests.set(clientId, { resolve, reject, timer, changes });
+      this.requests.set(clientId, { resolve, reject, timer, ws: this.ws });
       this._wsSend({ ...frame, client_id: clientId });
     });
   }
 
   _changeOverHttp(method, slug, id, data = null) {
-    const sent = this._send(method, `${this.options.roomsUrl}${slug}/messages/${id}`, data).then((event) => {
-      this._deliverOwn(event);
-      return event;
-    });
-    return this._answer(sent);
+    return this._answer(this._send(method, this._api(`${slug}/messages/${id}`), data));
   }
 
-  // HTTP failures in the shape the socket's `error` events have.
+  // An HTTP failure in the shape the socket's `error` events have.
+  _failure(err) {
+    const network = !(err instanceof HttpError);
+    return {
+      code: network ? "network" : err.code,
+      detail: network ? "The server could not be reached; try again." : err.message,
+      retry_after: err.retryAfter,
+    };
+  }
+
   _answer(promise) {
     return promise.catch((err) => {
-      const network = !(err instanceof HttpError);
-      throw {
-        code: network ? "network" : err.code,
-        detail: network ? "The server could not be reached; try again." : err.message,
-        retry_after: err.retryAfter,
-      };
+      throw this._failure(err);
     });
   }
 
@@ -515,14 +533,6 @@ export class Transport extends EventTarget {
     return true;
   }
 
-  // Every message event passes here, in seq order, whichever way it came (live, resume, gap fill).
-  _emitMessage(event) {
-    this._emit("message", event);
-    for (const [clientId, waiting] of this.requests) {
-      if (waiting.changes && waiting.changes(event)) this._answered(clientId, event, "resolve");
-    }
-  }
-
   // --- long-polling ---
 
   _fallback() {
@@ -531,7 +541,6 @@ export class Transport extends EventTarget {
     this._setState("fallback");
     this._emit("connected", { mode: "poll" });
     for (const slug of this.rooms.keys()) this._pollLoop(slug);
-    this._flush();
     this.probes = 0;
     if (!this.options.forcePoll) this._wsFailed(true);
   }
@@ -615,31 +624,38 @@ export class Transport extends EventTarget {
       if (event.seq <= room.cursor) continue; // already seen: a resume or fill overlap
       if (event.seq > room.cursor + 1) {
         // Something between was lost on the way: read it from the database, then go on.
-        await this._fill(slug, room);
+        if (!(await this._fill(slug, room))) {
+          // Not read: nothing moves past the hole. Ask again from the cursor; the answer brings
+          // the hole and these events. (A long-poll loop does so anyway with its next request.)
+          if (this.rooms.get(slug) === room && this._wsReady()) this._subscribe(slug);
+          return;
+        }
         if (event.seq <= room.cursor) continue;
       }
       room.cursor = event.seq;
-      this._emitMessage(event);
+      this._emit("message", event);
     }
   }
 
+  // Whether the events after the cursor could be read.
   async _fill(slug, room) {
     let answer;
     try {
       answer = await this.get(`${slug}/messages?after=${room.cursor}`);
     } catch (err) {
-      return; // the event goes through; the next resume reads what is missing
+      return false;
     }
     if (answer.resync) {
-      await this._resetRoom(slug, room, answer.seq);
-      return;
+      this._resetRoom(slug, room, answer.seq);
+      return true;
     }
     for (const event of answer.messages) {
       if (event.seq <= room.cursor) continue;
       room.cursor = event.seq;
-      this._emitMessage(event);
+      this._emit("message", event);
     }
     room.cursor = Math.max(room.cursor, answer.seq);
+    return true;
   }
 
   _resync(slug, seq) {
@@ -650,7 +666,7 @@ export class Transport extends EventTarget {
   }
 
   // The cursor is too old to resume: the page reloads history, and events go on after `seq`.
-  async _resetRoom(slug, room, seq) {
+  _resetRoom(slug, room, seq) {
     room.cursor = seq;
     this._emit("resync", { room: slug, seq });
   }
@@ -737,15 +753,11 @@ export class Transport extends EventTarget {
         try {
           const data = { body: item.body, client_id: item.client_id };
           if (item.attachment) data.attachment = item.attachment.id;
-          const event = await this._post(`${item.room}/messages`, data);
+          const event = await this._send("POST", this._api(`${item.room}/messages`), data);
           this._acked(item.client_id, event);
           this._deliverOwn(event);
         } catch (err) {
-          this._sendFailed(item.client_id, {
-            code: err.code || "network",
-            detail: err.message,
-            retry_after: err.retryAfter,
-          });
+          this._sendFailed(item.client_id, this._failure(err));
         }
       }
     } finally {
@@ -768,7 +780,7 @@ export class Transport extends EventTarget {
     this._emit("outgoing", item);
     try {
       const info = item.fileInfo;
-      const created = await this._postTo(this.options.attachmentsUrl, {
+      const created = await this._send("POST", this.options.attachmentsUrl, {
         name: info.name,
         size: info.size,
         content_type: info.content_type || "application/octet-stream",
@@ -777,11 +789,8 @@ export class Transport extends EventTarget {
         item.progress = fraction;
         this._emit("outgoing", item);
       });
-      const completeUrl = (this.options.completeUrl || `/api/attachments/${NIL_ID}/complete`).replace(
-        NIL_ID,
-        encodeURIComponent(created.attachment.id),
-      );
-      const done = await this._postTo(completeUrl, {});
+      const completeUrl = this.options.completeUrl.replace(NIL_ID, encodeURIComponent(created.attachment.id));
+      const done = await this._send("POST", completeUrl, {});
       if (!this.outbox.includes(item)) return; // discarded meanwhile
       item.attachment = done.attachment;
       item.file = null;
@@ -860,7 +869,7 @@ export class Transport extends EventTarget {
 
   _sendFailed(clientId, error) {
     const item = this.outbox.find((i) => i.client_id === clientId);
-    if (!item || item.state === "acked") return;
+    if (!item) return;
     item.state = "failed";
     item.error = error.detail || error.code;
     item.via = null;
@@ -880,39 +889,18 @@ export class Transport extends EventTarget {
 
   // --- HTTP ---
 
+  // The cookie is the current token (Django rotates it at login); the page's form has the one it
+  // was rendered with, for when the cookie cannot be read.
   _csrf() {
-    return this.options.csrfToken || cookie("csrftoken");
+    return cookie("csrftoken") || this.options.csrfToken;
   }
 
-  _post(path, data) {
-    return this._postTo(this.options.roomsUrl + path, data);
+  // A path of the rooms API (under /api/rooms/).
+  _api(path) {
+    return this.options.roomsUrl + path;
   }
 
-  _postTo(url, data) {
-    return this._send("POST", url, data);
-  }
-
-  async _send(method, url, data = null) {
-    const headers = { Accept: "application/json", "X-CSRFToken": this._csrf() };
-    if (data !== null) headers["Content-Type"] = "application/json";
-    const response = await fetch(url, {
-      method,
-      credentials: "same-origin",
-      headers,
-      body: data === null ? undefined : JSON.stringify(data),
-    });
-    return this._json(response);
-  }
-
-  async _json(response) {
-    if (response.status === 204) return null;
-    let data = null;
-    try {
-      data = await response.json();
-    } catch (err) {
-      data = null;
-    }
-    if (!response.ok) throw new HttpError(response.status, data);
-    return data;
+  _send(method, url, data = null, signal = undefined) {
+    return request(method, url, { data, signal, csrf: this._csrf() });
   }
 }
