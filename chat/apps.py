@@ -29,7 +29,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="chat.E001",
             )
         )
-    uses_layer = "chat.fanout.channel_layer_publisher" in settings.CHAT_PUBLISHERS
+    from chat import fanout
+
+    uses_layer = fanout.uses_channel_layer()
     if settings.CHAT_POLL_WAIT == "hub" and not uses_layer:
         errors.append(
             checks.Error(

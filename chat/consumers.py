@@ -243,11 +243,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=encode(event))
             if event["type"] == "subscribed":
                 subscribed.append(event)
-            elif event["type"] == "error" and event.get("room"):
-                # A subscribe that failed after joining must not leave live events waiting.
-                room_id = next((r for r, s in self.slugs.items() if s == event["room"]), None)
-                if room_id is not None and self.cursors.get(room_id, 0) is None:
-                    await self.leave_room(room_id)
         for event in subscribed:
             room_id = next((r for r, s in self.slugs.items() if s == event["room"]), None)
             if room_id is None or room_id not in self.cursors:

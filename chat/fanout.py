@@ -87,6 +87,17 @@ def _forget_publishers(setting: str, **kwargs: Any) -> None:
     # Chosen once per process; a settings override (tests) chooses again.
     if setting == "CHAT_PUBLISHERS":
         _publishers.cache_clear()
+    if setting in ("REDIS_URL", "CHANNEL_LAYERS", "CHAT_REDIS_PREFIX"):
+        _sync_redis.cache_clear()
+
+
+CHANNEL_LAYER_PUBLISHER = "chat.fanout.channel_layer_publisher"
+
+
+def uses_channel_layer() -> bool:
+    """Whether this deployment publishes on the channel layer (self-hosted), as opposed to only
+    through API Gateway (serverless)."""
+    return CHANNEL_LAYER_PUBLISHER in settings.CHAT_PUBLISHERS
 
 
 def publish(room_id: int, event: dict[str, Any]) -> None:

@@ -119,15 +119,21 @@ def subscribe(conn: Connection, frame: Frame) -> list[Event]:
         after = services.clean_seq(after, "after")
     conn.join(room)
     replies: list[Event]
-    if after is None:
-        seq = Room.objects.values_list("seq", flat=True).get(pk=room.pk)
-        replies = [events.subscribed(room.slug, seq, resumed=False)]
-    else:
-        changes, seq = services.changes_after(room, after)
-        if changes is None:
-            replies = [events.subscribed(room.slug, seq, resumed=False, reason="resync")]
+    try:
+        if after is None:
+            seq = Room.objects.values_list("seq", flat=True).get(pk=room.pk)
+            replies = [events.subscribed(room.slug, seq, resumed=False)]
         else:
-            replies = [events.subscribed(room.slug, seq, resumed=True), *changes]
+            changes, seq = services.changes_after(room, after)
+            if changes is None:
+                replies = [events.subscribed(room.slug, seq, resumed=False, reason="resync")]
+            else:
+                replies = [events.subscribed(room.slug, seq, resumed=True), *changes]
+    except Exception:
+        # Refused (a cursor ahead of the room) or failed after joining: not subscribed after
+        # all, on every transport (a Lambda subscription row is already committed).
+        conn.leave(room)
+        raise
     # The room's state as of now: a lock, unlock or rename missed while away is not a message, so
     # no cursor replays it; the current state replaces whatever the client had.
     replies.append(events.room_state(room.slug, room.locked, room.title))

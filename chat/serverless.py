@@ -478,7 +478,9 @@ def connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "user": user,
             "domain": rc["domainName"],
             "stage": rc["stage"],
-            "default_room": room[:50] if isinstance(room, str) else "",
+            # Not cut to fit: a cut slug could name another room. Too long is no room (the
+            # subscribe answers not_found, as on Channels).
+            "default_room": room if len(room) <= 50 else "",
             "connected_at": now,
             "last_seen": now,
         },
@@ -490,7 +492,7 @@ def connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if subscribed and not any(e["type"] == "presence" for e in replies):
             # A changed list was published to the room, before this socket could receive it.
             room_id = Room.objects.values_list("pk", flat=True).get(slug=subscribed["room"])
-            replies.append(events.presence(subscribed["room"], presence.store().users(room_id)))
+            replies.append(events.presence(subscribed["room"], presence.users(room_id)))
         _after_connect(row.connection_id, endpoint(row.domain, row.stage), replies)
     return {"statusCode": 200}
 

@@ -851,7 +851,7 @@ def close_connections(user_id: int, room_id: int | None) -> None:
     the user's API Gateway connections are deleted through @connections (chat/serverless.py).
     New connections are refused at connect (site bans) or at subscribe (room bans)."""
     rooms = Room.objects.all() if room_id is None else Room.objects.filter(pk=room_id)
-    if "chat.fanout.channel_layer_publisher" in settings.CHAT_PUBLISHERS:
+    if fanout.uses_channel_layer():
         for room in rooms.only("pk", "slug", "locked", "title"):
             _tell_consumers(room, kick=user_id)
     rows = ApiConnection.objects.filter(user_id=user_id)
@@ -867,7 +867,7 @@ def close_connections(user_id: int, room_id: int | None) -> None:
 def _tell_consumers(room: Room, **control: Any) -> None:
     """A control message to the Channels consumers of a room (chat/consumers.py acts on `kick`
     and `recheck`): the room's unchanged state, harmless to anyone it does not concern."""
-    if "chat.fanout.channel_layer_publisher" not in settings.CHAT_PUBLISHERS:
+    if not fanout.uses_channel_layer():
         return
     event = events.room_state(room.slug, room.locked, room.title)
     message = {**fanout.layer_message(room.pk, event, fanout.encode(event)), **control}

@@ -344,3 +344,23 @@ async def test_presence_forgets_a_dead_process(
     while (await a.next("presence", timeout=15))["users"] != ["alice"]:
         pass
     assert time.monotonic() - started < 15
+
+
+async def test_a_refused_subscribe_leaves_the_connection_unsubscribed(
+    chat_server: Server, alice: Any, bob: Any, room: Room
+) -> None:
+    """The cursor is checked after joining (so nothing slips between join and read); a refusal
+    there must undo the join on every transport."""
+    from chat.models import Subscription
+
+    a, b = await peer(chat_server, alice), await peer(chat_server, bob)
+    await a.send({"action": "subscribe", "room": "general", "after": 99})
+    error = await a.next("error")
+    assert (error["code"], error["room"]) == ("bad_request", "general")
+    assert not await sync_to_async(Subscription.objects.filter(connection__user=alice).exists)()
+    await b.subscribe("general")
+    await b.send({"action": "sendmessage", "room": "general", "body": "not for alice"})
+    assert (await b.next("message"))["body"] == "not for alice"
+    await a.nothing_more()
+    await a.ws.close()
+    await b.ws.close()
