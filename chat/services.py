@@ -29,6 +29,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from chat import events, fanout
+from chat.errors import STATUS, ChatError  # noqa: F401 (re-exported)
 from chat.models import (
     ApiConnection,
     Attachment,
@@ -43,33 +44,6 @@ from chat.models import (
 )
 
 log = logging.getLogger(__name__)
-
-STATUS = {
-    "bad_request": 400,
-    "unknown_action": 400,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "too_large": 413,
-    "rate_limited": 429,
-    "server_error": 500,
-}
-
-
-class ChatError(Exception):
-    """A refusal every transport turns into its own error shape (an `error` event or JSON)."""
-
-    def __init__(self, code: str, detail: str, retry_after: float | None = None) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.retry_after = retry_after
-
-    @property
-    def status(self) -> int:
-        return STATUS.get(self.code, 400)
-
 
 # --- permissions and lookups ---
 
