@@ -23,14 +23,14 @@ services:
 browser:
 	bash tests/install-browser.sh
 
-test: $(BIN)/.installed services browser
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# ruff, and the layer contract of chat/ (pyproject.toml, [tool.importlinter]).
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .

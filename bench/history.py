@@ -2,9 +2,9 @@
 
 Reads are timed server-side, in this process, two ways:
   * "view": the whole Django request through django.test.Client (middleware, session and user
-    lookup, the view, services, JSON serialisation; no socket, no ASGI server);
-  * "services": get_room() + the services read + json.dumps of the answer (the read path alone).
-Writes: N writer threads (own DB connection each) calling services.post_message() into one room,
+    lookup, the view, the read path, JSON serialisation; no socket, no ASGI server);
+  * "reads": get_room() + the read path + json.dumps of the answer (the read path alone).
+Writes: N writer threads (own DB connection each) calling writepath.post_message() into one room,
 with publication to Redis as shipped, and again with publication switched off to isolate its cost.
 
     .venv/bin/python bench/history.py [--runs 3] [--requests 200] [--threads 8] [--seconds 5]
@@ -87,8 +87,8 @@ def fill(n: int) -> tuple[Any, float]:
 
 
 def time_reads(client: Any, room: Any, kind: str, count: int) -> dict[str, list[float]]:
-    """Per-request milliseconds for the view (test Client) and for the services path."""
-    from chat import services
+    """Per-request milliseconds for the view (test Client) and for the read path alone."""
+    from chat import access, reads
     from chat.fanout import encode
 
     seq = room.seq
@@ -112,12 +112,11 @@ def time_reads(client: Any, room: Any, kind: str, count: int) -> dict[str, list[
         assert response.status_code == 200, response.content[:200]
         # The read path alone: the same lookups and serialisation the view does.
         t2 = time.perf_counter()
-        r = services.get_room(user, room.slug)
+        r = access.get_room(user, room.slug)
         if kind == "after":
-            changes, s = services.changes_after(r, p["after"])
-            data: Any = {"messages": changes, "seq": s}
+            data: Any = reads.catch_up(r, p["after"]).answer("messages")
         else:
-            data = services.history(r, p.get("before"), 50)
+            data = reads.history(r, p.get("before"), 50)
         encode(data)
         t3 = time.perf_counter()
         if i >= 10:  # warm-up
@@ -127,7 +126,7 @@ def time_reads(client: Any, room: Any, kind: str, count: int) -> dict[str, list[
             body = json.loads(response.content)
             n = len(body["messages"])
             assert n == (20 if kind == "after" else 50), (kind, n)
-    return {"view": view_ms, "services": svc_ms}
+    return {"view": view_ms, "reads": svc_ms}
 
 
 _client_users: dict[int, Any] = {}
@@ -178,15 +177,15 @@ def post_throughput(threads: int, seconds: float, publish: bool) -> dict[str, An
     from django.conf import settings
     from django.db import connection
 
-    from chat import fanout, services
+    from chat import fanout, writepath
     from chat.models import Room
 
     room, _ = Room.objects.get_or_create(slug=POST_SLUG, defaults={"title": "Bench posting"})
     writers = users("bench-writer", threads)
-    saved = settings.CHAT_PUBLISHERS
+    saved = settings.CHAT_FANOUT_BACKENDS
     if not publish:
-        settings.CHAT_PUBLISHERS = []
-    fanout._publishers.cache_clear()
+        settings.CHAT_FANOUT_BACKENDS = []
+    fanout.backends.cache_clear()
     latencies: list[list[float]] = [[] for _ in range(threads)]
     errors = [0] * threads
     barrier = threading.Barrier(threads + 1)
@@ -202,7 +201,7 @@ def post_throughput(threads: int, seconds: float, publish: bool) -> dict[str, An
             while not stop.is_set() and n < 20_000:
                 t0 = time.perf_counter()
                 try:
-                    services.post_message(user, r, f"throughput {i} {n}", f"{tag}-{i}-{n}")
+                    writepath.post_message(user, r, f"throughput {i} {n}", f"{tag}-{i}-{n}")
                 except Exception:
                     errors[i] += 1
                 latencies[i].append((time.perf_counter() - t0) * 1000)
@@ -222,8 +221,8 @@ def post_throughput(threads: int, seconds: float, publish: bool) -> dict[str, An
         t.join()
     elapsed = time.perf_counter() - t0
     seq_after = Room.objects.get(pk=room.pk).seq
-    settings.CHAT_PUBLISHERS = saved
-    fanout._publishers.cache_clear()
+    settings.CHAT_FANOUT_BACKENDS = saved
+    fanout.backends.cache_clear()
     flat = [x for lat in latencies for x in lat]
     posted = seq_after - seq_before
     return {
@@ -296,8 +295,8 @@ def main() -> int:
                     "n": len(ms["view"]),
                     "view_p50": common.percentile(ms["view"], 50),
                     "view_p99": common.percentile(ms["view"], 99),
-                    "svc_p50": common.percentile(ms["services"], 50),
-                    "svc_p99": common.percentile(ms["services"], 99),
+                    "svc_p50": common.percentile(ms["reads"], 50),
+                    "svc_p99": common.percentile(ms["reads"], 99),
                 }
             )
         posts.append(post_throughput(args.threads, args.seconds, publish=True))
@@ -332,7 +331,7 @@ def main() -> int:
         )
     print(
         common.table(
-            ["page", "requests", "view p50", "view p99", "services p50", "services p99"], rows, 2
+            ["page", "requests", "view p50", "view p99", "reads p50", "reads p99"], rows, 2
         )
     )
     print(f"SQL queries per view request: {queries}")

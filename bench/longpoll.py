@@ -3,7 +3,7 @@
 Each run starts a uvicorn process (chatsite.asgi on the bench PostgreSQL + Redis), parks N waiters
 on GET /api/rooms/<slug>/poll?after=<seq>&timeout=20 (session cookies of a few users, made with
 Django's SessionStore; aiohttp with no connection limit), waits until the server is idle (all
-parked), posts one message through services.post_message in this process (published through Redis
+parked), posts one message through writepath.post_message in this process (published through Redis
 to the server's room hub), and times each answer from just before the post.
 
 Presence: a poller's first request for a user announces `presence`, and any room event wakes every
@@ -83,7 +83,7 @@ async def one_round(
 ):
     import aiohttp
 
-    from chat import fanout, services
+    from chat import fanout, writepath
     from chat.models import Room
 
     # The poster: one thread with its database connection already open, as in a warm server.
@@ -150,7 +150,7 @@ async def one_round(
 
         fanout.publish = timed_publish
         posted = await loop.run_in_executor(
-            poster, services.post_message, user, room, "wake up", None
+            poster, writepath.post_message, user, room, "wake up", None
         )
         t_committed = time.time()
         fanout.publish = real_publish

@@ -1,6 +1,6 @@
 """The Django admin as the moderators' console.
 
-Every change to a message, a room's state or a ban goes through chat/services.py (permission
+Every change to a message, a room's state or a ban goes through the write path and moderation (permission
 checks, the room's next seq, the audit row, publication after commit); nothing here writes those
 models itself. Site staff see everything their Django permissions allow; a room's own moderators
 (staff accounts listed in Room.moderators) see and act on their rooms only.
@@ -19,7 +19,8 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from chat import services
+from chat import access, fanout, moderation
+from chat.errors import ChatError
 from chat.models import (
     ApiConnection,
     Attachment,
@@ -32,7 +33,6 @@ from chat.models import (
     Room,
     Subscription,
 )
-from chat.services import ChatError
 
 
 def moderated_rooms(user: Any) -> QuerySet[Room]:
@@ -155,7 +155,7 @@ class MembershipInline(admin.TabularInline):
             # Asked without a room (the inline's queryset): the parent form only opens for the
             # rooms the user moderates, and the formset only holds that room's rows.
             return request.user.is_staff and Room.objects.filter(moderators=request.user).exists()
-        return services.can_moderate(request.user, room, "change_room")
+        return access.can_moderate(request.user, room, "change_room")
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return super().has_view_permission(request, obj) or self._manages(request, obj)
@@ -194,7 +194,7 @@ class RoomAdmin(RoomScoped):
     def save_model(self, request: HttpRequest, obj: Room, form: Any, change: bool) -> None:
         if not change:
             super().save_model(request, obj, form, change)
-            services.audit(request.user, "create_room", room=obj)
+            moderation.audit(request.user, "create_room", room=obj)
             return
         # Lock, rename, privacy and rate limit go through the write path (it publishes a `room`
         # event and writes the audit row); the rest of the form is saved as usual.
@@ -213,7 +213,7 @@ class RoomAdmin(RoomScoped):
         for field in Room._meta.concrete_fields:
             setattr(obj, field.attname, getattr(current, field.attname))
         try:
-            services.moderate_room(request.user, obj, wanted)
+            moderation.moderate_room(request.user, obj, wanted)
         except ChatError as exc:
             self.message_user(request, exc.detail, messages.ERROR)
 
@@ -225,9 +225,9 @@ class RoomAdmin(RoomScoped):
         if removed and room.private:
             # Members taken out of a private room stop receiving it, as when a room turns private.
             room_id = room.pk
-            transaction.on_commit(lambda: services.drop_readers_without_access(room_id))
+            transaction.on_commit(lambda: fanout.recheck(room_id))
         if "moderators" in form.changed_data or changed:
-            services.audit(
+            moderation.audit(
                 request.user,
                 "room_people",
                 room=form.instance,
@@ -239,7 +239,7 @@ class RoomAdmin(RoomScoped):
         self.run(
             request,
             rooms,
-            lambda room: services.moderate_room(request.user, room, {"locked": locked}),
+            lambda room: moderation.moderate_room(request.user, room, {"locked": locked}),
             "locked" if locked else "unlocked",
         )
 
@@ -284,7 +284,7 @@ class MessageAdmin(Permanent, RoomScoped):
     search_fields = ["body", "author__username", "room__slug"]
     # Messages change only through the write path (it takes the room's next seq and publishes):
     # no save or delete here (a save would write back what the form read; Django's delete would
-    # take a seq-less row out of history). The actions, which services check per message, do.
+    # take a seq-less row out of history). The actions, which moderation checks per message, do.
     actions = ["hide", "restore", "erase"]
 
     def _each(self, request: HttpRequest, queryset: QuerySet[Message], act: Any, done: str) -> None:
@@ -292,21 +292,21 @@ class MessageAdmin(Permanent, RoomScoped):
 
     @admin.action(description="Hide (clients show “message removed”; the text is kept)")
     def hide(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        self._each(request, queryset, services.hide_message, "hidden")
+        self._each(request, queryset, moderation.hide_message, "hidden")
 
     @admin.action(description="Restore hidden messages")
     def restore(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        self._each(request, queryset, services.restore_message, "restored")
+        self._each(request, queryset, moderation.restore_message, "restored")
 
     @admin.action(description="Delete for good (erase the text)")
     def erase(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        self._each(request, queryset, services.erase_message, "erased")
+        self._each(request, queryset, moderation.erase_message, "erased")
 
 
 @admin.register(Restriction)
 class RestrictionAdmin(RoomScoped):
-    """Bans and mutes. Adding one goes through services.restrict (a ban closes the user's open
-    connections); deleting one lifts it through services.lift. Both are in the audit log."""
+    """Bans and mutes. Adding one goes through moderation.restrict (a ban closes the user's open
+    connections); deleting one lifts it through moderation.lift. Both are in the audit log."""
 
     list_display = ["kind", "user", "room", "until", "reason", "created_by", "created"]
     list_filter = ["kind", "room"]
@@ -331,7 +331,7 @@ class RestrictionAdmin(RoomScoped):
 
     def save_model(self, request: HttpRequest, obj: Restriction, form: Any, change: bool) -> None:
         try:
-            made = services.restrict(
+            made = moderation.restrict(
                 request.user, obj.user, obj.kind, obj.room, obj.until, obj.reason
             )
         except ChatError as exc:
@@ -349,10 +349,10 @@ class RestrictionAdmin(RoomScoped):
         return super().response_add(request, obj, *args)
 
     def delete_model(self, request: HttpRequest, obj: Restriction) -> None:
-        services.lift(request.user, obj)
+        moderation.lift(request.user, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Restriction]) -> None:
-        self.run(request, queryset, lambda row: services.lift(request.user, row), "lifted")
+        self.run(request, queryset, lambda row: moderation.lift(request.user, row), "lifted")
 
 
 @admin.register(Report)
@@ -375,7 +375,7 @@ class ReportAdmin(RoomScoped):
     @admin.action(description="Mark resolved")
     def resolve(self, request: HttpRequest, queryset: QuerySet[Report]) -> None:
         try:
-            count = services.resolve_reports(request.user, queryset)
+            count = moderation.resolve_reports(request.user, queryset)
         except ChatError as exc:
             self.message_user(request, exc.detail, messages.ERROR)
             return
@@ -386,7 +386,7 @@ class ReportAdmin(RoomScoped):
         self.run(
             request,
             queryset.select_related("message__room"),
-            lambda r: services.hide_message(request.user, r.message.room, r.message_id, r.reason),
+            lambda r: moderation.hide_message(request.user, r.message.room, r.message_id, r.reason),
             "hidden",
         )
 
@@ -410,7 +410,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     if not (request.user.is_superuser or rooms.exists()):
         return render(request, "chat/dashboard.html", {"forbidden": True}, status=403)
     actions = ModerationAction.objects.filter(room__in=rooms)
-    if services.is_site_moderator(request.user):
+    if access.is_site_moderator(request.user):
         # Site-wide actions (site bans, deactivations) are the site moderators' business only.
         actions |= ModerationAction.objects.filter(room__isnull=True)
     reported = (

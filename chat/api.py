@@ -23,9 +23,9 @@ from django.http import (
     JsonResponse,
 )
 
-from chat import attachments, longpoll, services, tokens
+from chat import access, attachments, longpoll, moderation, reads, tokens, writepath
+from chat.errors import ChatError
 from chat.models import Restriction
-from chat.services import ChatError
 
 View = Callable[..., HttpResponse]
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def query_int(request: HttpRequest, name: str) -> int | None:
     value = request.GET.get(name)
     if value is None:
         return None
-    return services.clean_seq(value, name)
+    return writepath.clean_seq(value, name)
 
 
 # --- /api/rooms/ ---
@@ -97,46 +97,43 @@ def query_int(request: HttpRequest, name: str) -> int | None:
 def rooms(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         data = json_body(request)
-        room = services.create_room(
+        room = writepath.create_room(
             request.user,
             data.get("slug"),
             data.get("title"),
             data.get("private", False),
         )
         return JsonResponse(room.to_dict(unread=0), status=201)
-    return JsonResponse({"rooms": services.visible_rooms(request.user)})
+    return JsonResponse({"rooms": reads.visible_rooms(request.user)})
 
 
 @api("GET", "POST")
 def messages(request: HttpRequest, slug: str) -> HttpResponse:
-    room = services.get_room(request.user, slug)
+    room = access.get_room(request.user, slug)
     if request.method == "POST":
         data = json_body(request)
-        posted = services.post_message(
+        posted = writepath.post_message(
             request.user, room, data.get("body"), data.get("client_id"), data.get("attachment")
         )
         return JsonResponse(posted.message.to_event(), status=201 if posted.created else 200)
     after = query_int(request, "after")
     if after is not None:
-        changes, seq = services.changes_after(room, after, room.seq)
-        if changes is None:
-            return JsonResponse({"resync": True, "seq": seq})
-        return JsonResponse({"messages": changes, "seq": seq})
+        return JsonResponse(reads.catch_up(room, after, room.seq).answer("messages"))
     limit = query_int(request, "limit")
     if limit is None:
         limit = 50
     if not 1 <= limit <= 100:
         raise ChatError("bad_request", "`limit` must be between 1 and 100.")
-    return JsonResponse(services.history(room, query_int(request, "before"), limit))
+    return JsonResponse(reads.history(room, query_int(request, "before"), limit))
 
 
 @api("PATCH", "DELETE")
 def message(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
-    room = services.get_room(request.user, slug)
+    room = access.get_room(request.user, slug)
     if request.method == "DELETE":
-        changed = services.delete_message(request.user, room, message_id)
+        changed = writepath.delete_message(request.user, room, message_id)
     else:
-        changed = services.edit_message(
+        changed = writepath.edit_message(
             request.user, room, message_id, json_body(request).get("body")
         )
     return JsonResponse(changed.to_event())
@@ -144,9 +141,9 @@ def message(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
 
 @api("POST")
 def report(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
-    room = services.get_room(request.user, slug)
+    room = access.get_room(request.user, slug)
     data = json_body(request)
-    made = services.report_message(request.user, room, message_id, data.get("reason"))
+    made = moderation.report_message(request.user, room, message_id, data.get("reason"))
     return JsonResponse({"id": made.pk, "message": made.message_id}, status=201)
 
 
@@ -155,11 +152,11 @@ def report(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
 
 @api("POST")
 def moderate_message(request: HttpRequest, slug: str, message_id: int, action: str) -> HttpResponse:
-    room = services.get_room(request.user, slug)
+    room = access.get_room(request.user, slug)
     act = {
-        "hide": services.hide_message,
-        "restore": services.restore_message,
-        "erase": services.erase_message,
+        "hide": moderation.hide_message,
+        "restore": moderation.restore_message,
+        "erase": moderation.erase_message,
     }[action]
     changed = act(request.user, room, message_id, json_body(request).get("reason"))
     return JsonResponse(changed.to_event())
@@ -167,10 +164,10 @@ def moderate_message(request: HttpRequest, slug: str, message_id: int, action: s
 
 @api("POST")
 def moderate_room(request: HttpRequest, slug: str) -> HttpResponse:
-    room = services.get_room(request.user, slug)
+    room = access.get_room(request.user, slug)
     data = json_body(request)
     reason = data.pop("reason", None)
-    room = services.moderate_room(request.user, room, data, reason)
+    room = moderation.moderate_room(request.user, room, data, reason)
     return JsonResponse(room.to_dict() | {"rate_limit": room.rate_limit})
 
 
@@ -181,9 +178,9 @@ def restrictions(request: HttpRequest) -> HttpResponse:
     data = json_body(request)
     room = None
     if data.get("room") is not None:
-        room = services.get_room(request.user, data["room"])
-    user = services.find_user(data.get("user"))
-    row = services.restrict(
+        room = access.get_room(request.user, data["room"])
+    user = access.find_user(data.get("user"))
+    row = moderation.restrict(
         request.user, user, data.get("kind"), room, data.get("until"), data.get("reason")
     )
     return JsonResponse({"id": row.pk, "kind": row.kind}, status=201)
@@ -194,21 +191,21 @@ def restriction(request: HttpRequest, restriction_id: int) -> HttpResponse:
     row = Restriction.objects.select_related("room", "user").filter(pk=restriction_id).first()
     if row is None:
         raise ChatError("not_found", "There is no such ban or mute.")
-    services.lift(request.user, row, json_body(request).get("reason"))
+    moderation.lift(request.user, row, json_body(request).get("reason"))
     return HttpResponse(status=204)
 
 
 @api("POST")
 def read(request: HttpRequest, slug: str) -> HttpResponse:
-    room = services.get_room(request.user, slug)
-    services.mark_read(request.user, room, json_body(request).get("seq"))
+    room = access.get_room(request.user, slug)
+    writepath.mark_read(request.user, room, json_body(request).get("seq"))
     return HttpResponse(status=204)
 
 
 @api("POST")
 def typing(request: HttpRequest, slug: str) -> HttpResponse:
-    room = services.get_room(request.user, slug)
-    services.send_typing(request.user, room)
+    room = access.get_room(request.user, slug)
+    writepath.send_typing(request.user, room)
     return HttpResponse(status=204)
 
 
@@ -229,7 +226,7 @@ async def poll(request: HttpRequest, slug: str) -> HttpResponse:
 
 @api("POST")
 def ws_token(request: HttpRequest) -> HttpResponse:
-    if services.site_banned(request.user):
+    if access.site_banned(request.user):
         raise ChatError("forbidden", "You are banned.")
     ws_url = settings.CHAT_WS_URL or _default_ws_url(request)
     return JsonResponse(
@@ -247,7 +244,7 @@ def ws_token(request: HttpRequest) -> HttpResponse:
 @api("POST")
 def start_upload(request: HttpRequest, slug: str) -> HttpResponse:
     """Declare an upload: 201 with the pending attachment and where to send its bytes."""
-    room = services.get_room(request.user, slug)
+    room = access.get_room(request.user, slug)
     data = json_body(request)
     attachment = attachments.start_upload(
         request.user, room, data.get("name"), data.get("size"), data.get("content_type")

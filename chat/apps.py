@@ -12,8 +12,9 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_settings, checks.Tags.compatibility)
-        # Imported here: tokens needs the models, which are not loaded when this module is.
-        from chat import tokens
+        # Imported here: these need the models, which are not loaded when this module is.
+        # Moderation connects its signal receivers (deactivating a user is a site ban).
+        from chat import moderation, tokens  # noqa: F401
 
         # A WebSocket token dies with the session that made it (chat/tokens.py).
         user_logged_out.connect(tokens.forget_session, dispatch_uid="chat.tokens.forget_session")

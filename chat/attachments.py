@@ -12,7 +12,7 @@ An upload has three steps, the same on every storage so that one client serves b
    its content is what its type says. Images are opened with Pillow and get a thumbnail. A failed
    check deletes the object and the row: nothing refused is kept.
 
-`services.post_message` then puts a ready attachment into one message, once. Downloads go through
+`writepath.post_message` then puts a ready attachment into one message, once. Downloads go through
 `for_download`, which checks the room every time: the file itself on the file system, a redirect
 to a short-lived signed URL on S3.
 """
@@ -39,9 +39,9 @@ from django.utils import timezone
 from django.utils.text import get_valid_filename
 from PIL import Image, UnidentifiedImageError
 
-from chat import services
+from chat import access
+from chat.errors import ChatError
 from chat.models import Attachment, Room
-from chat.services import ChatError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def start_upload(user: Any, room: Room, name: Any, size: Any, content_type: Any)
     """Record a pending upload; refused uploads store nothing."""
     name, size, content_type = clean_name(name), clean_size(size), clean_type(content_type)
     # Whoever may not post here may not upload here either (muted, banned, a locked room).
-    services.check_can_post(user, room)
+    access.check_can_post(user, room)
     pk = uuid.uuid4()
     key = f"attachments/{room.pk}/{pk}/{get_valid_filename(name)[-100:] or 'file'}"
     with transaction.atomic():
@@ -349,15 +349,15 @@ def for_download(user: Any, pk: Any) -> Attachment:
     missing = ChatError("not_found", "There is no such file.")
     if attachment is None or attachment.status != Attachment.READY:
         raise missing
-    room = services.with_flags(user, attachment.room)  # the user's flags, read once
-    if not services.may_read(user, room):
+    room = access.with_flags(user, attachment.room)  # the user's flags, read once
+    if not access.may_read(user, room):
         raise missing
     message = getattr(attachment, "message", None)
     if message is None:
         # Not sent yet: only its uploader sees it (a preview before sending).
         if attachment.uploader_id != user.pk:
             raise missing
-    elif message.deleted or (message.hidden and not services.is_moderator(user, room)):
+    elif message.deleted or (message.hidden and not access.is_moderator(user, room)):
         raise missing
     return attachment
 

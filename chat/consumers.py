@@ -1,10 +1,9 @@
 """The self-hosted WebSocket transport: a Channels consumer that only moves frames.
 
-Parsing, validation and the actions live in chat/protocol.py; this module owns the socket and the
-order of what goes out on it. One writer task per socket sends everything, so replies and live events
-never interleave badly, and keeps a cursor per room: a live `message` at or below the cursor is
-dropped (a duplicate), one right after it is sent, and one further ahead means the layer lost something
-(it is at-most-once), so the gap is filled from the database before going on.
+The protocol (authentication, actions, what moderation means for a connection) is chat/protocol.py;
+gap detection is chat/cursor.py. This module owns the socket and the order of what goes out on it:
+one writer task per socket sends everything, so replies and live events never interleave badly; a
+live event the cursor finds ahead of a gap makes the writer fill it from the database first.
 """
 
 from __future__ import annotations
@@ -21,15 +20,23 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
-from chat import events, presence, protocol, services, tokens
+from chat import presence, protocol, reads
+from chat.cursor import Cursors, Verdict
+from chat.errors import ChatError
 from chat.fanout import encode
 from chat.hub import get_hub
 from chat.models import Room
 
 log = logging.getLogger(__name__)
 
-UNAUTHORIZED = 4401
-FORBIDDEN = 4403
+CLOSE_CODES = {"unauthorized": 4401, "forbidden": 4403}
+# Not thread-sensitive: Channels would otherwise run every socket's database work on one thread
+# per process, and that thread was the bottleneck under load.
+db = database_sync_to_async
+
+
+def in_thread(func: Any) -> Any:
+    return db(func, thread_sensitive=False)
 
 
 class SameOriginOrToken(OriginValidator):
@@ -49,15 +56,6 @@ def allowed_origins() -> list[str]:
     return (
         [*origins, *settings.CSRF_TRUSTED_ORIGINS] if "*" not in settings.ALLOWED_HOSTS else ["*"]
     )
-
-
-def _query(scope: dict[str, Any]) -> dict[str, str]:
-    parsed = parse_qs(scope.get("query_string", b"").decode("latin1"))
-    return {key: values[-1] for key, values in parsed.items()}
-
-
-def _has_origin(scope: dict[str, Any]) -> bool:
-    return any(name == b"origin" for name, _ in scope.get("headers", []))
 
 
 class ChannelsConnection(protocol.Connection):
@@ -81,55 +79,35 @@ class ChatConsumer(AsyncWebsocketConsumer):
     conn: ChannelsConnection | None = None
 
     async def connect(self) -> None:
-        query = _query(self.scope)
-        user = None
-        if "token" in query:
-            user = await database_sync_to_async(tokens.user_for_token, thread_sensitive=False)(
-                query["token"]
-            )
-        elif _has_origin(self.scope):
-            scope_user = self.scope.get("user")
-            if scope_user is not None and scope_user.is_authenticated and scope_user.is_active:
-                user = scope_user
-        if user is None:
-            await self.close(code=UNAUTHORIZED)
-            return
-        # Moderation: a site-banned user cannot reconnect.
-        if await database_sync_to_async(services.site_banned, thread_sensitive=False)(user):
-            await self.close(code=FORBIDDEN)
+        parsed = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
+        query = {key: values[-1] for key, values in parsed.items()}
+        browser = any(name == b"origin" for name, _ in self.scope.get("headers", []))
+        # The session cookie counts only for a browser (whose Origin the validator checked).
+        session_user = self.scope.get("user") if browser and "token" not in query else None
+        try:
+            user = await in_thread(protocol.authenticate)(query.get("token"), session_user)
+        except ChatError as refused:
+            await self.close(code=CLOSE_CODES.get(refused.code, 4403))
             return
         self.conn = ChannelsConnection(self, user, query.get("room"))
         self.username = user.get_username()
         self.outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(settings.CHAT_SEND_QUEUE)
-        # room id -> cursor; None while the subscribe reply is on its way (live events wait).
-        self.cursors: dict[int, int | None] = {}
+        self.cursors = Cursors()
         self.slugs: dict[int, str] = {}
-        self.pending: dict[int, list[dict[str, Any]]] = {}
         self.lagging: set[int] = set()
         await self.accept()
-        self.tasks = [
-            asyncio.create_task(self._write(), name="ws-writer"),
-            asyncio.create_task(self._heartbeat(), name="ws-presence"),
-        ]
-        if self.conn.default_room:
-            await self._run({"action": "subscribe", "room": self.conn.default_room})
+        self.writer = asyncio.create_task(self._write(), name="ws-writer")
+        self.tasks = [self.writer, asyncio.create_task(self._heartbeat(), name="ws-presence")]
+        await get_hub().watch(self.control)
+        replies = await in_thread(protocol.open_connection)(self.conn)
+        if replies:
+            await self.outbox.put(("reply", replies))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.conn is None:
             return
         frame, error = protocol.admit(self.conn, text_data, bytes_data)
-        if frame is None:
-            await self.outbox.put(("reply", [error]))
-            return
-        await self._run(frame)
-
-    async def _run(self, frame: dict[str, Any]) -> None:
-        assert self.conn is not None
-        # Not thread-sensitive: Channels would otherwise run every socket's database work on one
-        # thread per process, and that thread was the bottleneck under load.
-        replies = await database_sync_to_async(protocol.execute, thread_sensitive=False)(
-            self.conn, frame
-        )
+        replies = [error] if frame is None else await in_thread(protocol.execute)(self.conn, frame)
         if replies:
             await self.outbox.put(("reply", replies))
 
@@ -138,46 +116,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         for task in self.tasks:
             task.cancel()
-        hub = get_hub()
-        rooms = list(self.cursors)
-        for room_id in rooms:
-            await hub.leave(room_id, self.deliver)
-        await database_sync_to_async(self._leave_presence, thread_sensitive=False)(
-            [(room_id, self.slugs[room_id]) for room_id in rooms]
-        )
-        self.cursors.clear()
+        rooms = await self._leave_hub()
+        await in_thread(protocol.close_connection)(self.conn, rooms)
 
-    def _leave_presence(self, rooms: list[tuple[int, str]]) -> None:
-        assert self.conn is not None
-        for room_id, slug in rooms:
-            presence.leave(room_id, slug, self.conn.conn_id, self.username)
+    async def _leave_hub(self) -> list[tuple[int, str]]:
+        """Stop receiving anything; the rooms this socket received, for the protocol's goodbye."""
+        get_hub().unwatch(self.control)
+        rooms = [(room_id, self.slugs[room_id]) for room_id in self.cursors.rooms()]
+        for room_id, _ in rooms:
+            await self.leave_room(room_id)
+        return rooms
 
     # --- subscriptions (called through ChannelsConnection from the protocol handlers) ---
 
     async def join_room(self, room_id: int, slug: str) -> None:
-        self.cursors[room_id] = None
+        self.cursors.start(room_id)
         self.slugs[room_id] = slug
-        self.pending[room_id] = []
         await get_hub().join(room_id, self.deliver)
 
     async def leave_room(self, room_id: int) -> bool:
-        if room_id not in self.cursors:
+        if not self.cursors.stop(room_id):
             return False
-        del self.cursors[room_id]
-        self.pending.pop(room_id, None)
         await get_hub().leave(room_id, self.deliver)
         return True
 
-    # --- outgoing ---
+    # --- incoming from the hub ---
 
     def deliver(self, message: dict[str, Any]) -> None:
         """Called by the hub for every live event of a subscribed room; must not block."""
-        if "kick" in message or "recheck" in message:
-            # Moderation (chat/services._tell_consumers) acts at once: never queued behind, or
-            # dropped with, the events of a client that does not read.
-            if self.conn is not None and message.get("kick") in (None, self.conn.user.pk):
-                self.tasks.append(asyncio.create_task(self._control(message)))
-            return
         try:
             self.outbox.put_nowait(("live", message))
         except asyncio.QueueFull:
@@ -185,36 +151,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # catches up. Its memory stays bounded and nobody else waits for it.
             self.lagging.add(message["room"])
 
+    def control(self, message: dict[str, Any]) -> None:
+        """Moderation (chat/fanout.py) acts at once: never queued behind, or dropped with, the
+        events of a client that does not read."""
+        if self.conn is not None and protocol.control_applies(
+            self.conn, message, self.cursors.rooms()
+        ):
+            self.tasks.append(asyncio.create_task(self._control(message)))
+
     async def _control(self, message: dict[str, Any]) -> None:
-        room_id = message["room"]
-        if room_id not in self.cursors or self.conn is None:
+        assert self.conn is not None
+        if message["op"] == "close":
+            # Banned: stop the writer first, so nothing more of any room reaches this socket,
+            # then say why and close.
+            self.writer.cancel()
+            rooms = await self._leave_hub()
+            told = await in_thread(protocol.banned)(self.conn, rooms, message.get("room"))
+            await self.send(text_data=encode(told))
+            await self.close(code=CLOSE_CODES["forbidden"])
             return
-        slug = self.slugs[room_id]
-        if message.get("kick") is not None:
-            # Banned (chat/services.close_connections): stop the writer first, so nothing more
-            # of any room reaches this socket, then say why and close.
-            for task in self.tasks:
-                if task.get_name() == "ws-writer":
-                    task.cancel()
-            rooms = [(rid, self.slugs[rid]) for rid in list(self.cursors)]
-            for rid, _ in rooms:
-                await self.leave_room(rid)
-            await database_sync_to_async(self._leave_presence, thread_sensitive=False)(rooms)
-            error = events.error("forbidden", "You are banned.", room=slug, fatal=True)
-            await self.send(text_data=encode(error))
-            await self.close(code=FORBIDDEN)
-            return
-        # The room turned private, or this user left its members (services.
-        # drop_readers_without_access): leave it unless the user may still read it.
-        if await database_sync_to_async(_may_read, thread_sensitive=False)(self.conn.user, room_id):
-            return
-        if await self.leave_room(room_id):
-            await database_sync_to_async(self._leave_presence, thread_sensitive=False)(
-                [(room_id, slug)]
-            )
-            await self.send(
-                text_data=encode(events.error("forbidden", services.NO_ACCESS, room=slug))
-            )
+        for room_id in [message["room"]] if message.get("room") else self.cursors.rooms():
+            replies = await in_thread(protocol.recheck)(self.conn, room_id)
+            if replies:
+                await self.outbox.put(("reply", replies))
+
+    # --- outgoing: the writer ---
 
     async def _write(self) -> None:
         try:
@@ -237,71 +198,45 @@ class ChatConsumer(AsyncWebsocketConsumer):
             log.exception("websocket writer failed; closing")
             await self.close(code=1011)
 
-    async def _send_replies(self, replies: list[events.Event]) -> None:
-        subscribed = []
+    async def _send_replies(self, replies: list[dict[str, Any]]) -> None:
         for event in replies:
             await self.send(text_data=encode(event))
+        for event in replies:
             if event["type"] == "subscribed":
-                subscribed.append(event)
-        for event in subscribed:
-            room_id = next((r for r, s in self.slugs.items() if s == event["room"]), None)
-            if room_id is None or room_id not in self.cursors:
-                continue
-            self.cursors[room_id] = event["seq"]
-            for message in self.pending.pop(room_id, []):
-                await self._send_live(message)
-            self.pending[room_id] = []
+                room_id = next((r for r, s in self.slugs.items() if s == event["room"]), None)
+                if room_id is not None:
+                    for held in self.cursors.subscribed(room_id, event["seq"]):
+                        await self._send_live(held)
 
     async def _send_live(self, message: dict[str, Any]) -> None:
-        room_id = message["room"]
-        if room_id not in self.cursors:
+        if message["kind"] == "typing" and message.get("user") == self.username:
             return
-        cursor = self.cursors[room_id]
-        if cursor is None:
-            self.pending[room_id].append(message)
-            return
-        kind = message["kind"]
-        if kind == "message":
-            seq = message["seq"]
-            if seq <= cursor:
-                return
-            if seq > cursor + 1:
-                await self._fill(room_id)
-                return
-            self.cursors[room_id] = seq
-        elif kind == "typing" and message.get("user") == self.username:
-            return
-        await self.send(text_data=message["text"])
+        verdict = self.cursors.offer(message)
+        if verdict is Verdict.SEND:
+            await self.send(text_data=message["text"])
+        elif verdict is Verdict.FILL:
+            await self._fill(message["room"])
 
     async def _fill(self, room_id: int) -> None:
         """Send what the live path lost: every change after the cursor, from the database."""
         cursor = self.cursors.get(room_id)
         if cursor is None:
             return
-        changes, seq = await database_sync_to_async(_changes_after, thread_sensitive=False)(
-            room_id, cursor
-        )
+        caught = await in_thread(_catch_up)(room_id, cursor)
         if room_id not in self.cursors:
             return
-        if changes is None:
-            await self.send(
-                text_data=encode(events.subscribed(self.slugs[room_id], seq, False, "resync"))
-            )
-        else:
-            for event in changes:
-                await self.send(text_data=encode(event))
-        self.cursors[room_id] = max(seq, cursor)
+        for event in caught.frames(self.slugs[room_id]):
+            await self.send(text_data=encode(event))
+        self.cursors.filled(room_id, caught.seq)
 
     async def _heartbeat(self) -> None:
         interval = max(1.0, settings.CHAT_PRESENCE_TTL / 3)
         while True:
             await asyncio.sleep(interval)
-            rooms = [r for r, c in self.cursors.items() if c is not None]
+            rooms = self.cursors.started()
             if rooms:
                 try:
-                    await database_sync_to_async(self._refresh_presence, thread_sensitive=False)(
-                        rooms
-                    )
+                    await in_thread(self._refresh_presence)(rooms)
                 except Exception:
                     # Keep beating: one failure must not drop the user from presence for good.
                     log.warning("presence refresh failed", exc_info=True)
@@ -312,14 +247,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             presence.refresh(room_id, self.conn.conn_id, self.username)
 
 
-def _changes_after(room_id: int, cursor: int) -> tuple[list[events.Event] | None, int]:
+def _catch_up(room_id: int, cursor: int) -> reads.CatchUp:
     room = Room.objects.get(pk=room_id)
     try:
-        return services.changes_after(room, cursor, room.seq)
-    except services.ChatError:
-        return [], room.seq
-
-
-def _may_read(user: Any, room_id: int) -> bool:
-    room = Room.objects.filter(pk=room_id).first()
-    return room is not None and services.may_read(user, room)
+        return reads.catch_up(room, cursor, room.seq)
+    except ChatError:
+        return reads.CatchUp(room.seq)

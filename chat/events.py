@@ -65,3 +65,18 @@ def error(
     if fatal:
         event["fatal"] = True
     return event
+
+
+# Told to connections that moderation removes, on every transport (the detail is what people read).
+BANNED = "You are banned."
+NO_ACCESS = "You no longer have access to this room."
+
+
+def banned(room: str | None = None) -> Event:
+    """A ban closed this connection: the last event it receives."""
+    return error("forbidden", BANNED, room=room, fatal=True)
+
+
+def no_access(room: str) -> Event:
+    """The connection stopped receiving a room its user may no longer read; its other rooms go on."""
+    return error("forbidden", NO_ACCESS, room=room)

@@ -1,18 +1,27 @@
-"""Fan-out: `publish(room_id, event)`, one call for every live transport.
+"""Fan-out: the only way the write path and moderation reach live clients.
 
-The backends are chosen by the CHAT_PUBLISHERS setting: the Channels layer (self-hosted, where each
-process's room hub hands events to its sockets and long-poll waiters) and, on Lambda, API Gateway
-connections. Publication is best effort by design: the write path has already committed, and clients
-fill any gap from the database by `seq`. A failing backend is logged, never raised into the writer.
+Four calls, each handed to every backend named in CHAT_FANOUT_BACKENDS:
+
+- `publish(room_id, event)`: a room's event to everyone receiving the room;
+- `recheck(room_id, user_id=None)`: connections receiving the room (or only this user's) check
+  that their user may still read it, and stop receiving it, told why, if not; presence follows;
+- `close_user(user_id, room_id=None)`: close the user's connections (those receiving the room,
+  or all of them), told why; presence follows.
+
+Backends: `ChannelLayerBackend` (self-hosted: each process's room hub hands events to its sockets
+and long-poll waiters; control goes to the consumers only, on a group of its own, so it never wakes
+a long-poll) and `chat.apigateway.ApiGatewayBackend` (Lambda: API Gateway connections as rows).
+Everything here is best effort by design: the write path has already committed, clients fill any
+gap from the database by `seq`, and connections re-check access on their next frame. A failing
+backend is logged, never raised into the writer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from asgiref.sync import async_to_sync
@@ -25,19 +34,30 @@ from django.utils.module_loading import import_string
 
 log = logging.getLogger(__name__)
 
-Publisher = Callable[[int, dict[str, Any], str], None]
+Event = dict[str, Any]
+
+# Control messages of the channel layer (one group for the deployment: moderation is rare, and a
+# per-room group would make a site ban one message per room).
+CONTROL_GROUP = "chat.control"
+CONTROL_TYPE = "chat.control"
+
+
+class Backend(Protocol):
+    def publish(self, room_id: int, event: Event, text: str) -> None: ...
+    def recheck(self, room_id: int, user_id: int | None) -> None: ...
+    def close_user(self, user_id: int, room_id: int | None) -> None: ...
 
 
 def group_name(room_id: int) -> str:
     return f"room.{room_id}"
 
 
-def encode(event: dict[str, Any]) -> str:
+def encode(event: Event) -> str:
     """Serialise an event once; every socket of every process sends these same bytes."""
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
-def layer_message(room_id: int, event: dict[str, Any], text: str) -> dict[str, Any]:
+def layer_message(room_id: int, event: Event, text: str) -> dict[str, Any]:
     return {
         "type": "chat.event",
         "room": room_id,
@@ -57,8 +77,8 @@ def _sync_redis() -> redis.Redis | None:
     return None
 
 
-def layer_send(room_id: int, message: dict[str, Any]) -> None:
-    """Send one message to the room's group on the channel layer, from synchronous code."""
+def layer_send(group: str, message: dict[str, Any]) -> None:
+    """Send one message to a group on the channel layer, from synchronous code."""
     layer = get_channel_layer()
     if layer is None:
         return
@@ -67,44 +87,69 @@ def layer_send(room_id: int, message: dict[str, Any]) -> None:
         # The write path is synchronous: going through async_to_sync costs an event loop and a
         # Redis connection per call outside a server loop (measured ~2.5 ms). This sends the same
         # PUBLISH the pub/sub layer's group_send sends, on a pooled connection.
-        channel = f"{settings.CHAT_REDIS_PREFIX}__group__{group_name(room_id)}"
+        channel = f"{settings.CHAT_REDIS_PREFIX}__group__{group}"
         client.publish(channel, layer.serialize(message))
         return
-    async_to_sync(layer.group_send)(group_name(room_id), message)
+    async_to_sync(layer.group_send)(group, message)
 
 
-def channel_layer_publisher(room_id: int, event: dict[str, Any], text: str) -> None:
-    layer_send(room_id, layer_message(room_id, event, text))
+class ChannelLayerBackend:
+    """Self-hosted: events to the room's group, control to the consumers' group (chat/hub.py)."""
+
+    def publish(self, room_id: int, event: Event, text: str) -> None:
+        layer_send(group_name(room_id), layer_message(room_id, event, text))
+
+    def recheck(self, room_id: int, user_id: int | None) -> None:
+        self._control("recheck", room_id, user_id)
+
+    def close_user(self, user_id: int, room_id: int | None) -> None:
+        self._control("close", room_id, user_id)
+
+    def _control(self, op: str, room_id: int | None, user_id: int | None) -> None:
+        layer_send(
+            CONTROL_GROUP, {"type": CONTROL_TYPE, "op": op, "room": room_id, "user": user_id}
+        )
 
 
 @cache
-def _publishers() -> tuple[Publisher, ...]:
-    return tuple(import_string(path) for path in settings.CHAT_PUBLISHERS)
+def backends() -> tuple[Backend, ...]:
+    return tuple(import_string(path)() for path in settings.CHAT_FANOUT_BACKENDS)
 
 
 @receiver(setting_changed)
-def _forget_publishers(setting: str, **kwargs: Any) -> None:
+def _forget_backends(setting: str, **kwargs: Any) -> None:
     # Chosen once per process; a settings override (tests) chooses again.
-    if setting == "CHAT_PUBLISHERS":
-        _publishers.cache_clear()
+    if setting == "CHAT_FANOUT_BACKENDS":
+        backends.cache_clear()
     if setting in ("REDIS_URL", "CHANNEL_LAYERS", "CHAT_REDIS_PREFIX"):
         _sync_redis.cache_clear()
 
 
-CHANNEL_LAYER_PUBLISHER = "chat.fanout.channel_layer_publisher"
-
-
 def uses_channel_layer() -> bool:
-    """Whether this deployment publishes on the channel layer (self-hosted), as opposed to only
-    through API Gateway (serverless)."""
-    return CHANNEL_LAYER_PUBLISHER in settings.CHAT_PUBLISHERS
+    """Whether this deployment fans out on the channel layer (self-hosted), as opposed to only
+    through API Gateway (serverless): the long-poll's hub wait needs it."""
+    return any(isinstance(backend, ChannelLayerBackend) for backend in backends())
 
 
-def publish(room_id: int, event: dict[str, Any]) -> None:
-    text = encode(event)
-    for publisher in _publishers():
+def _each(what: str, call: Any) -> None:
+    for backend in backends():
         try:
-            publisher(room_id, event, text)
+            call(backend)
         except Exception:
             # Live push is an optimisation; clients recover what it misses from the database.
-            log.exception("publishing %s to room %s failed", event["type"], room_id)
+            log.exception("%s through %s failed", what, type(backend).__name__)
+
+
+def publish(room_id: int, event: Event) -> None:
+    text = encode(event)
+    _each(
+        f"publishing {event['type']} to room {room_id}", lambda b: b.publish(room_id, event, text)
+    )
+
+
+def recheck(room_id: int, user_id: int | None = None) -> None:
+    _each(f"rechecking room {room_id}", lambda b: b.recheck(room_id, user_id))
+
+
+def close_user(user_id: int, room_id: int | None = None) -> None:
+    _each(f"closing user {user_id}'s connections", lambda b: b.close_user(user_id, room_id))

@@ -5,6 +5,10 @@ dispatch; measured here that tops out near 2,650 deliveries/s with a p99 of half
 subscribes once per room, receives each event once (already serialised) and hands it to this process's
 local listeners: WebSocket consumers and long-poll waiters. Listeners are plain callables that must not
 block; each consumer has its own bounded queue, so a slow socket never holds the others up.
+
+Moderation's control messages (chat/fanout.py: recheck a room's readers, close a user's
+connections) come on a group of their own and go to the consumers that `watch()`, never to the
+rooms' listeners: a ban or a room made private does not wake every long-poll of the room.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat.fanout import group_name
+from chat import presence
+from chat.fanout import CONTROL_GROUP, CONTROL_TYPE, group_name
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +50,44 @@ class RoomHub:
         self.timers: dict[int, asyncio.TimerHandle] = {}
         # Rooms whose group subscription failed (Redis down): retried every second.
         self.unjoined: set[int] = set()
+        # Consumers told about control messages, and whether the control group is joined.
+        self.watchers: set[Listener] = set()
+        self.control_joined = False
 
     async def join(self, room_id: int, listener: Listener) -> None:
         """Start receiving the room's events. Returns once the subscription is in place."""
         async with self.lock:
-            if self.channel is None:
-                self.channel = await self.layer.new_channel("hub.")
+            await self._start()
             listeners = self.listeners.setdefault(room_id, set())
             first = not listeners
             listeners.add(listener)
             if first:
                 await self._group_add(room_id)
-            # The hub outlives the request that started it: its tasks get a fresh context, not the
-            # request's (whose thread-sensitive executor is gone once the request ends).
-            if self.reader is None or self.reader.done():
-                self.reader = asyncio.create_task(
-                    self._read(), name="room-hub-reader", context=contextvars.Context()
-                )
-            if self.maintainer is None or self.maintainer.done():
-                self.maintainer = asyncio.create_task(
-                    self._maintain(), name="room-hub-maintain", context=contextvars.Context()
-                )
+
+    async def watch(self, watcher: Listener) -> None:
+        """Start receiving control messages (every one: the watcher decides what applies)."""
+        async with self.lock:
+            await self._start()
+            self.watchers.add(watcher)
+            if not self.control_joined:
+                await self._control_add()
+
+    def unwatch(self, watcher: Listener) -> None:
+        self.watchers.discard(watcher)
+
+    async def _start(self) -> None:
+        if self.channel is None:
+            self.channel = await self.layer.new_channel("hub.")
+        # The hub outlives the request that started it: its tasks get a fresh context, not the
+        # request's (whose thread-sensitive executor is gone once the request ends).
+        if self.reader is None or self.reader.done():
+            self.reader = asyncio.create_task(
+                self._read(), name="room-hub-reader", context=contextvars.Context()
+            )
+        if self.maintainer is None or self.maintainer.done():
+            self.maintainer = asyncio.create_task(
+                self._maintain(), name="room-hub-maintain", context=contextvars.Context()
+            )
 
     async def leave(self, room_id: int, listener: Listener) -> None:
         async with self.lock:
@@ -95,6 +117,13 @@ class RoomHub:
         so events can arrive slightly out of order. Passed on as they come, every socket would see
         a gap and read the database; held here for a moment, the missing one usually arrives.
         """
+        if message.get("type") == CONTROL_TYPE:
+            for watcher in list(self.watchers):
+                try:
+                    watcher(message)
+                except Exception:
+                    log.exception("a control watcher failed")
+            return
         room_id, seq = message.get("room"), message.get("seq")
         last = self.last_seq.get(room_id)
         if message.get("kind") != "message" or seq is None or last is None or seq <= last:
@@ -166,13 +195,22 @@ class RoomHub:
         else:
             self.unjoined.discard(room_id)
 
-    async def _maintain(self) -> None:
-        from chat import presence
+    async def _control_add(self) -> None:
+        assert self.channel is not None
+        try:
+            await self.layer.group_add(CONTROL_GROUP, self.channel)
+        except Exception:
+            log.warning("room hub could not join the control group; retrying", exc_info=True)
+        else:
+            self.control_joined = True
 
+    async def _maintain(self) -> None:
         sweep_every = max(1.0, settings.CHAT_PRESENCE_TTL / 3)
         since_sweep = since_refresh = 0.0
-        while self.listeners:
+        while self.listeners or self.watchers:
             await asyncio.sleep(1.0)
+            if self.watchers and not self.control_joined:
+                await self._control_add()
             since_sweep += 1.0
             since_refresh += 1.0
             for room_id in list(self.unjoined):
@@ -191,6 +229,8 @@ class RoomHub:
                 since_refresh = 0.0
                 for room_id in self.rooms():
                     await self._group_add(room_id)
+                if self.control_joined:
+                    await self._control_add()
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoomHub] = weakref.WeakKeyDictionary()

@@ -1,4 +1,4 @@
-"""Long-polling, the fallback for networks that block WebSockets (shared/protocol.md, `poll`).
+"""Long-polling, the fallback for networks that block WebSockets (docs/protocol.md, "Long-polling").
 
 The client sends its cursor; the answer comes at once when anything is newer, otherwise the request
 waits for the room's next publication, up to a timeout below any gateway's limit, and answers empty.
@@ -22,9 +22,11 @@ from channels.db import database_sync_to_async
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from chat import events, presence, services
+from chat import access, events, presence, reads, writepath
+from chat.cursor import Cursors, Verdict
+from chat.errors import ChatError
 from chat.hub import get_hub
-from chat.services import ChatError
+from chat.models import Room
 
 Answer = dict[str, Any]
 Event = dict[str, Any]
@@ -46,48 +48,44 @@ def clean_timeout(value: Any) -> float:
 
 def _open(user: Any, slug: str, after: int) -> tuple[int, Answer | None, int, Event, Event]:
     """Check access, mark the poller present, and answer at once if anything is newer."""
-    room = services.get_room(user, slug)
+    room = access.get_room(user, slug)
     presence.join(room.pk, room.slug, f"poll-{user.pk}", user.get_username())
     state = events.room_state(room.slug, room.locked, room.title)
     # Who is online goes with every answer too: a poller woken by nothing else would otherwise
     # learn the list only when someone arrives or leaves.
     online = events.presence(room.slug, presence.users(room.pk))
-    changes, seq = services.changes_after(room, after, room.seq)
-    if changes is None:
-        return room.pk, {"resync": True, "seq": seq}, seq, state, online
-    if changes:
-        return room.pk, {"events": changes, "seq": seq}, seq, state, online
-    return room.pk, None, seq, state, online
+    caught = reads.catch_up(room, after, room.seq)
+    answer = caught.answer() if caught.resync or caught.changes else None
+    return room.pk, answer, caught.seq, state, online
 
 
 def _reread(room_id: int, after: int, state: Event | None = None) -> Answer | None:
     """What changed after the cursor; with `state`, a changed room state (lock, rename) too,
     which the database wait would otherwise never see."""
-    from chat.models import Room
-
     room = Room.objects.get(pk=room_id)
-    changes, seq = services.changes_after(room, after, room.seq)
-    if changes is None:
-        return {"resync": True, "seq": seq}
+    caught = reads.catch_up(room, after, room.seq)
+    if caught.resync:
+        return caught.answer()
     now = events.room_state(room.slug, room.locked, room.title)
     if state is not None and now != state:
-        changes = [*changes, now]
-    return {"events": changes, "seq": seq} if changes else None
+        caught.changes.append(now)
+    return caught.answer() if caught.changes else None
 
 
 async def wait_hub(
     room_id: int, after: int, timeout: float, username: str, state: Event
 ) -> Answer | None:
     loop = asyncio.get_running_loop()
-    woken: asyncio.Future[dict[str, Any]] = loop.create_future()
+    woken: asyncio.Future[tuple[Verdict, dict[str, Any]]] = loop.create_future()
+    cursors = Cursors()
+    cursors.start(room_id, after)
 
     def listener(message: dict[str, Any]) -> None:
-        if message["kind"] == "typing" and message.get("user") == username:
+        if woken.done() or (message["kind"] == "typing" and message.get("user") == username):
             return
-        if message["kind"] == "message" and (message.get("seq") or 0) <= after:
-            return
-        if not woken.done():
-            woken.set_result(message)
+        verdict = cursors.offer(message)
+        if verdict is not Verdict.DROP:
+            woken.set_result((verdict, message))
 
     hub = get_hub()
     await hub.join(room_id, listener)
@@ -99,18 +97,15 @@ async def wait_hub(
         if answer is not None:
             return answer
         try:
-            message = await asyncio.wait_for(woken, timeout)
+            verdict, message = await asyncio.wait_for(woken, timeout)
         except TimeoutError:
             return None
     finally:
         await hub.leave(room_id, listener)
-    event = json.loads(message["text"])
-    if message["kind"] != "message":
-        return {"events": [event], "seq": after}
-    if message["seq"] == after + 1:
-        # The usual case needs no database read: the event is the committed state.
-        return {"events": [event], "seq": message["seq"]}
-    return await database_sync_to_async(_reread, thread_sensitive=False)(room_id, after)
+    if verdict is Verdict.FILL:
+        return await database_sync_to_async(_reread, thread_sensitive=False)(room_id, after)
+    # The usual case needs no database read: the event is the committed state.
+    return {"events": [json.loads(message["text"])], "seq": cursors.get(room_id)}
 
 
 async def wait_database(
@@ -135,7 +130,7 @@ async def poll(user: Any, slug: str, after_raw: Any, timeout_raw: Any) -> Answer
         raise ChatError("unauthorized", "Log in first.")
     if after_raw is None:
         raise ChatError("bad_request", "Send `after`, the last seq you have.")
-    after = services.clean_seq(after_raw, "after")
+    after = writepath.clean_seq(after_raw, "after")
     timeout = clean_timeout(timeout_raw)
     room_id, answer, seq, state, online = await database_sync_to_async(
         _open, thread_sensitive=False

@@ -1,7 +1,7 @@
 """Rooms, memberships and messages.
 
 `Room.seq` is the room's change counter: every change to one of its messages takes the next value
-under a lock on the room row (see chat/services.py), so `seq` order is commit order and a reader
+under a lock on the room row (see chat/writepath.py), so `seq` order is commit order and a reader
 asking for `seq > n` never skips a change that commits later.
 """
 
@@ -15,8 +15,6 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
-from django.db.models.signals import post_save, pre_save
-from django.dispatch import receiver
 from django.utils import timezone
 
 slug_validator = RegexValidator(
@@ -47,7 +45,7 @@ class Room(models.Model):
         related_name="+",
     )
     created = models.DateTimeField(auto_now_add=True)
-    # Per-room moderators act only in their rooms; site staff act everywhere (chat/services.py).
+    # Per-room moderators act only in their rooms; site staff act everywhere (chat/access.py).
     moderators = models.ManyToManyField(
         settings.AUTH_USER_MODEL, blank=True, related_name="moderated_rooms"
     )
@@ -219,11 +217,12 @@ class Message(models.Model):
             models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq"),
             # Serves `before(seq, limit)`: history pages and the latest page (room, posted_seq < n).
             models.UniqueConstraint(fields=["room", "posted_seq"], name="message_room_posted_seq"),
-            # Serves idempotent retries: the same author and client_id is the same message.
+            # Serves idempotent retries: the same room, author and client_id is the same message
+            # (scoped to the room: a client that numbers its messages per room loses none).
             models.UniqueConstraint(
-                fields=["author", "client_id"],
+                fields=["room", "author", "client_id"],
                 condition=Q(client_id__isnull=False),
-                name="message_author_client_id",
+                name="message_room_author_client_id",
             ),
         ]
         indexes = [
@@ -452,7 +451,7 @@ class Report(models.Model):
 
 
 class ModerationAction(models.Model):
-    """The audit log: one row per moderation action, written by chat/services.py in the same
+    """The audit log: one row per moderation action, written by chat/moderation.py in the same
     transaction as the action, never changed afterwards."""
 
     actor = models.ForeignKey(
@@ -496,26 +495,3 @@ class LoggedOutSession(models.Model):
 
     def __str__(self) -> str:
         return f"session logged out at {self.at:%Y-%m-%d %H:%M}"
-
-
-# Deactivating a Django user is a site ban (chat/services.deactivated): remember whether it was
-# active before the save, act after it. Saves that name their fields (a login's last_login) are
-# skipped unless they change is_active.
-
-
-@receiver(pre_save, sender=settings.AUTH_USER_MODEL)
-def _remember_active(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
-    if instance.pk is None or (update_fields is not None and "is_active" not in update_fields):
-        return
-    instance._was_active = (
-        sender.objects.filter(pk=instance.pk).values_list("is_active", flat=True).first()
-    )
-
-
-@receiver(post_save, sender=settings.AUTH_USER_MODEL)
-def _on_deactivation(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
-    if not created and getattr(instance, "_was_active", False) and not instance.is_active:
-        from chat import services
-
-        services.deactivated(instance)
-    instance._was_active = instance.is_active

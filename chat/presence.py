@@ -23,6 +23,7 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from chat import events, fanout
+from chat.models import Room, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,43 @@ class MemoryStore:
             return bool({_user(m) for m in expired} - self._alive(room_id))
 
 
+class SubscriptionStore:
+    """Presence read from the API Gateway connections' Subscription rows (chat/apigateway.py).
+
+    On Lambda nothing runs between invocations to refresh a TTL, and a container's memory is
+    its own; the rows already say who is connected where, and disappear with $disconnect, a 410
+    or the sweep. The entries of long-pollers (`poll-<user>`) are not rows: they are not shown.
+    """
+
+    def touch(self, room_id: int, conn: str, user: str, ttl: float) -> bool:
+        # The Subscription row exists already (join runs first): is it this user's only one?
+        # A long-poller (`poll-<user>`) has none and changes nothing: on Lambda every poll would
+        # otherwise announce the list to the whole room.
+        conns = Subscription.objects.filter(
+            room_id=room_id, connection__user__username=user
+        ).values_list("connection__connection_id", flat=True)
+        return list(conns[:2]) == [conn]
+
+    def leave(self, room_id: int, conn: str, user: str) -> bool:
+        return not Subscription.objects.filter(
+            room_id=room_id, connection__user__username=user
+        ).exists()
+
+    def users(self, room_id: int) -> list[str]:
+        names = Subscription.objects.filter(room_id=room_id).values_list(
+            "connection__user__username", flat=True
+        )
+        return sorted(set(names))
+
+    def sweep(self, room_id: int) -> bool:
+        return False
+
+
 @cache
 def store() -> Store:
     if settings.CHAT_PRESENCE_STORE:
         # Lambda: nothing runs between invocations to refresh entries, so presence comes from
-        # the connections' subscription rows instead (chat.serverless.SubscriptionPresence).
+        # the connections' subscription rows instead (SubscriptionStore).
         return import_string(settings.CHAT_PRESENCE_STORE)()
     if settings.REDIS_URL:
         return RedisStore(settings.REDIS_URL, settings.CHAT_REDIS_PREFIX)
@@ -188,8 +221,6 @@ def leave(room_id: int, slug: str, conn: str, user: str, announcing: bool = True
 
 
 def _sweep(room_id: int) -> None:
-    from chat.models import Room
-
     if store().sweep(room_id):
         slug = Room.objects.filter(pk=room_id).values_list("slug", flat=True).first()
         if slug:

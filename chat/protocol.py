@@ -1,9 +1,10 @@
-"""The WebSocket protocol (shared/protocol.md), shared by the Channels consumer and the Zappa handlers.
+"""The WebSocket protocol (docs/protocol.md), shared by the Channels consumer and the Zappa handlers.
 
 A transport owns the socket and a `Connection` (who is connected, which rooms it receives); this
-module owns everything else: frame limits, parsing, validation, rate limiting, the action table, and
-turning every failure into an `error` event. Handlers are synchronous (they call the write path, which
-talks to the database) and safe to run twice, because API Gateway and clients retry.
+module owns everything else: the connection's life (authenticate, open, what moderation's control
+messages mean for it, close), frame limits, parsing, validation, rate limiting, the action table,
+and turning every failure into an `error` event. Handlers are synchronous (they call the write path,
+which talks to the database) and safe to run twice, because API Gateway and clients retry.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import events, presence, services
+from chat import access, events, moderation, presence, reads, tokens, writepath
+from chat.errors import ChatError
 from chat.events import Event
 from chat.models import Room
-from chat.services import ChatError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,66 @@ class Connection(ABC):
         """Stop receiving the room's live events; False if the connection was not subscribed."""
 
 
+# --- the connection's life ---
+
+
+def authenticate(token: str | None, session_user: Any = None) -> Any:
+    """The user behind a new connection: a WebSocket token, else (Channels only, with a
+    same-origin browser) the session's user. Refused: `unauthorized`; site-banned: `forbidden`."""
+    user = None
+    if token is not None:
+        user = tokens.user_for_token(token)
+    elif session_user is not None and session_user.is_authenticated and session_user.is_active:
+        user = session_user
+    if user is None:
+        raise ChatError("unauthorized", "A valid ?token= is required.")
+    if access.site_banned(user):  # moderation: a banned user cannot reconnect
+        raise ChatError("forbidden", events.BANNED)
+    return user
+
+
+def open_connection(conn: Connection) -> list[Event]:
+    """The replies of a new connection: its `?room=` subscribed, if it named one."""
+    if not conn.default_room:
+        return []
+    return execute(conn, {"action": "subscribe", "room": conn.default_room})
+
+
+def close_connection(conn: Connection, rooms: list[tuple[int, str]]) -> None:
+    """The connection is gone: it leaves the presence of every room it received."""
+    for room_id, slug in rooms:
+        presence.leave(room_id, slug, conn.conn_id, conn.user.get_username())
+
+
+def control_applies(conn: Connection, message: dict[str, Any], receiving: list[int]) -> bool:
+    """Whether a control message of the fan-out (chat/fanout.py) concerns this connection,
+    which receives the rooms `receiving`."""
+    room_id, user_id = message.get("room"), message.get("user")
+    if user_id is not None and user_id != conn.user.pk:
+        return False
+    return room_id is None or room_id in receiving
+
+
+def banned(conn: Connection, rooms: list[tuple[int, str]], room_id: int | None) -> Event:
+    """A ban closes the connection: it leaves every room, and this is the last thing it hears."""
+    close_connection(conn, rooms)
+    slug = dict(rooms).get(room_id) if room_id is not None else None
+    return events.banned(slug)
+
+
+def recheck(conn: Connection, room_id: int) -> list[Event]:
+    """The room turned private or lost members: a user who may no longer read it stops
+    receiving it (and leaves its presence); told so, the connection's other rooms go on."""
+    room = Room.objects.filter(pk=room_id).first()
+    if room is not None and access.may_read(conn.user, room):
+        return []
+    slug = room.slug if room is not None else ""
+    if room is None or not conn.leave(room):
+        return []
+    presence.leave(room_id, slug, conn.conn_id, conn.user.get_username())
+    return [events.no_access(slug)]
+
+
 # --- parsing ---
 
 
@@ -97,7 +158,7 @@ def _room(conn: Connection, frame: Frame, *, default: bool = False) -> Room:
         slug = conn.default_room
     if slug is None:
         raise ChatError("bad_request", "Name the `room`.")
-    return services.get_room(conn.user, slug)
+    return access.get_room(conn.user, slug)
 
 
 def _body(frame: Frame, optional: bool = False) -> Any:
@@ -116,7 +177,7 @@ def subscribe(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
     after = frame.get("after")
     if after is not None:
-        after = services.clean_seq(after, "after")
+        after = writepath.clean_seq(after, "after")
     conn.join(room)
     replies: list[Event]
     try:
@@ -124,11 +185,11 @@ def subscribe(conn: Connection, frame: Frame) -> list[Event]:
             seq = Room.objects.values_list("seq", flat=True).get(pk=room.pk)
             replies = [events.subscribed(room.slug, seq, resumed=False)]
         else:
-            changes, seq = services.changes_after(room, after)
-            if changes is None:
-                replies = [events.subscribed(room.slug, seq, resumed=False, reason="resync")]
+            caught = reads.catch_up(room, after)
+            if caught.resync:
+                replies = caught.frames(room.slug)
             else:
-                replies = [events.subscribed(room.slug, seq, resumed=True), *changes]
+                replies = [events.subscribed(room.slug, caught.seq, resumed=True), *caught.changes]
     except Exception:
         # Refused (a cursor ahead of the room) or failed after joining: not subscribed after
         # all, on every transport (a Lambda subscription row is already committed).
@@ -155,14 +216,14 @@ def sendmessage(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame, default=True)
     attachment = frame.get("attachment")
     body = _body(frame, optional=attachment is not None)
-    posted = services.post_message(conn.user, room, body, frame.get("client_id"), attachment)
+    posted = writepath.post_message(conn.user, room, body, frame.get("client_id"), attachment)
     return [posted.ack()]
 
 
 def _change_ack(frame: Frame, room: Room, changed: Any) -> list[Event]:
     """An `ack` of an edit or delete to a sender that named it with a client_id, so the client
     settles that request exactly (the changed `message` goes to every subscriber anyway)."""
-    client_id = services.clean_client_id(frame.get("client_id"))
+    client_id = writepath.clean_client_id(frame.get("client_id"))
     if client_id is None:
         return []
     return [events.ack(client_id, room.slug, changed.seq, changed.pk)]
@@ -170,32 +231,32 @@ def _change_ack(frame: Frame, room: Room, changed: Any) -> list[Event]:
 
 def editmessage(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
-    changed = services.edit_message(conn.user, room, frame.get("id"), _body(frame))
+    changed = writepath.edit_message(conn.user, room, frame.get("id"), _body(frame))
     return _change_ack(frame, room, changed)
 
 
 def deletemessage(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
-    changed = services.delete_message(conn.user, room, frame.get("id"))
+    changed = writepath.delete_message(conn.user, room, frame.get("id"))
     return _change_ack(frame, room, changed)
 
 
 def report(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
-    client_id = services.clean_client_id(frame.get("client_id"))
-    report = services.report_message(conn.user, room, frame.get("id"), frame.get("reason"))
+    client_id = writepath.clean_client_id(frame.get("client_id"))
+    report = moderation.report_message(conn.user, room, frame.get("id"), frame.get("reason"))
     return [events.ack(client_id, room.slug, room.seq, report.message_id)]
 
 
 def read(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
-    services.mark_read(conn.user, room, frame.get("seq"))
+    writepath.mark_read(conn.user, room, frame.get("seq"))
     return []
 
 
 def typing(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame, default=True)
-    services.send_typing(conn.user, room)
+    writepath.send_typing(conn.user, room)
     return []
 
 
@@ -259,15 +320,23 @@ def execute(conn: Connection, frame: Frame) -> list[Event]:
         return [_error(exc, frame)]
     except DatabaseError:
         log.exception("database error in %s", frame["action"])
-        return [
-            _error(
-                ChatError("server_error", "Try again: the server could not store it."),
-                frame,
-            )
-        ]
+        return [database_error(frame)]
     except Exception:
         log.exception("unexpected error in %s", frame["action"])
         return [_error(ChatError("server_error", "Something went wrong on our side."), frame)]
+
+
+def database_error(frame: Frame | None) -> Event:
+    """Nothing was stored or acknowledged: the client retries, with the same client_id."""
+    return _error(ChatError("server_error", "Try again: the server could not store it."), frame)
+
+
+def frame_of(text: Any) -> Frame | None:
+    """A frame read with the shared parser for labelling an error reply; None if unreadable."""
+    try:
+        return parse(text if isinstance(text, str) else None)
+    except ChatError:
+        return None
 
 
 def handle(conn: Connection, text: str | None, binary: bytes | None = None) -> list[Event]:

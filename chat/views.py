@@ -14,8 +14,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 
-from chat import services
-from chat.services import ChatError
+from chat import access, reads, writepath
+from chat.errors import ChatError
 
 PAGE_SIZE = 50
 
@@ -33,7 +33,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 def index(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         try:
-            room = services.create_room(
+            room = writepath.create_room(
                 request.user,
                 request.POST.get("slug", ""),
                 request.POST.get("title", ""),
@@ -43,19 +43,19 @@ def index(request: HttpRequest) -> HttpResponse:
             flash.error(request, exc.detail)
         else:
             return redirect("room", slug=room.slug)
-    rooms = services.visible_rooms(request.user)
+    rooms = reads.visible_rooms(request.user)
     return render(request, "chat/index.html", {"rooms": rooms})
 
 
 @login_required
 def room(request: HttpRequest, slug: str) -> HttpResponse:
     try:
-        room = services.get_room(request.user, slug)
+        room = access.get_room(request.user, slug)
     except ChatError:
         raise Http404("No such room.") from None
     if request.method == "POST":
         try:
-            services.post_message(
+            writepath.post_message(
                 request.user,
                 room,
                 request.POST.get("body", ""),
@@ -66,10 +66,10 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         return redirect("room", slug=room.slug)
     before = request.GET.get("before")
     try:
-        before_seq = services.clean_seq(before, "before") if before else None
+        before_seq = writepath.clean_seq(before, "before") if before else None
     except ChatError:
         before_seq = None
-    page = services.history(room, before_seq, PAGE_SIZE)
+    page = reads.history(room, before_seq, PAGE_SIZE)
     oldest = min((m["seq"] for m in page["messages"]), default=None)
     context = {
         "room": room,
@@ -78,13 +78,13 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "has_more": page["has_more"],
         "older_url": f"{reverse('room', args=[room.slug])}?before={oldest}" if oldest else None,
         "client_id": uuid.uuid4().hex,
-        "rooms": services.visible_rooms(request.user),
+        "rooms": reads.visible_rooms(request.user),
         "is_latest": before_seq is None,
         "max_body": settings.CHAT_MAX_BODY,
         "edit_window": settings.CHAT_EDIT_WINDOW,
         "max_attachment": settings.CHAT_ATTACHMENT_MAX_SIZE,
         "attachment_types": ",".join(settings.CHAT_ATTACHMENT_TYPES),
         # Moderators may post in a locked room: the page keeps their composer open.
-        "is_moderator": services.is_moderator(request.user, room),
+        "is_moderator": access.is_moderator(request.user, room),
     }
     return render(request, "chat/room.html", context)

@@ -189,7 +189,8 @@ CHAT_FRAME_BURST = env_int("CHAT_FRAME_BURST", 60, minimum=1)
 CHAT_PRESENCE_TTL = env_int("CHAT_PRESENCE_TTL", 60, minimum=5)
 CHAT_SEND_QUEUE = env_int("CHAT_SEND_QUEUE", 1000, minimum=10)
 CHAT_EDIT_WINDOW = env_int("CHAT_EDIT_WINDOW", 900, minimum=0)
-CHAT_PUBLISHERS = env_list("CHAT_PUBLISHERS", "chat.fanout.channel_layer_publisher")
+# Fan-out backends (chat/fanout.py): how the write path and moderation reach live clients.
+CHAT_FANOUT_BACKENDS = env_list("CHAT_FANOUT_BACKENDS", "chat.fanout.ChannelLayerBackend")
 # How a long-poll waits: "hub" (woken by the room's publication) or "database" (re-reads; for
 # deployments without a channel layer, such as Lambda).
 CHAT_POLL_WAIT = env_str("CHAT_POLL_WAIT", "hub")
@@ -197,7 +198,7 @@ if CHAT_POLL_WAIT not in ("hub", "database"):
     raise ImproperlyConfigured("CHAT_POLL_WAIT must be 'hub' or 'database'")
 CSRF_FAILURE_VIEW = "chat.api.csrf_failure"
 
-# --- Serverless (Zappa on Lambda; chat/serverless.py, zappa_settings.json) ---
+# --- Serverless (Zappa on Lambda; chat/serverless.py, chat/apigateway.py, zappa_settings.json) ---
 # The @connections endpoint for every connection; empty = https://{domain}/{stage} of its $connect.
 CHAT_APIGW_ENDPOINT = env_url("CHAT_APIGW_ENDPOINT", ("http", "https"))
 # The region the @connections calls are signed for (Lambda sets AWS_REGION).
@@ -217,7 +218,7 @@ CHAT_APIGW_CALL_TIMEOUT = env_int("CHAT_APIGW_CALL_TIMEOUT", 3, minimum=1)
 CHAT_APIGW_IDLE_TIMEOUT = env_int("CHAT_APIGW_IDLE_TIMEOUT", 600, minimum=1)
 CHAT_APIGW_MAX_DURATION = env_int("CHAT_APIGW_MAX_DURATION", 7200, minimum=1)
 # Dotted path of the presence store class; empty = Redis with REDIS_URL, else memory. On Lambda:
-# chat.serverless.SubscriptionPresence (read by chat/presence.py's store(), see the README).
+# chat.presence.SubscriptionStore (read by chat/presence.py's store(), see the README).
 CHAT_PRESENCE_STORE = env_str("CHAT_PRESENCE_STORE")
 
 # --- Files on S3 through django-storages (Lambda has no lasting disk); empty = local folders ---

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from chat import services
+from chat import writepath
 from chat.models import Message, Room
 
 
@@ -95,7 +95,7 @@ def test_bad_posts_get_a_json_error_and_store_nothing(
 def test_private_rooms_are_not_found_for_outsiders(
     outsider: Any, private_room: Room, alice: Any
 ) -> None:
-    services.post_message(alice, private_room, "secret stuff")
+    writepath.post_message(alice, private_room, "secret stuff")
     client = Client()
     client.force_login(outsider)
     for response in (
@@ -110,7 +110,7 @@ def test_private_rooms_are_not_found_for_outsiders(
 
 def test_history_pages_and_limits(as_alice: Client, alice: Any, room: Room) -> None:
     for i in range(7):
-        services.post_message(alice, room, f"m{i}")
+        writepath.post_message(alice, room, f"m{i}")
     latest = as_alice.get("/api/rooms/general/messages?limit=3").json()
     assert [m["body"] for m in latest["messages"]] == ["m4", "m5", "m6"]
     assert latest["has_more"] is True
@@ -126,7 +126,7 @@ def test_history_pages_and_limits(as_alice: Client, alice: Any, room: Room) -> N
 
 def test_the_resume_read(as_alice: Client, alice: Any, room: Room, settings: Any) -> None:
     for i in range(5):
-        services.post_message(alice, room, f"m{i}")
+        writepath.post_message(alice, room, f"m{i}")
     answer = as_alice.get("/api/rooms/general/messages?after=3").json()
     assert [m["seq"] for m in answer["messages"]] == [4, 5] and answer["seq"] == 5
     settings.CHAT_RESUME_LIMIT = 2
@@ -134,8 +134,8 @@ def test_the_resume_read(as_alice: Client, alice: Any, room: Room, settings: Any
 
 
 def test_edit_delete_and_read(as_alice: Client, alice: Any, bob: Any, room: Room) -> None:
-    mine = services.post_message(alice, room, "typo").message
-    theirs = services.post_message(bob, room, "bob's").message
+    mine = writepath.post_message(alice, room, "typo").message
+    theirs = writepath.post_message(bob, room, "bob's").message
     url = f"/api/rooms/general/messages/{mine.pk}"
     edited = as_alice.patch(url, json.dumps({"body": "fixed"}), content_type="application/json")
     assert edited.status_code == 200 and edited.json()["edited"] is True
@@ -184,7 +184,7 @@ def test_query_counts_are_pinned(as_alice: Client, alice: Any, bob: Any) -> None
     for i in range(5):
         r = Room.objects.create(slug=f"r{i}", title=f"R{i}")
         for j in range(3):
-            services.post_message(bob if j % 2 else alice, r, f"m{j}")
+            writepath.post_message(bob if j % 2 else alice, r, f"m{j}")
     # session + user, then rooms, read cursors, unread counts: the same for 5 rooms or 50.
     with CaptureQueriesContext(connection) as rooms_queries:
         rooms = as_alice.get("/api/rooms/").json()["rooms"]
@@ -199,7 +199,7 @@ def test_query_counts_are_pinned(as_alice: Client, alice: Any, bob: Any) -> None
 
 
 def test_pages_render_bodies_as_text(as_alice: Client, alice: Any, room: Room) -> None:
-    services.post_message(alice, room, "<script>alert(1)</script>")
+    writepath.post_message(alice, room, "<script>alert(1)</script>")
     html = as_alice.get("/rooms/general/").content.decode()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script>alert(1)</script>" not in html

@@ -17,7 +17,7 @@ from django.test import Client
 from django.utils import timezone
 from PIL import Image
 
-from chat import attachments, services
+from chat import attachments, moderation
 from chat.models import Attachment, Membership, Message, Restriction, Room
 
 pytestmark = pytest.mark.django_db
@@ -268,7 +268,7 @@ def test_who_may_not_post_may_not_upload(alice: Any, moderator: Any, room: Room)
     muted = declare(login(alice), "general", "a.txt", b"hello", "text/plain")
     assert muted.status_code == 403
     Restriction.objects.all().delete()
-    services.moderate_room(moderator, room, {"locked": True})
+    moderation.moderate_room(moderator, room, {"locked": True})
     assert declare(login(alice), "general", "a.txt", b"hello", "text/plain").status_code == 403
     assert Attachment.objects.count() == 0
 
@@ -322,18 +322,18 @@ def test_a_hidden_message_hides_its_file_until_restored(
     a = login(alice)
     ready = upload(a, "general", "p.png", png(), "image/png")
     event = post(a, "general", ready["id"]).json()
-    hidden = services.hide_message(moderator, room, event["id"], "spam")
+    hidden = moderation.hide_message(moderator, room, event["id"], "spam")
     assert hidden.to_event()["attachment"] is None
     assert login(bob).get(ready["url"]).status_code == 404
     # Kept for the audit: the room's moderator still reaches it, and the file stays in storage.
     assert login(moderator).get(ready["url"]).status_code == 200
     assert len(stored_files(media)) == 2
-    restored = services.restore_message(moderator, room, event["id"])
+    restored = moderation.restore_message(moderator, room, event["id"])
     assert restored.to_event()["attachment"]["id"] == ready["id"]
     assert login(bob).get(ready["url"]).status_code == 200
     # Erased for good: the file goes too, once the erase has committed.
     with django_capture_on_commit_callbacks(execute=True):
-        services.erase_message(moderator, room, event["id"])
+        moderation.erase_message(moderator, room, event["id"])
     assert stored_files(media) == []
 
 

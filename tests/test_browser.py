@@ -33,7 +33,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from chat import services
+from chat import moderation, writepath
 from chat.models import Attachment, Message, Report, Room
 from tests.conftest import Server
 
@@ -331,25 +331,25 @@ def test_html_in_a_message_is_shown_as_text(
 
 
 def test_edits_and_deletes_update_in_place(sessions: Any, alice: Any, bob: Any, room: Room) -> None:
-    first = services.post_message(alice, room, "frist", "c1").message
-    services.post_message(alice, room, "keep me", "c2")
+    first = writepath.post_message(alice, room, "frist", "c1").message
+    writepath.post_message(alice, room, "keep me", "c2")
     b = sessions(bob)
     b.open("general")
     expect(b.badge).to_have_text("Live")
-    services.edit_message(alice, room, first.pk, "first")
+    writepath.edit_message(alice, room, first.pk, "first")
     expect(b.message("first")).to_have_count(1)
     expect(b.page.locator(f'.message[data-id="{first.pk}"] .edited')).to_be_visible()
-    services.delete_message(alice, room, first.pk)
+    writepath.delete_message(alice, room, first.pk)
     expect(b.page.locator(f'.message[data-id="{first.pk}"]')).to_have_class(re.compile("deleted"))
     assert b.bodies() == ["message deleted", "keep me"]
 
 
 def test_scrolling_up_loads_older_pages(sessions: Any, alice: Any, bob: Any, room: Room) -> None:
     for n in range(130):
-        services.post_message(alice, room, f"old {n:03}", f"old-{n}")
+        writepath.post_message(alice, room, f"old {n:03}", f"old-{n}")
     # An edit moves a message's seq past its page: paging must neither skip nor repeat it.
     old = Message.objects.get(body="old 100")
-    services.edit_message(alice, room, old.pk, "old 100 (fixed)")
+    writepath.edit_message(alice, room, old.pk, "old 100 (fixed)")
     b = sessions(bob, viewport={"width": 390, "height": 760})
     page = b.open("general")
     expect(page.locator("#messages .message")).to_have_count(50)
@@ -372,23 +372,23 @@ def test_unread_counts_in_the_sidebar_update_live(
     expect(b.badge).to_have_text("Live")
     unread = b.page.locator('#room-list li[data-slug="random"] .unread')
     expect(unread).to_be_hidden()
-    services.post_message(alice, other, "over here", "r1")
-    services.post_message(alice, other, "and here", "r2")
+    writepath.post_message(alice, other, "over here", "r1")
+    writepath.post_message(alice, other, "and here", "r2")
     expect(unread).to_have_text("2")
     # The current room never counts as unread.
-    services.post_message(alice, room, "in general", "g1")
+    writepath.post_message(alice, room, "in general", "g1")
     expect(b.message("in general")).to_have_count(1)
     expect(b.page.locator('#room-list li[data-slug="general"] .unread')).to_be_hidden()
     # The rooms page keeps its counts current the same way.
     b.page.goto(f"{b.server.url}/?rooms_poll=500")
     unread = b.page.locator('#room-list li[data-slug="random"] .unread')
     expect(unread).to_have_text("2")
-    services.post_message(alice, other, "and one more", "r3")
+    writepath.post_message(alice, other, "and one more", "r3")
     expect(unread).to_have_text("3")
 
 
 def test_it_works_on_a_phone_by_keyboard(sessions: Any, alice: Any, bob: Any, room: Room) -> None:
-    services.post_message(alice, room, "morning!", "p1")
+    writepath.post_message(alice, room, "morning!", "p1")
     b = sessions(bob, viewport={"width": 390, "height": 780}, is_mobile=True, has_touch=True)
     page = b.open("general")
     expect(b.badge).to_have_text("Live")
@@ -459,10 +459,10 @@ def fetch(page: Page, url: str) -> tuple[int, bytes]:
 def test_bob_reports_alices_message_with_a_reason(
     sessions: Any, alice: Any, bob: Any, room: Room, transport: str
 ) -> None:
-    rude = services.post_message(alice, room, "something rude", "r1").message
-    gone = services.post_message(alice, room, "said and deleted", "r2").message
-    services.delete_message(alice, room, gone.pk)
-    services.post_message(bob, room, "my own words", "r3")
+    rude = writepath.post_message(alice, room, "something rude", "r1").message
+    gone = writepath.post_message(alice, room, "said and deleted", "r2").message
+    writepath.delete_message(alice, room, gone.pk)
+    writepath.post_message(bob, room, "my own words", "r3")
     query, badge = TRANSPORTS[transport]
     b = sessions(bob)
     page = b.open("general", FAST + query)
@@ -494,7 +494,7 @@ def test_bob_reports_alices_message_with_a_reason(
 def test_a_refused_report_shows_the_servers_reason(
     sessions: Any, alice: Any, bob: Any, room: Room
 ) -> None:
-    rude = services.post_message(alice, room, "something rude", "r1").message
+    rude = writepath.post_message(alice, room, "something rude", "r1").message
     b = sessions(bob)
     page = b.open("general")
     expect(b.badge).to_have_text("Live")
@@ -530,7 +530,7 @@ def test_locking_the_room_disables_the_composer_live(
     expect(box).to_be_enabled()
     expect(notice).to_be_hidden()
 
-    services.moderate_room(moderator, room, {"locked": True})
+    moderation.moderate_room(moderator, room, {"locked": True})
     expect(box).to_be_disabled()
     expect(b.page.get_by_role("button", name="Send")).to_be_disabled()
     expect(notice).to_be_visible()
@@ -543,7 +543,7 @@ def test_locking_the_room_disables_the_composer_live(
     if transport == "websocket":
         screenshot(b.page, "room-locked.png")
 
-    services.moderate_room(moderator, room, {"locked": False, "title": "General chat"})
+    moderation.moderate_room(moderator, room, {"locked": False, "title": "General chat"})
     expect(box).to_be_enabled()
     expect(notice).to_be_hidden()
     expect(b.page.locator("#room-title .room-title-text")).to_have_text("General chat")
@@ -574,7 +574,7 @@ def test_the_rooms_list_catches_a_missed_room_event(
     b.open("general")  # FAST: the rooms list every second
     expect(b.badge).to_have_text("Live")
     expect(b.page.locator("#online-list")).to_contain_text("bob")
-    services.moderate_room(moderator, room, {"locked": True, "title": "Quiet please"})
+    moderation.moderate_room(moderator, room, {"locked": True, "title": "Quiet please"})
     expect(b.page.locator("#composer-body")).to_be_disabled()
     expect(b.page.locator("#locked-notice")).to_be_visible()
     expect(b.page.locator("#room-title .room-title-text")).to_have_text("Quiet please")
@@ -585,7 +585,7 @@ def test_a_page_opened_in_a_locked_room_starts_locked(
     sessions: Any, bob: Any, moderator: Any, room: Room
 ) -> None:
     room.moderators.add(moderator)
-    services.moderate_room(moderator, room, {"locked": True})
+    moderation.moderate_room(moderator, room, {"locked": True})
     b, m = sessions(bob), sessions(moderator)
     b.open("general")
     m.open("general")
@@ -772,7 +772,7 @@ def delete_button(item: Any) -> Any:
 def test_alice_edits_her_message_and_bob_sees_it_live(
     sessions: Any, alice: Any, bob: Any, room: Room, transport: str
 ) -> None:
-    mine = services.post_message(alice, room, "see you at 5", "e1").message
+    mine = writepath.post_message(alice, room, "see you at 5", "e1").message
     query, badge = TRANSPORTS[transport]
     a, b = sessions(alice), sessions(bob)
     a.open("general", FAST + query)
@@ -809,8 +809,8 @@ def test_alice_edits_her_message_and_bob_sees_it_live(
 def test_alice_deletes_her_message_after_confirming_and_bob_sees_it_gone(
     sessions: Any, alice: Any, bob: Any, room: Room, transport: str
 ) -> None:
-    mine = services.post_message(alice, room, "wrong room, sorry", "d1").message
-    services.post_message(alice, room, "this one stays", "d2")
+    mine = writepath.post_message(alice, room, "wrong room, sorry", "d1").message
+    writepath.post_message(alice, room, "this one stays", "d2")
     query, badge = TRANSPORTS[transport]
     a, b = sessions(alice), sessions(bob)
     a.open("general", FAST + query)
@@ -845,10 +845,10 @@ def test_alice_deletes_her_message_after_confirming_and_bob_sees_it_gone(
 def test_edit_and_delete_are_only_on_your_own_messages_still_there(
     sessions: Any, alice: Any, bob: Any, room: Room
 ) -> None:
-    hers = services.post_message(alice, room, "alice speaking", "o1").message
-    gone = services.post_message(bob, room, "bob, said and deleted", "o2").message
-    services.delete_message(bob, room, gone.pk)
-    his = services.post_message(bob, room, "bob speaking", "o3").message
+    hers = writepath.post_message(alice, room, "alice speaking", "o1").message
+    gone = writepath.post_message(bob, room, "bob, said and deleted", "o2").message
+    writepath.delete_message(bob, room, gone.pk)
+    his = writepath.post_message(bob, room, "bob speaking", "o3").message
     b = sessions(bob)
     b.open("general")
     expect(b.badge).to_have_text("Live")
@@ -871,8 +871,8 @@ def test_edit_and_delete_are_only_on_your_own_messages_still_there(
 def test_a_refused_change_shows_the_servers_reason_and_keeps_the_text(
     sessions: Any, alice: Any, room: Room, transport: str
 ) -> None:
-    late = services.post_message(alice, room, "typed in haste", "r1").message
-    vanished = services.post_message(alice, room, "about to vanish", "r2").message
+    late = writepath.post_message(alice, room, "typed in haste", "r1").message
+    vanished = writepath.post_message(alice, room, "about to vanish", "r2").message
     query, badge = TRANSPORTS[transport]
     a = sessions(alice)
     a.open("general", FAST + query)
@@ -908,8 +908,8 @@ def test_a_refused_change_shows_the_servers_reason_and_keeps_the_text(
 
 
 def test_a_change_in_flight_shows_as_pending(sessions: Any, alice: Any, room: Room) -> None:
-    first = services.post_message(alice, room, "first draft", "p1").message
-    second = services.post_message(alice, room, "to be deleted", "p2").message
+    first = writepath.post_message(alice, room, "first draft", "p1").message
+    second = writepath.post_message(alice, room, "to be deleted", "p2").message
     held: list[Any] = []
     a = sessions(alice)
     # Over long-polling each change is one request, which the test holds until it has looked.
@@ -951,7 +951,7 @@ def test_a_change_in_flight_shows_as_pending(sessions: Any, alice: Any, room: Ro
 def test_cancelling_or_saving_the_same_text_changes_nothing(
     sessions: Any, alice: Any, room: Room
 ) -> None:
-    mine = services.post_message(alice, room, "as it was", "c1").message
+    mine = writepath.post_message(alice, room, "as it was", "c1").message
     a = sessions(alice)
     frames: list[str] = []
     a.page.on("websocket", lambda ws: ws.on("framesent", lambda frame: frames.append(frame)))
@@ -983,8 +983,8 @@ def test_locking_the_room_disables_edit_and_delete_live(
     sessions: Any, bob: Any, moderator: Any, room: Room, transport: str
 ) -> None:
     room.moderators.add(moderator)
-    his = services.post_message(bob, room, "before the lock", "l1").message
-    theirs = services.post_message(moderator, room, "moderator here", "l2").message
+    his = writepath.post_message(bob, room, "before the lock", "l1").message
+    theirs = writepath.post_message(moderator, room, "moderator here", "l2").message
     query, badge = TRANSPORTS[transport]
     b, m = sessions(bob), sessions(moderator)
     b.open("general", NO_ROOMS_POLL + query)
@@ -997,7 +997,7 @@ def test_locking_the_room_disables_edit_and_delete_live(
     edit_button(item).click()
     item.get_by_label("Edited message").fill("after the lock")
 
-    services.moderate_room(moderator, room, {"locked": True})
+    moderation.moderate_room(moderator, room, {"locked": True})
     expect(edit_button(item)).to_be_disabled()
     expect(delete_button(item)).to_be_disabled()
     expect(item.get_by_role("button", name="Save")).to_be_disabled()
@@ -1006,7 +1006,7 @@ def test_locking_the_room_disables_edit_and_delete_live(
     expect(edit_button(m.item(theirs))).to_be_enabled()
     expect(delete_button(m.item(theirs))).to_be_enabled()
 
-    services.moderate_room(moderator, room, {"locked": False})
+    moderation.moderate_room(moderator, room, {"locked": False})
     expect(edit_button(item)).to_be_enabled()
     item.get_by_role("button", name="Save").click()
     expect(m.message("after the lock")).to_have_count(1)
@@ -1023,9 +1023,9 @@ def short_window_server(live_server_proc: Server, transactional_db: Any) -> Iter
 def test_the_edit_button_goes_when_the_edit_window_passes(
     sessions: Any, short_window_server: Server, alice: Any, room: Room
 ) -> None:
-    old = services.post_message(alice, room, "from a minute ago", "w1").message
+    old = writepath.post_message(alice, room, "from a minute ago", "w1").message
     Message.objects.filter(pk=old.pk).update(created=timezone.now() - timedelta(minutes=1))
-    fresh = services.post_message(alice, room, "just now", "w2").message
+    fresh = writepath.post_message(alice, room, "just now", "w2").message
     a = sessions(alice, on=short_window_server)
     page = a.open("general")
     expect(a.badge).to_have_text("Live")
@@ -1082,7 +1082,7 @@ def test_a_gap_whose_fill_fails_is_read_again(
     b.open("general")
     expect(b.badge).to_have_text("Live")
     for body in ("one", "two", "three"):
-        services.post_message(alice, room, body, f"gap-{body}")
+        writepath.post_message(alice, room, body, f"gap-{body}")
     expect(b.message("three")).to_have_count(1)
     expect(b.message("two")).to_have_count(1)
     assert b.bodies() == ["one", "two", "three"]
@@ -1094,7 +1094,7 @@ def test_an_edit_is_settled_by_its_ack_over_websocket(
     sessions: Any, alice: Any, room: Room
 ) -> None:
     """The changed message is lost on the way: the server's ack alone settles the edit."""
-    mine = services.post_message(alice, room, "typo here", "k1").message
+    mine = writepath.post_message(alice, room, "typo here", "k1").message
     lost: list[dict[str, Any]] = []
     a = sessions(alice)
     a.page.route_web_socket(
@@ -1118,7 +1118,7 @@ def test_an_edit_is_settled_by_its_ack_over_websocket(
     assert Message.objects.get(pk=mine.pk).body == "no typo here"
 
     # The next event shows the hole, which is read: the server's copy replaces the page's.
-    services.post_message(alice, room, "and another", "k2")
+    writepath.post_message(alice, room, "and another", "k2")
     expect(a.message("and another")).to_have_count(1)
     expect(item.locator(".body")).to_have_text("no typo here")
     expect(item.locator(".change-note")).to_have_count(0)
@@ -1127,7 +1127,7 @@ def test_an_edit_is_settled_by_its_ack_over_websocket(
 def test_a_change_waiting_on_a_socket_that_closes_fails_at_once(
     sessions: Any, alice: Any, room: Room
 ) -> None:
-    mine = services.post_message(alice, room, "still here", "w1").message
+    mine = writepath.post_message(alice, room, "still here", "w1").message
     routes: list[WebSocketRoute] = []
     held: list[str | bytes] = []
 
@@ -1168,7 +1168,7 @@ def test_live_messages_are_kept_while_history_reloads_after_a_resync(
     sessions: Any, alice: Any, bob: Any, room: Room
 ) -> None:
     for n in range(60):
-        services.post_message(alice, room, f"old {n:02}", f"old-{n}")
+        writepath.post_message(alice, room, f"old {n:02}", f"old-{n}")
     routes: list[WebSocketRoute] = []
     pages: list[Any] = []
 
@@ -1205,7 +1205,7 @@ def test_live_messages_are_kept_while_history_reloads_after_a_resync(
     # The page as the server had it before the new message.
     assert len(pages) == 1
     answer = pages[0].fetch()
-    services.post_message(alice, room, "during the reload", "live-1")
+    writepath.post_message(alice, room, "during the reload", "live-1")
     expect(b.message("during the reload")).to_have_count(1)
     pages[0].fulfill(response=answer)
     expect(b.page.locator("#messages .message")).to_have_count(51)

@@ -10,7 +10,7 @@ from asgiref.sync import sync_to_async
 from channels.testing.websocket import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
-from chat import services
+from chat import moderation, writepath
 from chat.models import Message, Room
 from chat.tokens import make_token
 from chatsite.asgi import application
@@ -100,7 +100,7 @@ async def test_subscribe_send_and_receive(alice: Any, bob: Any, room: Room) -> N
 
 async def test_resume_after_a_cursor(alice: Any, bob: Any, room: Room) -> None:
     for i in range(4):
-        await sync_to_async(services.post_message)(alice, room, f"m{i}")
+        await sync_to_async(writepath.post_message)(alice, room, f"m{i}")
     b = await connect(bob)
     await b.send_json_to({"action": "subscribe", "room": "general", "after": 2})
     subscribed = await receive_until(b, "subscribed")
@@ -112,7 +112,7 @@ async def test_resume_after_a_cursor(alice: Any, bob: Any, room: Room) -> None:
 async def test_a_too_old_cursor_gets_resync(alice: Any, room: Room, settings: Any) -> None:
     settings.CHAT_RESUME_LIMIT = 1
     for i in range(3):
-        await sync_to_async(services.post_message)(alice, room, f"m{i}")
+        await sync_to_async(writepath.post_message)(alice, room, f"m{i}")
     a = await connect(alice)
     await a.send_json_to({"action": "subscribe", "room": "general", "after": 0})
     assert await receive_until(a, "subscribed") == {
@@ -126,7 +126,7 @@ async def test_a_too_old_cursor_gets_resync(alice: Any, room: Room, settings: An
 
 
 async def test_the_url_room_and_the_tutorial_frame(alice: Any, bob: Any) -> None:
-    await sync_to_async(services.ensure_lobby)()
+    await sync_to_async(writepath.ensure_lobby)()
     a = await connect(alice, "&room=lobby")
     b = await connect(bob, "&room=lobby")
     await receive_until(a, "subscribed")
@@ -244,10 +244,10 @@ async def test_a_gap_in_live_events_is_filled_from_the_database(alice: Any, room
         from unittest import mock
 
         with mock.patch("chat.fanout.publish"):
-            services.post_message(alice, Room.objects.get(pk=room.pk), "lost on the way")
+            writepath.post_message(alice, Room.objects.get(pk=room.pk), "lost on the way")
 
     await sync_to_async(post_silently)()
-    await sync_to_async(services.post_message)(alice, room, "published")
+    await sync_to_async(writepath.post_message)(alice, room, "published")
     first = await receive_until(a, "message")
     second = await receive_until(a, "message")
     assert [(first["seq"], first["body"]), (second["seq"], second["body"])] == [
@@ -275,7 +275,7 @@ async def test_edit_and_delete_reach_subscribers(alice: Any, room: Room) -> None
 
 
 async def test_many_rooms_on_one_connection(alice: Any, room: Room) -> None:
-    await sync_to_async(services.ensure_lobby)()
+    await sync_to_async(writepath.ensure_lobby)()
     a = await connect(alice)
     for slug in ("general", "lobby"):
         await a.send_json_to({"action": "subscribe", "room": slug})
@@ -335,7 +335,7 @@ async def test_a_socket_that_does_not_drain_holds_a_bounded_outbox_and_loses_not
     await receive_until(comm, "room")
     drained.clear()  # from here the socket takes nothing
     for i in range(posts):
-        await sync_to_async(services.post_message)(alice, room, f"m{i}", f"c{i}")
+        await sync_to_async(writepath.post_message)(alice, room, f"m{i}", f"c{i}")
     await asyncio.wait_for(delivered.wait(), 10)
     (consumer,) = consumers
     assert consumer.outbox.qsize() <= settings.CHAT_SEND_QUEUE
@@ -350,7 +350,7 @@ async def test_a_socket_that_does_not_drain_holds_a_bounded_outbox_and_loses_not
 
 
 async def test_an_edit_or_delete_with_a_client_id_is_acknowledged(alice: Any, room: Room) -> None:
-    posted = await sync_to_async(services.post_message)(alice, room, "typo")
+    posted = await sync_to_async(writepath.post_message)(alice, room, "typo")
     a = await connect(alice, "&room=general")
     await receive_until(a, "subscribed")
     frames = [
@@ -417,11 +417,11 @@ async def test_a_ban_reaches_a_socket_that_does_not_drain(
     await receive_until(comm, "room")
     drained.clear()
     for i in range(20):
-        await sync_to_async(services.post_message)(alice, room, f"m{i}")
+        await sync_to_async(writepath.post_message)(alice, room, f"m{i}")
     boss = await sync_to_async(get_user_model().objects.create_superuser)("boss", password="pw-1")
-    await sync_to_async(services.restrict)(boss, bob, "ban", room)
+    await sync_to_async(moderation.restrict)(boss, bob, "ban", room)
     await asyncio.wait_for(left.wait(), 5)  # the ban left the room at once, socket still stalled
-    assert len(consumers) == 1 and consumers[0].cursors == {}
+    assert len(consumers) == 1 and len(consumers[0].cursors) == 0
     drained.set()
     first = json.loads(await comm.receive_from(5))
     assert (first["type"], first["code"], first["fatal"]) == ("error", "forbidden", True)

@@ -16,9 +16,9 @@ from django.test import Client
 from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 
-from chat import services
+from chat import access, moderation, reads, writepath
+from chat.errors import ChatError
 from chat.models import Membership, Message, ModerationAction, Report, Restriction, Room
-from chat.services import ChatError
 from tests.conftest import Server
 from tests.test_realtime import peer
 from tests.test_serverless import session_cookies
@@ -47,20 +47,20 @@ def superuser(db: Any) -> Any:
 def test_it_hides_and_restores_through_the_write_path(
     alice: Any, room_mod: Any, room: Room
 ) -> None:
-    posted = services.post_message(alice, room, "rude words").message
-    hidden = services.hide_message(room_mod, room, posted.pk, "rude")
+    posted = writepath.post_message(alice, room, "rude words").message
+    hidden = moderation.hide_message(room_mod, room, posted.pk, "rude")
     event = hidden.to_event()
     assert (event["seq"], event["deleted"], event["body"]) == (2, True, "")
     stored = Message.objects.get(pk=posted.pk)
     assert stored.hidden and stored.body == "rude words" and stored.seq == 2
     # The author cannot undo a moderator's hide by editing.
     with pytest.raises(ChatError) as info:
-        services.edit_message(alice, room, posted.pk, "nice words")
+        writepath.edit_message(alice, room, posted.pk, "nice words")
     assert info.value.code == "forbidden"
-    restored = services.restore_message(room_mod, room, posted.pk)
+    restored = moderation.restore_message(room_mod, room, posted.pk)
     assert restored.to_event()["body"] == "rude words" and restored.seq == 3
-    resumed = services.changes_after(room, 1)[0]
-    assert resumed is not None and [(e["seq"], e["deleted"]) for e in resumed] == [(3, False)]
+    resumed = reads.catch_up(room, 1).changes
+    assert [(e["seq"], e["deleted"]) for e in resumed] == [(3, False)]
     assert list(ModerationAction.objects.values_list("action", "actor", "reason")) == [
         ("restore", room_mod.pk, ""),
         ("hide", room_mod.pk, "rude"),
@@ -68,8 +68,8 @@ def test_it_hides_and_restores_through_the_write_path(
 
 
 def test_it_erases_for_good(alice: Any, superuser: Any, room: Room) -> None:
-    posted = services.post_message(alice, room, "doxxing").message
-    services.erase_message(superuser, room, posted.pk, "personal data")
+    posted = writepath.post_message(alice, room, "doxxing").message
+    moderation.erase_message(superuser, room, posted.pk, "personal data")
     stored = Message.objects.get(pk=posted.pk)
     assert (stored.body, stored.deleted, stored.seq) == ("", True, 2)
     assert ModerationAction.objects.get().action == "erase"
@@ -79,13 +79,13 @@ def test_a_room_moderator_cannot_act_in_another_room(
     alice: Any, bob: Any, room_mod: Any, room: Room
 ) -> None:
     other = Room.objects.create(slug="other", title="Other")
-    posted = services.post_message(alice, other, "hello").message
+    posted = writepath.post_message(alice, other, "hello").message
     for act in (
-        lambda: services.hide_message(room_mod, other, posted.pk),
-        lambda: services.erase_message(room_mod, other, posted.pk),
-        lambda: services.moderate_room(room_mod, other, {"locked": True}),
-        lambda: services.restrict(room_mod, bob, "ban", other),
-        lambda: services.restrict(room_mod, bob, "ban", None),
+        lambda: moderation.hide_message(room_mod, other, posted.pk),
+        lambda: moderation.erase_message(room_mod, other, posted.pk),
+        lambda: moderation.moderate_room(room_mod, other, {"locked": True}),
+        lambda: moderation.restrict(room_mod, bob, "ban", other),
+        lambda: moderation.restrict(room_mod, bob, "ban", None),
     ):
         with pytest.raises(ChatError) as info:
             act()
@@ -96,7 +96,7 @@ def test_a_room_moderator_cannot_act_in_another_room(
 
 
 def test_the_api_refuses_all_of_it_to_ordinary_users(alice: Any, bob: Any, room: Room) -> None:
-    posted = services.post_message(alice, room, "mine").message
+    posted = writepath.post_message(alice, room, "mine").message
     client = Client()
     client.force_login(bob)
     base = f"/api/rooms/general/messages/{posted.pk}"
@@ -122,7 +122,7 @@ def test_the_api_refuses_all_of_it_to_ordinary_users(alice: Any, bob: Any, room:
 def test_a_muted_user_may_read_but_not_post(
     alice: Any, bob: Any, room_mod: Any, room: Room
 ) -> None:
-    services.restrict(room_mod, bob, "mute", room, reason="spam")
+    moderation.restrict(room_mod, bob, "mute", room, reason="spam")
     client = Client()
     client.force_login(bob)
     response = post_json(client, "/api/rooms/general/messages", {"body": "hi"})
@@ -130,20 +130,20 @@ def test_a_muted_user_may_read_but_not_post(
     assert client.get("/api/rooms/general/messages").status_code == 200
     assert not Message.objects.exists()
     # Lifted, and an expired mute no longer applies.
-    services.lift(room_mod, Restriction.objects.get())
+    moderation.lift(room_mod, Restriction.objects.get())
     Restriction.objects.create(kind="mute", user=bob, until=timezone.now() - timedelta(seconds=1))
     assert post_json(client, "/api/rooms/general/messages", {"body": "hi"}).status_code == 201
     assert list(ModerationAction.objects.values_list("action", flat=True)) == ["lift_mute", "mute"]
 
 
 def test_a_banned_user_can_neither_read_nor_post(bob: Any, superuser: Any, room: Room) -> None:
-    services.restrict(superuser, bob, "ban", None, timezone.now() + timedelta(days=1), "abuse")
+    moderation.restrict(superuser, bob, "ban", None, timezone.now() + timedelta(days=1), "abuse")
     client = Client()
     client.force_login(bob)
     assert client.get("/api/rooms/general/messages").status_code == 403
     assert post_json(client, "/api/rooms/general/messages", {"body": "x"}).status_code == 403
     assert post_json(client, "/api/ws-token", {}).status_code == 403
-    assert services.site_banned(bob)
+    assert access.site_banned(bob)
 
 
 def test_deactivating_a_user_is_a_site_ban(bob: Any) -> None:
@@ -156,7 +156,7 @@ def test_deactivating_a_user_is_a_site_ban(bob: Any) -> None:
 
 
 def test_the_room_rate_limit(alice: Any, room_mod: Any, room: Room) -> None:
-    services.moderate_room(room_mod, room, {"rate_limit": 2})
+    moderation.moderate_room(room_mod, room, {"rate_limit": 2})
     client = Client()
     client.force_login(alice)
     for i in range(2):
@@ -170,11 +170,11 @@ def test_the_room_rate_limit(alice: Any, room_mod: Any, room: Room) -> None:
     assert Message.objects.count() == 2
     # Moderators are not limited.
     for i in range(3):
-        services.post_message(room_mod, room, f"mod {i}")
+        writepath.post_message(room_mod, room, f"mod {i}")
 
 
 def test_reports_over_the_api(alice: Any, bob: Any, room: Room) -> None:
-    posted = services.post_message(alice, room, "spam").message
+    posted = writepath.post_message(alice, room, "spam").message
     client = Client()
     client.force_login(bob)
     url = f"/api/rooms/general/messages/{posted.pk}/report"
@@ -192,8 +192,8 @@ def test_the_admin_is_the_moderators_console(
     alice: Any, bob: Any, room_mod: Any, superuser: Any, room: Room
 ) -> None:
     other = Room.objects.create(slug="other", title="Other")
-    mine = services.post_message(alice, room, "bad").message
-    theirs = services.post_message(alice, other, "elsewhere").message
+    mine = writepath.post_message(alice, room, "bad").message
+    theirs = writepath.post_message(alice, other, "elsewhere").message
     Report.objects.create(message=mine, reporter=bob, reason="bad")
     client = Client()
     client.force_login(room_mod)
@@ -241,13 +241,13 @@ def test_the_dashboard_shows_each_moderator_their_rooms(
     alice: Any, bob: Any, outsider: Any, room_mod: Any, superuser: Any, room: Room
 ) -> None:
     other = Room.objects.create(slug="other", title="Other")
-    twice = services.post_message(alice, room, "reported twice").message
-    once = services.post_message(alice, room, "reported once").message
-    elsewhere = services.post_message(alice, other, "reported elsewhere").message
+    twice = writepath.post_message(alice, room, "reported twice").message
+    once = writepath.post_message(alice, room, "reported once").message
+    elsewhere = writepath.post_message(alice, other, "reported elsewhere").message
     for reporter, message in ((bob, twice), (outsider, twice), (bob, once), (bob, elsewhere)):
-        services.report_message(reporter, message.room, message.pk, "spam")
-    services.hide_message(room_mod, room, once.pk, "first warning")
-    services.moderate_room(superuser, other, {"locked": True}, "cooling off")
+        moderation.report_message(reporter, message.room, message.pk, "spam")
+    moderation.hide_message(room_mod, room, once.pk, "first warning")
+    moderation.moderate_room(superuser, other, {"locked": True}, "cooling off")
 
     def page(user: Any) -> str:
         client = Client()
@@ -303,7 +303,7 @@ async def test_an_admin_hide_reaches_websocket_long_poll_and_resume(
     superuser: Any,
     room: Room,
 ) -> None:
-    posted = (await sync_to_async(services.post_message)(alice, room, "rude")).message
+    posted = (await sync_to_async(writepath.post_message)(alice, room, "rude")).message
     b = await peer(chat_server, bob)
     await b.subscribe("general", after=1)
     async with (
@@ -335,8 +335,8 @@ async def test_restore_and_erase_reach_websocket_long_poll_and_resume(
     superuser: Any,
     room: Room,
 ) -> None:
-    posted = (await sync_to_async(services.post_message)(alice, room, "borderline")).message
-    await sync_to_async(services.hide_message)(superuser, room, posted.pk, "check")
+    posted = (await sync_to_async(writepath.post_message)(alice, room, "borderline")).message
+    await sync_to_async(moderation.hide_message)(superuser, room, posted.pk, "check")
     b = await peer(chat_server, bob)
     await b.subscribe("general", after=2)
     async with (
@@ -438,6 +438,13 @@ async def test_long_pollers_learn_of_a_lock_live_and_on_their_next_poll(
             assert (await answer.json())["room"] == event
 
 
+async def _presence(who: Any, users: list[str], timeout: float = 10) -> None:
+    """Wait for the presence list to become `users` (earlier lists may still be on the way)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (event := await who.next("presence", timeout=timeout))["users"] != users:
+        assert asyncio.get_running_loop().time() < deadline, f"presence stayed {event['users']}"
+
+
 @pytestmark_live
 async def test_making_a_room_private_drops_those_who_may_no_longer_read_it(
     chat_server: Server,
@@ -450,6 +457,7 @@ async def test_making_a_room_private_drops_those_who_may_no_longer_read_it(
     a, b = await peer(chat_server, alice), await peer(chat_server, bob)
     await a.subscribe("general")
     await b.subscribe("general")
+    await _presence(a, ["alice", "bob"])
     async with await _http(chat_server, room_mod) as mod:
         async with mod.post("/api/rooms/general/moderate", json={"private": True}) as r:
             assert r.status == 200, await r.text()
@@ -457,6 +465,8 @@ async def test_making_a_room_private_drops_those_who_may_no_longer_read_it(
     error = await b.next("error")
     assert (error["code"], error["room"]) == ("forbidden", "general")
     assert error.get("fatal") is not True
+    # ...and the others see him leave the room's presence, on every transport.
+    await _presence(a, ["alice"])
     await a.send({"action": "sendmessage", "room": "general", "body": "members only"})
     assert (await a.next("message"))["body"] == "members only"
     await b.nothing_more(within=1.0)
@@ -481,7 +491,7 @@ async def test_a_banned_users_socket_is_closed_and_cannot_reconnect(
         body = {"user": "bob", "kind": "ban", "reason": "abuse"}
         async with admin.post("/api/moderation/restrictions", json=body) as r:
             assert r.status == 201, await r.text()
-    assert await sync_to_async(services.site_banned)(bob)
+    assert await sync_to_async(access.site_banned)(bob)
     # Told why, then closed by the server.
     told = await b.next("error", timeout=10)
     assert (told["code"], told.get("fatal")) == ("forbidden", True)
@@ -502,8 +512,8 @@ async def test_a_muted_user_cannot_post_and_limits_answer_rate_limited(
     room_mod: Any,
     room: Room,
 ) -> None:
-    await sync_to_async(services.restrict)(room_mod, bob, "mute", room)
-    await sync_to_async(services.moderate_room)(room_mod, room, {"rate_limit": 1})
+    await sync_to_async(moderation.restrict)(room_mod, bob, "mute", room)
+    await sync_to_async(moderation.moderate_room)(room_mod, room, {"rate_limit": 1})
     b, a = await peer(chat_server, bob), await peer(chat_server, alice)
     await b.send({"action": "sendmessage", "room": "general", "body": "hi"})
     assert (await b.next("error"))["code"] == "forbidden"
@@ -528,7 +538,7 @@ def test_the_database_wait_sees_a_room_state_change(room_mod: Any, room: Room) -
 
     before = events.room_state("general", False, "General")
     assert longpoll._reread(room.pk, 0, before) is None
-    services.moderate_room(room_mod, room, {"locked": True})
+    moderation.moderate_room(room_mod, room, {"locked": True})
     answer = longpoll._reread(room.pk, 0, before)
     assert answer == {"events": [events.room_state("general", True, "General")], "seq": 0}
 
@@ -614,7 +624,7 @@ def test_an_admin_save_never_writes_back_an_old_seq(
     def read_then_post(self: Any, request: Any, object_id: Any, from_field: Any = None) -> Any:
         room = read(self, request, object_id, from_field)
         if request.method == "POST":
-            services.post_message(alice, room, "meanwhile")
+            writepath.post_message(alice, room, "meanwhile")
         return room
 
     monkeypatch.setattr(RoomAdmin, "get_object", read_then_post)
@@ -634,7 +644,7 @@ def test_an_admin_save_never_writes_back_an_old_seq(
     assert client.post(url, form).status_code == 302
     room.refresh_from_db()
     assert (room.title, room.seq) == ("Renamed", 1)
-    assert services.post_message(alice, room, "after the save").message.seq == 2
+    assert writepath.post_message(alice, room, "after the save").message.seq == 2
 
 
 def test_a_site_view_permission_does_not_grant_change_or_delete(
@@ -646,7 +656,7 @@ def test_a_site_view_permission_does_not_grant_change_or_delete(
     viewer.user_permissions.add(
         *Permission.objects.filter(codename__in=["view_room", "view_restriction"])
     )
-    row = services.restrict(superuser, alice, "mute", room)
+    row = moderation.restrict(superuser, alice, "mute", room)
     client = Client()
     client.force_login(viewer)
     assert client.get(f"/admin/chat/room/{room.pk}/change/").status_code == 200  # a view

@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.test import Client
 from websockets.asyncio.client import ClientConnection, connect
 
-from chat import services
+from chat import writepath
 from chat.models import Message, Room
 from chat.tokens import make_token
 from tests.conftest import Server
@@ -150,7 +150,7 @@ async def test_a_file_sent_over_the_socket_reaches_everyone(
 
 
 async def test_the_aws_tutorial_way(chat_server: Server, alice: Any, bob: Any) -> None:
-    await sync_to_async(services.ensure_lobby)()
+    await sync_to_async(writepath.ensure_lobby)()
     a = await peer(chat_server, alice, "&room=lobby")
     b = await peer(chat_server, bob, "&room=lobby")
     await a.next("subscribed")
@@ -242,7 +242,7 @@ async def http(server: Server, alice: Any) -> AsyncIterator[aiohttp.ClientSessio
 async def test_long_poll_answers_at_once_when_behind(
     http: aiohttp.ClientSession, bob: Any, room: Room
 ) -> None:
-    await sync_to_async(services.post_message)(bob, room, "already there")
+    await sync_to_async(writepath.post_message)(bob, room, "already there")
     started = time.monotonic()
     async with http.get("/api/rooms/general/poll?after=0&timeout=10") as response:
         data = await response.json()
@@ -260,7 +260,7 @@ async def test_long_poll_is_woken_by_a_post(
     while not await sync_to_async(_online, thread_sensitive=False)(room):
         assert time.monotonic() < deadline, "the poller never showed up in the room"
         await asyncio.sleep(0.02)
-    await sync_to_async(services.post_message)(bob, room, "wake up")
+    await sync_to_async(writepath.post_message)(bob, room, "wake up")
     started = time.monotonic()
     response = await asyncio.wait_for(poll, 10)
     data = await response.json()

@@ -33,7 +33,7 @@ from django.middleware.csrf import _get_new_csrf_string
 from django.utils import timezone
 from websockets.exceptions import InvalidStatus
 
-from chat import fanout, serverless, services, tokens
+from chat import apigateway, fanout, presence, reads, serverless, tokens, writepath
 from chat.models import ApiConnection, Message, Room, Subscription
 from tests.conftest import ROOT, Gateway, database_url, quiesce
 
@@ -104,7 +104,7 @@ def session_cookies(user: Any) -> tuple[dict[str, str], dict[str, str]]:
 @pytest.mark.parametrize("kind", ["missing", "forged", "expired", "inactive"])
 def test_connect_refuses_bad_tokens_with_401_and_stores_nothing(serverless_server, kind):
     alice = make_user("alice")
-    services.ensure_lobby()
+    writepath.ensure_lobby()
     if kind == "missing":
         query = "room=lobby"
     elif kind == "forged":
@@ -129,8 +129,8 @@ def test_connect_refuses_bad_tokens_with_401_and_stores_nothing(serverless_serve
 
 def test_connect_with_room_subscribes_and_disconnect_removes_the_row(serverless_server):
     alice = make_user("alice")
-    lobby = services.ensure_lobby()
-    services.post_message(alice, lobby, "before", "c-1")
+    lobby = writepath.ensure_lobby()
+    writepath.post_message(alice, lobby, "before", "c-1")
 
     async def run() -> None:
         ws = await ws_connect(serverless_server, f"room=lobby&token={tokens.make_token(alice)}")
@@ -157,7 +157,7 @@ def test_connect_with_room_subscribes_and_disconnect_removes_the_row(serverless_
 
 def test_wscat_tutorial_every_connection_in_the_room_receives_it(serverless_server):
     users = [make_user(name) for name in ("alice", "bob", "carol")]
-    services.ensure_lobby()
+    writepath.ensure_lobby()
     queries = [f"room=lobby&token={tokens.make_token(u)}" for u in users]
 
     async def run() -> list[dict[str, Any]]:
@@ -183,7 +183,7 @@ def test_the_protocol_runs_as_on_channels(serverless_server):
     alice = make_user("alice")
     room = Room.objects.create(slug="general", title="General")
     for n in range(3):
-        services.post_message(alice, room, f"m{n}", f"c{n}")
+        writepath.post_message(alice, room, f"m{n}", f"c{n}")
 
     async def run() -> None:
         async with ws_connect(serverless_server, f"token={tokens.make_token(alice)}") as ws:
@@ -208,10 +208,14 @@ def test_the_protocol_runs_as_on_channels(serverless_server):
             assert (await recv_until(ws, of_type("error")))["code"] == "bad_request"
             await ws.send(json.dumps({"action": "sendmessage", "room": "general", "body": ""}))
             assert (await recv_until(ws, of_type("error")))["code"] == "bad_request"
-            frame = {"action": "sendmessage", "room": "general", "body": "x", "client_id": "c0"}
+            frame = {"action": "sendmessage", "room": "general", "body": "m0", "client_id": "c0"}
             await ws.send(json.dumps(frame))  # a retry of an old client_id: the same message
             ack = await recv_until(ws, of_type("ack"))
             assert ack["seq"] == 1
+            # The same key with another body is not that message: refused, nothing stored.
+            await ws.send(json.dumps({**frame, "body": "x"}))
+            refused = await recv_until(ws, of_type("error"))
+            assert (refused["code"], refused["client_id"]) == ("conflict", "c0")
 
     asyncio.run(run())
     assert Message.objects.count() == 3
@@ -363,7 +367,7 @@ class Posts:
 
     def __call__(self, target: tuple[str, str], data: bytes) -> str:
         self.sent.append((target[0], json.loads(data)))
-        return serverless.OK
+        return apigateway.OK
 
     def to(self, connection_id: str) -> list[dict[str, Any]]:
         return [event for cid, event in self.sent if cid == connection_id]
@@ -374,17 +378,18 @@ def keep_test_connection(monkeypatch: Any) -> None:
     # Django's test client does the same: closing "obsolete" connections would close the test's
     # own (it is inside a transaction). The gateway process closes them as on Lambda.
     monkeypatch.setattr(serverless, "close_old_connections", lambda: None)
+    monkeypatch.setattr(apigateway, "close_old_connections", lambda: None)
 
 
 @pytest.fixture
 def posts(monkeypatch: Any, settings: Any) -> Iterator[Posts]:
     """Publication through the API Gateway publisher alone, its posts recorded."""
     recorder = Posts()
-    monkeypatch.setattr(serverless, "post", recorder)
-    settings.CHAT_PUBLISHERS = ["chat.serverless.apigateway_publisher"]
-    fanout._publishers.cache_clear()
+    monkeypatch.setattr(apigateway, "post", recorder)
+    settings.CHAT_FANOUT_BACKENDS = ["chat.apigateway.ApiGatewayBackend"]
+    fanout.backends.cache_clear()
     yield recorder
-    fanout._publishers.cache_clear()
+    fanout.backends.cache_clear()
 
 
 def ws_event(route: str, connection_id: str, **extra: Any) -> dict[str, Any]:
@@ -418,11 +423,11 @@ def connected(user: Any, connection_id: str, room: Room | None = None) -> ApiCon
 
 def test_the_endpoint_is_the_connections_domain_and_stage_or_the_setting(settings):
     settings.CHAT_APIGW_ENDPOINT = ""
-    assert serverless.endpoint("abc.execute-api.eu-west-1.amazonaws.com", "prod") == (
+    assert apigateway.endpoint("abc.execute-api.eu-west-1.amazonaws.com", "prod") == (
         "https://abc.execute-api.eu-west-1.amazonaws.com/prod"
     )
     settings.CHAT_APIGW_ENDPOINT = "http://127.0.0.1:9/dev"
-    assert serverless.endpoint("chat.example.com", "prod") == "http://127.0.0.1:9/dev"
+    assert apigateway.endpoint("chat.example.com", "prod") == "http://127.0.0.1:9/dev"
 
 
 def test_two_messages_in_the_same_millisecond_are_both_kept_and_ordered(db, alice, room, posts):
@@ -439,7 +444,7 @@ def test_two_messages_in_the_same_millisecond_are_both_kept_and_ordered(db, alic
     ]
     acks = [e for e in posts.to("Conn1=") if e["type"] == "ack"]
     assert [a["seq"] for a in acks] == [1, 2]
-    history = services.history(room, None, 10)["messages"]
+    history = reads.history(room, None, 10)["messages"]
     assert [m["body"] for m in history] == ["same ms 1", "same ms 2"]
 
 
@@ -457,13 +462,13 @@ def test_the_rate_limit_holds_across_invocations(db, alice, posts, settings):
 def test_subscribe_stores_the_row_before_reading_history(db, alice, room, posts):
     row = connected(alice, "Conn1=")
     seen: list[bool] = []
-    real = services.changes_after
+    real = reads.catch_up
 
     def spy(*args: Any) -> Any:
         seen.append(Subscription.objects.filter(connection=row, room=room).exists())
         return real(*args)
 
-    with mock.patch.object(services, "changes_after", spy):
+    with mock.patch.object(reads, "catch_up", spy):
         serverless.message(frame("Conn1=", {"action": "subscribe", "room": "general"}), None)
         serverless.message(
             frame("Conn1=", {"action": "subscribe", "room": "general", "after": 0}), None
@@ -489,7 +494,7 @@ def test_a_frame_from_an_unknown_connection_gets_a_fatal_error(db, posts, monkey
         def delete_connection(self, ConnectionId: str) -> None:
             deleted.append(ConnectionId)
 
-    monkeypatch.setattr(serverless, "client", lambda url: Client())
+    monkeypatch.setattr(apigateway, "client", lambda url: Client())
     assert serverless.message(frame("Ghost=", {"action": "ping"}), None) == {"statusCode": 200}
     [error] = posts.to("Ghost=")
     assert (error["code"], error["fatal"]) == ("unauthorized", True)
@@ -503,7 +508,7 @@ def test_a_handler_error_is_a_500_not_a_retry(db, monkeypatch):
         calls.append(args)
         raise TypeError("a bug")
 
-    monkeypatch.setattr(serverless.tokens, "user_for_token", broken)
+    monkeypatch.setattr(tokens, "user_for_token", broken)
     event = ws_event("$connect", "Conn1=")
     event["queryStringParameters"] = {"token": "t"}
     assert serverless.connect(event, None)["statusCode"] == 500
@@ -539,20 +544,20 @@ def test_limit_exceeded_is_retried_with_backoff(monkeypatch, settings):
     settings.CHAT_APIGW_FAST_POST = False  # boto3's post_to_connection (the gateway tests use both)
     flaky = FlakyClient(["429", "429"])
     sleeps: list[float] = []
-    monkeypatch.setattr(serverless, "client", lambda url: flaky)
-    monkeypatch.setattr(serverless.time, "sleep", sleeps.append)
-    assert serverless.post(("Conn=", "https://x/dev"), b"{}") == serverless.OK
+    monkeypatch.setattr(apigateway, "client", lambda url: flaky)
+    monkeypatch.setattr(apigateway.time, "sleep", sleeps.append)
+    assert apigateway.post(("Conn=", "https://x/dev"), b"{}") == apigateway.OK
     assert flaky.calls == 3
     assert len(sleeps) == 2 and sleeps[1] > sleeps[0] * 1.1 / 1.5  # growing, jittered
 
     flaky = FlakyClient(["429"] * 10)
-    monkeypatch.setattr(serverless, "client", lambda url: flaky)
-    assert serverless.post(("Conn=", "https://x/dev"), b"{}") == serverless.FAILED
+    monkeypatch.setattr(apigateway, "client", lambda url: flaky)
+    assert apigateway.post(("Conn=", "https://x/dev"), b"{}") == apigateway.FAILED
     assert flaky.calls == 4
 
     flaky = FlakyClient(["410"])
-    monkeypatch.setattr(serverless, "client", lambda url: flaky)
-    assert serverless.post(("Conn=", "https://x/dev"), b"{}") == serverless.GONE
+    monkeypatch.setattr(apigateway, "client", lambda url: flaky)
+    assert apigateway.post(("Conn=", "https://x/dev"), b"{}") == apigateway.GONE
     assert flaky.calls == 1  # gone is not retried
 
 
@@ -601,7 +606,7 @@ def test_the_poster_signs_keeps_its_connection_and_reopens_a_closed_one(monkeypa
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/dev"
-        poster = serverless.Poster()
+        poster = apigateway.Poster()
         assert poster(url, "One=", b"1") == ""
         assert poster(url, "Gone/x=", b"2") == "GoneException"  # and the id is escaped
         assert closed.wait(10)
@@ -631,8 +636,8 @@ def test_a_410_spares_a_connection_whose_connect_may_still_run(db, alice, room, 
     ApiConnection.objects.filter(pk=old.pk).update(
         connected_at=timezone.now() - timedelta(minutes=1)
     )
-    monkeypatch.setattr(serverless, "post", lambda target, data: serverless.GONE)
-    result = serverless.deliver([("Young=", "u"), ("Old=", "u")], b"{}")
+    monkeypatch.setattr(apigateway, "post", lambda target, data: apigateway.GONE)
+    result = apigateway.deliver([("Young=", "u"), ("Old=", "u")], b"{}")
     assert result == {"ok": 0, "gone": 2, "failed": 0}
     remaining = list(ApiConnection.objects.values_list("connection_id", flat=True))
     assert remaining == [young.connection_id]
@@ -643,17 +648,17 @@ def test_a_large_room_is_split_into_task_batches(db, alice, room, monkeypatch, s
     for n in range(100):
         connected(alice, f"Conn{n:03}=", room)
     batches: list[int] = []
-    monkeypatch.setattr(serverless, "post", lambda target, data: serverless.OK)
-    real = serverless.deliver
+    monkeypatch.setattr(apigateway, "post", lambda target, data: apigateway.OK)
+    real = apigateway.deliver
 
     def counting(targets: Any, data: bytes) -> dict[str, int]:
         batches.append(len(targets))
         return real(targets, data)
 
-    monkeypatch.setattr(serverless, "deliver", counting)
+    monkeypatch.setattr(apigateway, "deliver", counting)
     # Outside Lambda (no AWS_LAMBDA_FUNCTION_NAME) Zappa's @task runs the batch inline.
     assert not os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
-    serverless.apigateway_publisher(room.pk, {"type": "message"}, '{"type":"message"}')
+    apigateway.ApiGatewayBackend().publish(room.pk, {"type": "message"}, '{"type":"message"}')
     assert sorted(batches) == [20, 40, 40]
     assert batches[-1] == 40  # the invocation's own batch goes last, after handing off the rest
 
@@ -661,14 +666,14 @@ def test_a_large_room_is_split_into_task_batches(db, alice, room, monkeypatch, s
 def test_posts_never_exceed_api_gateways_frame_limit():
     users = [f"user-with-a-long-name-{n:05}" for n in range(5000)]
     event = {"type": "presence", "room": "big", "users": users}
-    data = serverless.fit(event, json.dumps(event))
+    data = apigateway.fit(event, json.dumps(event))
     assert data is not None and len(data) <= 32 * 1024
     trimmed = json.loads(data)
     assert trimmed["truncated"] is True and trimmed["users"] == users[: len(trimmed["users"])]
     huge = {"type": "message", "body": "x" * 40_000}
-    assert serverless.fit(huge, json.dumps(huge)) is None
+    assert apigateway.fit(huge, json.dumps(huge)) is None
     small = {"type": "pong"}
-    assert serverless.fit(small, '{"type":"pong"}') == b'{"type":"pong"}'
+    assert apigateway.fit(small, '{"type":"pong"}') == b'{"type":"pong"}'
 
 
 def test_the_sweep_removes_expired_and_gone_rows(db, alice, room, monkeypatch, settings):
@@ -697,8 +702,8 @@ def test_the_sweep_removes_expired_and_gone_rows(db, alice, room, monkeypatch, s
                 raise client_error("GoneException", 410)
             return {}
 
-    monkeypatch.setattr(serverless, "client", lambda url: Client())
-    assert serverless.sweep() == {"expired": 1, "gone": 1}
+    monkeypatch.setattr(apigateway, "client", lambda url: Client())
+    assert apigateway.sweep() == {"expired": 1, "gone": 1}
     assert sorted(asked) == ["IdleAlive=", "IdleGone="]
     remaining = set(ApiConnection.objects.values_list("connection_id", flat=True))
     assert remaining == {"IdleAlive=", "Fresh="}
@@ -706,7 +711,7 @@ def test_the_sweep_removes_expired_and_gone_rows(db, alice, room, monkeypatch, s
 
 
 def test_presence_from_subscription_rows(db, alice, bob, room):
-    store = serverless.SubscriptionPresence()
+    store = presence.SubscriptionStore()
     a1 = connected(alice, "A1=", room)
     assert store.touch(room.pk, "A1=", "alice", 60) is True  # alice's first connection
     connected(alice, "A2=", room)
@@ -770,7 +775,7 @@ def test_zappa_package_builds_offline_under_50_mb_and_its_handler_runs(tmp_path,
     unpacked = tmp_path / "task"
     zipfile.ZipFile(package).extractall(unpacked)
     alice = make_user("alice")
-    services.ensure_lobby()
+    writepath.ensure_lobby()
     script = f"""
 import json, sys
 sys.path.insert(0, {str(unpacked)!r})
@@ -819,7 +824,7 @@ def _subscribed(room: Room, user: Any, connection_id: str) -> ApiConnection:
 def test_presence_on_lambda_changes_with_connections_not_with_polls(db: Any) -> None:
     room = Room.objects.create(slug="general", title="General")
     alice = make_user("alice")
-    store = serverless.SubscriptionPresence()
+    store = presence.SubscriptionStore()
     # A long-poller has no row: its polls change nothing (and announce nothing to the room).
     assert store.touch(room.pk, f"poll-{alice.pk}", "alice", 60) is False
     _subscribed(room, alice, "c-1")
@@ -833,7 +838,7 @@ def test_forgetting_gone_connections_announces_each_room_once(
 ) -> None:
     from chat import presence
 
-    settings.CHAT_PRESENCE_STORE = "chat.serverless.SubscriptionPresence"
+    settings.CHAT_PRESENCE_STORE = "chat.presence.SubscriptionStore"
     room = Room.objects.create(slug="general", title="General")
     for name in ("alice", "bob", "carol"):
         _subscribed(room, make_user(name), f"gone-{name}")
@@ -841,5 +846,5 @@ def test_forgetting_gone_connections_announces_each_room_once(
     monkeypatch.setattr(
         presence, "announce", lambda room_id, slug: announced.append((room_id, slug))
     )
-    assert serverless.forget(ApiConnection.objects.all()) == 3
+    assert apigateway.forget(ApiConnection.objects.all()) == 3
     assert announced == [(room.pk, "general")]

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from chat import services
+from chat import reads, writepath
+from chat.errors import ChatError
 from chat.models import Membership, Message, Room
-from chat.services import ChatError
 
 
 def test_it_posts_and_numbers_messages(alice: Any, room: Room) -> None:
-    first = services.post_message(alice, room, "hello", "c1")
-    second = services.post_message(alice, room, "again", "c2")
+    first = writepath.post_message(alice, room, "hello", "c1")
+    second = writepath.post_message(alice, room, "again", "c2")
     assert first.created and second.created
     assert (first.message.seq, second.message.seq) == (1, 2)
     room.refresh_from_db()
@@ -26,7 +26,7 @@ def test_it_posts_and_numbers_messages(alice: Any, room: Room) -> None:
 @pytest.mark.parametrize("body", ["", "   \n\t", None, 42, ["x"]])
 def test_it_refuses_empty_or_wrong_bodies(alice: Any, room: Room, body: Any) -> None:
     with pytest.raises(ChatError) as info:
-        services.post_message(alice, room, body)
+        writepath.post_message(alice, room, body)
     assert info.value.code == "bad_request"
     assert Message.objects.count() == 0
     room.refresh_from_db()
@@ -35,17 +35,17 @@ def test_it_refuses_empty_or_wrong_bodies(alice: Any, room: Room, body: Any) -> 
 
 def test_it_refuses_bodies_over_the_limit(alice: Any, room: Room, settings: Any) -> None:
     settings.CHAT_MAX_BODY = 10
-    services.post_message(alice, room, "x" * 10)
+    writepath.post_message(alice, room, "x" * 10)
     with pytest.raises(ChatError) as info:
-        services.post_message(alice, room, "x" * 11)
+        writepath.post_message(alice, room, "x" * 11)
     assert info.value.code == "too_large"
     assert info.value.status == 413
     assert Message.objects.count() == 1
 
 
 def test_a_retry_with_the_same_client_id_changes_nothing(alice: Any, room: Room) -> None:
-    first = services.post_message(alice, room, "once", "same")
-    again = services.post_message(alice, room, "once", "same")
+    first = writepath.post_message(alice, room, "once", "same")
+    again = writepath.post_message(alice, room, "once", "same")
     assert not again.created
     assert again.message.pk == first.message.pk
     room.refresh_from_db()
@@ -55,7 +55,7 @@ def test_a_retry_with_the_same_client_id_changes_nothing(alice: Any, room: Room)
 
 def test_it_rejects_non_members_of_private_rooms(outsider: Any, private_room: Room) -> None:
     with pytest.raises(ChatError) as info:
-        services.post_message(outsider, private_room, "let me in")
+        writepath.post_message(outsider, private_room, "let me in")
     assert info.value.code == "not_found"
     assert Message.objects.count() == 0
 
@@ -66,40 +66,39 @@ def test_locked_rooms_refuse_posts_but_not_moderators(
     room.locked = True
     room.save()
     with pytest.raises(ChatError) as info:
-        services.post_message(alice, room, "hi")
+        writepath.post_message(alice, room, "hi")
     assert info.value.code == "forbidden"
-    assert services.post_message(moderator, room, "announcement").created
+    assert writepath.post_message(moderator, room, "announcement").created
 
 
 def test_edit_and_delete_take_the_next_seq(alice: Any, bob: Any, room: Room) -> None:
-    posted = services.post_message(alice, room, "typo").message
+    posted = writepath.post_message(alice, room, "typo").message
     with pytest.raises(ChatError):
-        services.edit_message(bob, room, posted.pk, "not mine")
-    edited = services.edit_message(alice, room, posted.pk, "fixed")
+        writepath.edit_message(bob, room, posted.pk, "not mine")
+    edited = writepath.edit_message(alice, room, posted.pk, "fixed")
     assert (edited.seq, edited.posted_seq, edited.body) == (2, 1, "fixed")
-    deleted = services.delete_message(alice, room, posted.pk)
+    deleted = writepath.delete_message(alice, room, posted.pk)
     event = deleted.to_event()
     assert (event["seq"], event["deleted"], event["body"]) == (3, True, "")
-    changes, seq = services.changes_after(room, 0)
-    assert [c["seq"] for c in changes] == [3] and seq == 3
+    caught = reads.catch_up(room, 0)
+    assert [c["seq"] for c in caught.changes] == [3] and caught.seq == 3
 
 
 def test_read_cursor_only_moves_forward(alice: Any, room: Room) -> None:
     for i in range(3):
-        services.post_message(alice, room, f"m{i}")
+        writepath.post_message(alice, room, f"m{i}")
     room.refresh_from_db()
-    assert services.mark_read(alice, room, 3) == 3
-    assert services.mark_read(alice, room, 1) == 3
+    assert writepath.mark_read(alice, room, 3) == 3
+    assert writepath.mark_read(alice, room, 1) == 3
     assert Membership.objects.get(room=room, user=alice).read_seq == 3
 
 
 def test_a_too_old_cursor_asks_for_resync(alice: Any, room: Room, settings: Any) -> None:
     settings.CHAT_RESUME_LIMIT = 2
     for i in range(4):
-        services.post_message(alice, room, f"m{i}")
-    assert services.changes_after(room, 1) == (None, 4)
-    changes, _ = services.changes_after(room, 2)
-    assert [c["seq"] for c in changes] == [3, 4]
+        writepath.post_message(alice, room, f"m{i}")
+    assert reads.catch_up(room, 1) == reads.CatchUp(4, resync=True)
+    assert [c["seq"] for c in reads.catch_up(room, 2).changes] == [3, 4]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -114,7 +113,7 @@ def test_concurrent_writers_never_leave_a_hole_for_readers(django_user_model: An
     def write(user: Any) -> None:
         try:
             for i in range(50):
-                services.post_message(user, room, f"{user.username} {i}", f"{user.username}-{i}")
+                writepath.post_message(user, room, f"{user.username} {i}", f"{user.username}-{i}")
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -125,8 +124,7 @@ def test_concurrent_writers_never_leave_a_hole_for_readers(django_user_model: An
         try:
             while True:
                 finished = done.is_set()
-                changes, _ = services.changes_after(room, cursor)
-                for change in changes or []:
+                for change in reads.catch_up(room, cursor).changes:
                     seen.append(change["seq"])
                     cursor = change["seq"]
                 if finished:
@@ -163,7 +161,7 @@ def test_concurrent_retries_create_one_message(django_user_model: Any) -> None:
     def send() -> None:
         try:
             barrier.wait()
-            ids.append(services.post_message(user, room, "only once", "dup").message.pk)
+            ids.append(writepath.post_message(user, room, "only once", "dup").message.pk)
         finally:
             connection.close()
 
@@ -184,15 +182,15 @@ def test_a_rate_limit_holds_under_racing_posts(django_user_model: Any) -> None:
     three through (an unlocked check let racing posts all see two and pass)."""
     room = Room.objects.create(slug="limited", title="Limited", rate_limit=3)
     user = django_user_model.objects.create_user("racer")
-    services.post_message(user, room, "one")
-    services.post_message(user, room, "two")
+    writepath.post_message(user, room, "one")
+    writepath.post_message(user, room, "two")
     barrier = threading.Barrier(8)
     outcomes: list[str] = []
 
     def send(i: int) -> None:
         try:
             barrier.wait()
-            services.post_message(user, room, f"race {i}")
+            writepath.post_message(user, room, f"race {i}")
             outcomes.append("stored")
         except ChatError as exc:
             outcomes.append(exc.code)
@@ -222,16 +220,16 @@ def test_a_restriction_that_lands_after_the_checks_still_stops_the_post(
     if limited:
         Room.objects.filter(pk=room.pk).update(rate_limit=100)
         room.refresh_from_db()
-    checks = services._check_rate
+    checks = writepath._check_rate
 
     def ban_meanwhile(user: Any, checked: Room) -> None:
         checks(user, checked)
         if not Restriction.objects.exists():
             Restriction.objects.create(kind=kind, user=alice, room=room, created_by=moderator)
 
-    monkeypatch.setattr(services, "_check_rate", ban_meanwhile)
+    monkeypatch.setattr(writepath, "_check_rate", ban_meanwhile)
     with pytest.raises(ChatError) as info:
-        services.post_message(alice, room, "too late")
+        writepath.post_message(alice, room, "too late")
     assert info.value.code == "forbidden"
     assert Message.objects.count() == 0
     room.refresh_from_db()
@@ -241,9 +239,9 @@ def test_a_restriction_that_lands_after_the_checks_still_stops_the_post(
 def test_reading_never_makes_anyone_a_member_of_a_private_room(
     alice: Any, moderator: Any, private_room: Room
 ) -> None:
-    services.post_message(alice, private_room, "hello")
+    writepath.post_message(alice, private_room, "hello")
     private_room.refresh_from_db()
-    assert services.mark_read(moderator, private_room, 1) == 1
+    assert writepath.mark_read(moderator, private_room, 1) == 1
     assert not Membership.objects.filter(room=private_room, user=moderator).exists()
-    assert services.mark_read(alice, private_room, 1) == 1
+    assert writepath.mark_read(alice, private_room, 1) == 1
     assert Membership.objects.get(room=private_room, user=alice).read_seq == 1

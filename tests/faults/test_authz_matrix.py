@@ -36,7 +36,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image
 
-from chat import attachments, fanout, serverless, services, tokens
+from chat import apigateway, attachments, fanout, serverless, tokens, writepath
 from chat.models import (
     ApiConnection,
     Attachment,
@@ -56,7 +56,7 @@ pytestmark = pytest.mark.timeout(120)
 PRINCIPALS = ("anonymous", "outsider", "member", "muted", "banned", "roommod", "othermod", "staff")
 USERS = PRINCIPALS[1:]
 ROOMS = {"public": "general", "private": "secret"}
-# What site staff hold: the moderation permissions (chat/models.py Meta, chat/services.py
+# What site staff hold: the moderation permissions (chat/models.py Meta, chat/access.py
 # _require calls) and the view permissions the admin's lists need. Not the serverless
 # connections': looking at who is online is not moderation.
 STAFF_PERMISSIONS = [
@@ -120,19 +120,19 @@ def build_world() -> World:
     world = World(users=users, rooms={"general": general, "secret": secret}, target={}, hidden={})
     for slug, room in world.rooms.items():
         alice = users["alice"]
-        world.target[slug] = services.post_message(alice, room, f"alice in {slug}").message.pk
-        hidden = services.post_message(alice, room, f"hidden in {slug}").message.pk
+        world.target[slug] = writepath.post_message(alice, room, f"alice in {slug}").message.pk
+        hidden = writepath.post_message(alice, room, f"hidden in {slug}").message.pk
         Message.objects.filter(pk=hidden).update(hidden=True)
         world.hidden[slug] = hidden
         for name in USERS:
             if room.private and name in ("outsider", "othermod"):
                 continue  # they cannot post there (the cells check that they cannot)
-            posted = services.post_message(users[name], room, f"{name} in {slug}").message
+            posted = writepath.post_message(users[name], room, f"{name} in {slug}").message
             world.own[(name, slug)] = posted.pk
         mute = Restriction.objects.create(kind=Restriction.MUTE, user=users["muted"], room=room)
         world.mute[slug] = mute.pk
         Restriction.objects.create(kind=Restriction.BAN, user=users["banned"], room=room)
-    services.post_message(users["alice"], elsewhere, "alice elsewhere")
+    writepath.post_message(users["alice"], elsewhere, "alice elsewhere")
     return world
 
 
@@ -440,7 +440,7 @@ def test_attachment_endpoints(
     room, alice = world.rooms[slug], world.users["alice"]
     expected = ATTACHMENT_CELLS[action][0 if kind == "public" else 1][PRINCIPALS.index(principal)]
     image = attachments.complete(alice, uploaded(alice, room, "pic.png", png(), "image/png").pk)
-    services.post_message(alice, room, "", attachment=str(image.pk))
+    writepath.post_message(alice, room, "", attachment=str(image.pk))
     alices_pending = attachments.start_upload(alice, room, "hers.txt", 5, "text/plain")
     alices_uploaded = uploaded(alice, room, "hers2.txt", b"hers!", "text/plain")
     own = principal in POSTERS[kind]
@@ -796,15 +796,16 @@ def lambda_handler(
 def posts(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[Posts]:
     """The stage's publication and presence settings; @connections posts recorded."""
     recorder = Posts()
-    monkeypatch.setattr(serverless, "post", recorder)
+    monkeypatch.setattr(apigateway, "post", recorder)
     # The handlers close "obsolete" connections around each invocation, which would close the
     # test's own (it is inside a transaction). The deployed path keeps doing it.
     monkeypatch.setattr(serverless, "close_old_connections", lambda: None)
-    settings.CHAT_PUBLISHERS = ["chat.serverless.apigateway_publisher"]
-    settings.CHAT_PRESENCE_STORE = "chat.serverless.SubscriptionPresence"
-    fanout._publishers.cache_clear()
+    monkeypatch.setattr(apigateway, "close_old_connections", lambda: None)
+    settings.CHAT_FANOUT_BACKENDS = ["chat.apigateway.ApiGatewayBackend"]
+    settings.CHAT_PRESENCE_STORE = "chat.presence.SubscriptionStore"
+    fanout.backends.cache_clear()
     yield recorder
-    fanout._publishers.cache_clear()
+    fanout.backends.cache_clear()
 
 
 def lambda_connect(

@@ -262,9 +262,9 @@ def test_csrf_is_required_on_every_unsafe_endpoint(
 ) -> None:
     alice = get_user_model().objects.create_user("alice", password="pw-alice-123")
     room = Room.objects.create(slug="general", title="General")
-    from chat import services
+    from chat import writepath
 
-    own = services.post_message(alice, room, "mine", "m-1").message
+    own = writepath.post_message(alice, room, "mine", "m-1").message
     path = path.format(id=own.pk)
     client = Client(enforce_csrf_checks=True)
     client.force_login(alice)

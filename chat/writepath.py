@@ -1,0 +1,382 @@
+"""The write path: the only code that creates or changes a room or a message.
+
+Every transport (the JSON API, the pages, both WebSocket transports, long-poll) and moderation call
+these functions, and none writes messages itself. Each change:
+
+1. checks permission (chat/access.py: membership, bans, mutes, locks) and validates input, raising
+   ChatError before anything is written;
+2. takes the room's next `seq` under a row lock on the room, in the same transaction as the write, so
+   `seq` order is commit order (an auto-increment id is allocated before commit and is not);
+3. publishes the event only after commit (`transaction.on_commit`, through chat/fanout.py), so
+   nobody is told about a message that could still roll back.
+
+This module imports no transport: live clients are reached only through the fan-out.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from chat import attachments, events, fanout
+from chat.access import can_read, check_can_post, is_moderator, with_flags
+from chat.errors import ChatError
+from chat.models import Attachment, Membership, Message, Restriction, Room, slug_validator
+
+# --- validation ---
+
+
+def clean_body(body: Any, may_be_empty: bool = False) -> str:
+    if may_be_empty and body is None:
+        return ""
+    if not isinstance(body, str):
+        raise ChatError("bad_request", "`body` must be a string.")
+    if not body.strip() and not may_be_empty:
+        raise ChatError("bad_request", "A message cannot be empty.")
+    if len(body) > settings.CHAT_MAX_BODY:
+        raise ChatError("too_large", f"A message is at most {settings.CHAT_MAX_BODY} characters.")
+    return body
+
+
+def clean_client_id(client_id: Any) -> str | None:
+    if client_id is None or client_id == "":
+        return None
+    if not isinstance(client_id, str) or len(client_id) > 64:
+        raise ChatError("bad_request", "`client_id` must be a string of at most 64 characters.")
+    return client_id
+
+
+def clean_seq(value: Any, name: str) -> int:
+    """A cursor from a frame or a query string: a non-negative integer."""
+    if isinstance(value, bool):
+        raise ChatError("bad_request", f"`{name}` must be a non-negative integer.")
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or value < 0 or value > 2**62:
+        raise ChatError("bad_request", f"`{name}` must be a non-negative integer.")
+    return value
+
+
+# --- rooms ---
+
+
+def create_room(user: Any, slug: Any, title: Any, private: Any) -> Room:
+    if not isinstance(slug, str) or not isinstance(title, str) or not isinstance(private, bool):
+        raise ChatError(
+            "bad_request",
+            "Send `slug` and `title` as strings and `private` as a boolean.",
+        )
+    title = title.strip()
+    try:
+        slug_validator(slug)
+    except ValidationError as exc:
+        raise ChatError("bad_request", exc.messages[0]) from None
+    if not title or len(title) > 100:
+        raise ChatError("bad_request", "A title is 1–100 characters.")
+    try:
+        with transaction.atomic():
+            room = Room.objects.create(slug=slug, title=title, private=private, created_by=user)
+            Membership.objects.create(room=room, user=user)
+    except IntegrityError:
+        raise ChatError("bad_request", f"The room {slug!r} already exists.") from None
+    return room
+
+
+def ensure_lobby() -> Room:
+    room, _ = Room.objects.get_or_create(slug="lobby", defaults={"title": "Lobby"})
+    return room
+
+
+# --- messages ---
+
+
+RATE_WINDOW = 60.0
+
+
+def _check_rate(user: Any, room: Room) -> None:
+    """The room's messages-per-minute limit (0: none; moderators are exempt). post_message checks
+    it once early (a refused post takes no lock) and again under the room lock, where it is exact."""
+    limit = room.rate_limit
+    if not limit or is_moderator(user, room):
+        return
+    since = timezone.now() - timedelta(seconds=RATE_WINDOW)
+    recent = list(
+        Message.objects.filter(author=user, room=room, created__gt=since)
+        .order_by("-created")
+        .values_list("created", flat=True)[:limit]
+    )
+    if len(recent) >= limit:
+        # Allowed again once the oldest of the last `limit` posts leaves the window.
+        wait = (recent[-1] - since).total_seconds()
+        raise ChatError(
+            "rate_limited",
+            f"This room allows {limit} messages a minute.",
+            retry_after=round(max(wait, 0.001), 3),
+        )
+
+
+def _take_seq(room: Room) -> tuple[int, bool]:
+    """Take the room's next seq: one UPDATE that also locks the room row until commit, so the
+    change that takes seq n commits before any change can take n + 1. Returns (seq, locked)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Room._meta.db_table} SET seq = seq + 1 WHERE id = %s RETURNING seq, locked",
+            [room.pk],
+        )
+        seq, locked = cursor.fetchone()
+    room.seq = seq
+    return seq, bool(locked)
+
+
+INSERT_SQL = """
+WITH next AS (
+    UPDATE {room} SET seq = seq + 1
+    WHERE id = %(room)s AND (NOT locked OR %(may_post_locked)s)
+        -- A ban or mute that committed after the checks still stops the post.
+        AND NOT EXISTS (
+            SELECT 1 FROM {restriction} r
+            WHERE r.user_id = %(author)s AND (r.room_id = %(room)s OR r.room_id IS NULL)
+                AND (r.until IS NULL OR r.until > %(created)s)
+        )
+    RETURNING seq
+), joined AS (
+    INSERT INTO {membership} (room_id, user_id, joined, read_seq)
+    SELECT %(room)s, %(author)s, %(created)s, 0 FROM next WHERE %(join)s
+    ON CONFLICT (room_id, user_id) DO NOTHING
+)
+INSERT INTO {message}
+    (room_id, author_id, body, client_id, created, deleted, posted_seq, seq, attachment_id)
+SELECT %(room)s, %(author)s, %(body)s, %(client_id)s, %(created)s, false, next.seq, next.seq,
+    %(attachment)s
+FROM next
+RETURNING id, seq
+"""
+
+
+def _insert_in_one_statement(message: Message, may_post_locked: bool, join: bool) -> None:
+    """Take the seq, join a public room, and insert the message in one statement (PostgreSQL).
+
+    The UPDATE locks the room row until the statement's transaction commits, so seq order is
+    still commit order; but the lock is held for one round trip instead of four. With several
+    threads sharing the GIL, each round trip inside a transaction could wait milliseconds for its
+    thread to run again, and every writer of the room queued behind that lock.
+    """
+    message.created = timezone.now()
+    sql = INSERT_SQL.format(
+        room=Room._meta.db_table,
+        membership=Membership._meta.db_table,
+        message=Message._meta.db_table,
+        restriction=Restriction._meta.db_table,
+    )
+    params = {
+        "join": join,
+        "room": message.room_id,
+        "may_post_locked": may_post_locked,
+        "author": message.author_id,
+        "body": message.body,
+        "client_id": message.client_id,
+        "created": message.created,
+        "attachment": message.attachment_id,
+    }
+    # Inside a caller's transaction, a savepoint keeps a duplicate client_id from breaking it;
+    # in autocommit (every transport) the statement is its own transaction.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+    if row is None:
+        # Locked, banned or muted since the checks: say which, as the checks would have.
+        if Restriction.objects.applying_to(message.author, message.room_id).exists():
+            raise ChatError("forbidden", "You may not post in this room.")
+        raise ChatError("forbidden", "This room is locked.")
+    message.pk, message.seq = row
+    message.posted_seq = message.seq
+    message._state.adding = False
+
+
+def _publish_on_commit(message: Message) -> None:
+    event = message.to_event()
+    room_id = message.room_id
+    transaction.on_commit(lambda: fanout.publish(room_id, event))
+
+
+@dataclass
+class Posted:
+    message: Message
+    created: bool
+
+    def ack(self) -> dict[str, Any]:
+        m = self.message
+        return events.ack(m.client_id, m.room.slug, m.seq, m.pk)
+
+
+def _existing(user: Any, room: Room, client_id: str | None) -> Message | None:
+    """The message this author already stored in this room under this client_id: the key is
+    scoped to the room, so a bot numbering its messages per room never loses one."""
+    if client_id is None:
+        return None
+    return Message.objects.with_author().filter(room=room, author=user, client_id=client_id).first()
+
+
+def _same_post(existing: Message, body: str, attachment: Any) -> bool:
+    """Whether a retry carries what was stored. A message changed since (edited, deleted,
+    hidden) cannot be compared, and the retry is of a post that certainly happened."""
+    if existing.seq != existing.posted_seq:
+        return True
+    return existing.body == body and str(existing.attachment_id or "") == str(attachment or "")
+
+
+def post_message(
+    user: Any, room: Room, body: Any, client_id: Any = None, attachment: Any = None
+) -> Posted:
+    """Post a message, with the id of a ready upload as its attachment if given (the body may then
+    be empty). A retry (same author, room and `client_id`) returns the original and changes
+    nothing; the same key with a different body is a `conflict`, never a silent success."""
+    client_id = clean_client_id(client_id)
+    try:
+        body = clean_body(body, may_be_empty=attachment is not None)
+        room = with_flags(user, room)
+        check_can_post(user, room)
+        if not can_read(user, room):
+            raise ChatError("not_found", f"There is no room {room.slug!r}.")
+        _check_rate(user, room)
+        message = Message(room=room, author=user, body=body, client_id=client_id)
+        if attachment is not None:
+            # The one-to-one column makes a second message with the same file fail to insert.
+            message.attachment = attachments.for_message(user, room, attachment)
+        may_post_locked = is_moderator(user, room)
+        limited = bool(room.rate_limit) and not may_post_locked
+        if connection.vendor == "postgresql" and not limited:
+            _insert_in_one_statement(message, may_post_locked, join=not room.private)
+        else:
+            with transaction.atomic():
+                # From here every other post to this room waits for our commit (the room row is
+                # locked), so the checks below see every post and restriction committed before.
+                seq, locked = _take_seq(room)
+                if locked and not may_post_locked:
+                    # Locked while we were checking: the rollback gives the seq back.
+                    raise ChatError("forbidden", "This room is locked.")
+                if Restriction.objects.applying_to(user, room).exists():
+                    raise ChatError("forbidden", "You may not post in this room.")
+                if limited:
+                    # Exact under the lock: two posts racing at the limit cannot both pass.
+                    _check_rate(user, room)
+                if not room.private:
+                    Membership.objects.get_or_create(room=room, user=user)
+                message.posted_seq = message.seq = seq
+                message.save(force_insert=True)
+    except (ChatError, IntegrityError) as error:
+        # A retry of a message already stored gets the original, even if the room was locked
+        # since, or if it raced the original (the unique (room, author, client_id) constraint
+        # made our insert, seq included, roll back). Checked only on failure: the usual post
+        # pays nothing.
+        existing = _existing(user, room, client_id)
+        if existing is not None:
+            if not _same_post(existing, body if isinstance(body, str) else "", attachment):
+                raise ChatError(
+                    "conflict", "This client_id was already used for another message here."
+                ) from None
+            return Posted(existing, created=False)
+        if attachment is not None and isinstance(error, IntegrityError):
+            raise ChatError("bad_request", "This attachment was already sent.") from None
+        raise
+    _publish_on_commit(message)
+    return Posted(message, created=True)
+
+
+def _own_message(user: Any, room: Room, message_id: Any) -> Message:
+    message = room_message(room, message_id)
+    if message.author_id != user.pk:
+        raise ChatError("forbidden", "You can only change your own messages.")
+    if message.deleted:
+        raise ChatError("forbidden", "This message was deleted.")
+    return message
+
+
+def room_message(room: Room, message_id: Any) -> Message:
+    if isinstance(message_id, bool) or not isinstance(message_id, int):
+        raise ChatError("bad_request", "`id` must be a message id.")
+    message = Message.objects.with_author().filter(room=room, pk=message_id).first()
+    if message is None:
+        raise ChatError("not_found", "There is no such message in this room.")
+    return message
+
+
+def change(message: Message, **fields: Any) -> Message:
+    """Apply a change to a message under the room lock; it takes the room's next seq."""
+    with transaction.atomic():
+        seq, _ = _take_seq(message.room)
+        current = Message.objects.select_for_update().get(pk=message.pk)
+        if current.deleted:
+            raise ChatError("forbidden", "This message was deleted.")
+        if current.hidden and fields.get("hidden", True):
+            # Hidden by a moderator: only a moderator's restore or erase changes it now.
+            raise ChatError("forbidden", "A moderator removed this message.")
+        if fields.get("deleted") and current.attachment_id is not None:
+            # A deleted message's file goes from storage too, once the delete has committed.
+            fields["attachment"] = None
+            _delete_attachment_on_commit(current.attachment_id)
+        for name, value in fields.items():
+            setattr(current, name, value)
+        current.seq = seq
+        current.save(update_fields=[*fields, "seq"])
+        current.room = message.room
+        current.author = message.author
+        _publish_on_commit(current)
+    return current
+
+
+def _delete_attachment_on_commit(pk: Any) -> None:
+    def delete() -> None:
+        row = Attachment.objects.filter(pk=pk).first()
+        if row is not None:
+            attachments.discard(row)
+
+    transaction.on_commit(delete)
+
+
+def edit_message(user: Any, room: Room, message_id: Any, body: Any) -> Message:
+    check_can_post(user, room)
+    body = clean_body(body)
+    message = _own_message(user, room, message_id)
+    window = timedelta(seconds=settings.CHAT_EDIT_WINDOW)
+    if timezone.now() - message.created > window:
+        raise ChatError("forbidden", "The edit window for this message has passed.")
+    if message.body == body:
+        return message
+    return change(message, body=body, edited=timezone.now())
+
+
+def delete_message(user: Any, room: Room, message_id: Any) -> Message:
+    check_can_post(user, room)
+    message = _own_message(user, room, message_id)
+    # The author's delete removes the text; only the tombstone stays, so resume shows it gone.
+    return change(message, body="", deleted=True)
+
+
+def mark_read(user: Any, room: Room, seq: Any) -> int:
+    """Move the user's read cursor forward (never back); returns the cursor. Reading a public
+    room joins it, as posting does; reading never makes anyone a member of a private room (a
+    moderator reading one stays out of it)."""
+    seq = min(clean_seq(seq, "seq"), room.seq)
+    if room.private:
+        membership = Membership.objects.filter(room=room, user=user).first()
+        if membership is None:
+            return seq
+    else:
+        membership, _ = Membership.objects.get_or_create(room=room, user=user)
+    Membership.objects.filter(pk=membership.pk, read_seq__lt=seq).update(read_seq=seq)
+    return max(seq, membership.read_seq)
+
+
+def send_typing(user: Any, room: Room) -> None:
+    # Whoever may not post (muted, banned, a locked room) has nothing to be typing.
+    check_can_post(user, with_flags(user, room))
+    fanout.publish(room.pk, events.typing(room.slug, user.get_username()))
