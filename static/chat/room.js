@@ -1,7 +1,7 @@
 // The room page: history, live messages, the composer, presence, typing and the connection badge.
 // All user text goes into the page with textContent; URLs come from data-* attributes.
 
-import { Transport } from "./transport.js";
+import { Channel } from "./channel.js";
 import { startSidebar } from "./sidebar.js";
 
 const PAGE = 50;
@@ -134,7 +134,7 @@ class RoomView {
     this.readSeq = 0;
 
     const { timings, forcePoll } = settings();
-    this.transport = new Transport({
+    this.channel = new Channel({
       tokenUrl: root.dataset.apiToken,
       roomsUrl: root.dataset.apiRooms,
       attachmentsUrl: root.dataset.apiAttachments,
@@ -146,7 +146,7 @@ class RoomView {
     });
     this.sidebar = startSidebar({
       list: document.getElementById("room-list"),
-      transport: this.transport,
+      channel: this.channel,
       current: this.slug,
       roomUrl: root.dataset.roomUrl,
       interval: timings.roomsPoll,
@@ -162,17 +162,17 @@ class RoomView {
     const initial = JSON.parse(document.getElementById("initial-messages").textContent);
     this.list.replaceChildren();
     this.addPage(initial, this.hasMore);
-    for (const item of this.transport.pending(this.slug)) this.showOutgoing(item);
+    for (const item of this.channel.pending(this.slug)) this.showOutgoing(item);
     this.renderEmpty();
     this.scrollToBottom();
-    this.bindTransport();
+    this.bindChannel();
     this.bindComposer();
     this.bindAttachments();
     this.bindScroll();
     this.bindRoomsToggle();
     this.setLocked(this.root.dataset.locked === "true");
-    this.transport.open(this.slug, Number(this.root.dataset.seq));
-    this.transport.start();
+    this.channel.open(this.slug, Number(this.root.dataset.seq));
+    this.channel.start();
     this.markRead();
   }
 
@@ -202,7 +202,7 @@ class RoomView {
     this.olderBox.classList.add("loading");
     const before = this.before;
     try {
-      const page = await this.transport.get(
+      const page = await this.channel.get(
         `${this.slug}/messages?before=${before}&limit=${PAGE}`,
       );
       const height = this.scroller.scrollHeight;
@@ -234,7 +234,7 @@ class RoomView {
     // (upsert would drop them as changes to an unloaded page), and the page's own copies merge.
     this.hasMore = false;
     try {
-      const page = await this.transport.get(`${this.slug}/messages?limit=${PAGE}`);
+      const page = await this.channel.get(`${this.slug}/messages?limit=${PAGE}`);
       this.addPage(page.messages, page.has_more);
     } catch (err) {
       this.hasMore = false;
@@ -537,7 +537,7 @@ class RoomView {
     let answer = null;
     try {
       answer =
-        kind === "edit" ? await this.transport.edit(this.slug, id, body) : await this.transport.remove(this.slug, id);
+        kind === "edit" ? await this.channel.edit(this.slug, id, body) : await this.channel.remove(this.slug, id);
     } catch (err) {
       error = err;
     }
@@ -629,7 +629,7 @@ class RoomView {
       status.className = "report-status";
       status.textContent = "Sending…";
       try {
-        await this.transport.report(this.slug, id, reason);
+        await this.channel.report(this.slug, id, reason);
       } catch (err) {
         send.disabled = false;
         status.className = "report-status error";
@@ -703,12 +703,12 @@ class RoomView {
     }
     state.append(el("span", null, item.manual ? `Not sent: ${item.error}` : "Not sent, retrying… "));
     const retry = button("Retry now", "link-button");
-    retry.addEventListener("click", () => this.transport.retry(item.client_id));
+    retry.addEventListener("click", () => this.channel.retry(item.client_id));
     state.append(retry);
     if (item.manual) {
       const drop = button("Discard", "link-button");
       drop.addEventListener("click", () => {
-        this.transport.discard(item.client_id);
+        this.channel.discard(item.client_id);
         this.byClient.delete(item.client_id);
         li.remove();
         this.renderEmpty();
@@ -762,22 +762,22 @@ class RoomView {
   }
 
   markRead() {
-    const seq = this.transport.cursor(this.slug);
+    const seq = this.channel.cursor(this.slug);
     if (seq == null || seq <= this.readSeq || document.visibilityState !== "visible") return;
     clearTimeout(this.readTimer);
     this.readTimer = setTimeout(() => {
-      const now = this.transport.cursor(this.slug);
+      const now = this.channel.cursor(this.slug);
       if (now > this.readSeq) {
         this.readSeq = now;
-        this.transport.read(this.slug, now);
+        this.channel.read(this.slug, now);
       }
     }, 800);
   }
 
   // --- the rest of the room ---
 
-  bindTransport() {
-    const t = this.transport;
+  bindChannel() {
+    const t = this.channel;
     t.addEventListener("message", (e) => {
       this.upsert(e.detail);
       this.clearTyping(e.detail.author);
@@ -889,7 +889,7 @@ class RoomView {
       e.preventDefault();
       const body = this.input.value;
       if ((!body.trim() && !this.file) || body.length > max) return;
-      this.transport.send(this.slug, body.trim() ? body : "", this.file);
+      this.channel.send(this.slug, body.trim() ? body : "", this.file);
       this.setFile(null);
       this.input.value = "";
       grow();
@@ -906,7 +906,7 @@ class RoomView {
       const now = Date.now();
       if (this.input.value && now - this.lastTyping > 3000) {
         this.lastTyping = now;
-        this.transport.typing(this.slug);
+        this.channel.typing(this.slug);
       }
     });
   }
