@@ -1,4 +1,5 @@
-// Unread counts in the rooms list, kept current by polling GET /api/rooms/.
+// The rooms list: unread counts kept current by polling GET /api/rooms/, and on a phone the
+// button that shows and hides the list over the room.
 //
 // Why polling and not a subscription per room: subscribing the socket to every room in the list
 // would push every message of every room to every open tab (cost grows with rooms × traffic) and
@@ -88,6 +89,33 @@ export function startSidebar({ list, apiUrl, channel, current, roomUrl, interval
   if (channel) channel.addEventListener("connected", () => refresh());
   schedule();
   return { refresh };
+}
+
+// On a phone the list is hidden behind a button in the room's header.
+export function startRoomsToggle() {
+  const toggle = document.getElementById("rooms-toggle");
+  const sidebar = document.getElementById("sidebar");
+  toggle.hidden = false;
+  const set = (open) => {
+    sidebar.classList.toggle("open", open);
+    toggle.setAttribute("aria-expanded", String(open));
+  };
+  toggle.addEventListener("click", (e) => {
+    e.stopPropagation();
+    const open = !sidebar.classList.contains("open");
+    set(open);
+    // The list covers the room: put the keyboard in it, and Escape brings it back.
+    if (open) (sidebar.querySelector("[aria-current]") || sidebar.querySelector("a")).focus();
+  });
+  sidebar.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && sidebar.classList.contains("open")) {
+      set(false);
+      toggle.focus();
+    }
+  });
+  document.addEventListener("click", (e) => {
+    if (sidebar.classList.contains("open") && !sidebar.contains(e.target)) set(false);
+  });
 }
 
 // The rooms index page: the same live counts, no channel.
