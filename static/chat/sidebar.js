@@ -1,4 +1,5 @@
-// Unread counts in the rooms list, kept current by polling GET /api/rooms/.
+// The rooms list: unread counts kept current by polling GET /api/rooms/, and on a phone the
+// button that shows and hides the list over the room.
 //
 // Why polling and not a subscription per room: subscribing the socket to every room in the list
 // would push every message of every room to every open tab (cost grows with rooms × traffic) and
@@ -7,20 +8,20 @@
 // when it becomes visible again or reconnects) is cheap and bounded. A per-user notification
 // channel would make this push-based; the protocol does not have one yet.
 
-import { getJson } from "./transport.js";
+import { getJson } from "./http.js";
 
 const DEFAULT_INTERVAL = 30000;
 
 // onCurrent(room, askedAt): the current room's entry, with the performance.now() at which it was
 // asked for, so the page can tell it from state that arrived live in the meantime.
-export function startSidebar({ list, apiUrl, transport, current, roomUrl, interval, onCurrent }) {
+export function startSidebar({ list, apiUrl, channel, current, roomUrl, interval, onCurrent }) {
   if (!list) return null;
   const every = interval || DEFAULT_INTERVAL;
   let timer = null;
   let inflight = false;
 
   async function fetchRooms() {
-    return (await (transport ? transport.get("") : getJson(apiUrl))).rooms;
+    return (await (channel ? channel.get("") : getJson(apiUrl))).rooms;
   }
 
   function item(room) {
@@ -62,7 +63,7 @@ export function startSidebar({ list, apiUrl, transport, current, roomUrl, interv
 
   async function refresh() {
     if (inflight || document.visibilityState !== "visible") return;
-    if (transport && transport.state === "offline") return;
+    if (channel && channel.state === "offline") return;
     inflight = true;
     const askedAt = performance.now();
     try {
@@ -85,12 +86,39 @@ export function startSidebar({ list, apiUrl, transport, current, roomUrl, interv
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible") refresh();
   });
-  if (transport) transport.addEventListener("connected", () => refresh());
+  if (channel) channel.addEventListener("connected", () => refresh());
   schedule();
   return { refresh };
 }
 
-// The rooms index page: the same live counts, no transport.
+// On a phone the list is hidden behind a button in the room's header.
+export function startRoomsToggle() {
+  const toggle = document.getElementById("rooms-toggle");
+  const sidebar = document.getElementById("sidebar");
+  toggle.hidden = false;
+  const set = (open) => {
+    sidebar.classList.toggle("open", open);
+    toggle.setAttribute("aria-expanded", String(open));
+  };
+  toggle.addEventListener("click", (e) => {
+    e.stopPropagation();
+    const open = !sidebar.classList.contains("open");
+    set(open);
+    // The list covers the room: put the keyboard in it, and Escape brings it back.
+    if (open) (sidebar.querySelector("[aria-current]") || sidebar.querySelector("a")).focus();
+  });
+  sidebar.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && sidebar.classList.contains("open")) {
+      set(false);
+      toggle.focus();
+    }
+  });
+  document.addEventListener("click", (e) => {
+    if (sidebar.classList.contains("open") && !sidebar.contains(e.target)) set(false);
+  });
+}
+
+// The rooms index page: the same live counts, no channel.
 const index = document.getElementById("room-list");
 if (index && index.dataset.api && !document.getElementById("chat")) {
   const interval = Number(new URLSearchParams(location.search).get("rooms_poll")) || undefined;

@@ -1,0 +1,339 @@
+// The message list: what the page knows about each message, and the <li> drawn from it.
+//
+// `records` holds one record per message id: the last event the page has for it (the server's
+// copy) and the page's own state around it: a change in flight, a refusal to show, an open editor,
+// delete confirmation or report form. Those forms are kept as nodes, not drawn again, so that
+// what is being typed in them (and the caret) survives every redraw. Messages sent from this page
+// wait in `unacked`, by client_id, until the server has stored them; their outbox item (outbox.js)
+// is what they are drawn from. History pages come in here too: older ones as the reader scrolls
+// up, the latest one again after a resync.
+
+import { ownActions, reportButton, scheduleEditExpiry, syncChangeControls } from "./actions.js";
+import { attachmentNode, button, el, humanSize, localTime } from "./dom.js";
+
+const PAGE = 50;
+
+const records = new Map(); // message id -> record (see newRecord)
+const unacked = new Map(); // client_id -> the <li> of a message the server has not acked yet
+const pages = {
+  hasMore: false, // whether the server has messages older than the oldest shown
+  before: null, // the `before` of the next history page
+  oldestId: Infinity, // the smallest id that came with a history page
+  loading: false,
+};
+let view = null; // what startList was given
+
+// `event` stays null only for one of ours that was acked before its `message` event arrived.
+function newRecord(id, li) {
+  li.dataset.id = id;
+  return {
+    id,
+    li,
+    event: null, // the latest copy from the server
+    change: null, // {kind: "edit" | "delete", body} until the server answers
+    note: null, // why the last change was refused, until dismissed
+    editor: null, // the open edit form
+    confirm: null, // the open "delete for everyone?" question
+    report: null, // the open report form, or the thanks that replaced it
+    expiry: null, // the timer that takes Edit away when the edit window closes
+  };
+}
+
+// options: list (the <ol>), scroller, olderBox, channel, slug, me, initial (the page's history,
+// oldest first), hasMore.
+export function startList(options) {
+  view = options;
+  view.list.replaceChildren();
+  addPage(options.initial, options.hasMore);
+  for (const item of view.channel.pending(view.slug)) showOutgoing(item);
+  renderEmpty();
+  scrollToBottom();
+}
+
+export function upsert(event, { history = false } = {}) {
+  if (event.room !== view.slug) return;
+  let record = records.get(event.id);
+  if (!record && event.client_id && event.author === view.me && unacked.has(event.client_id)) {
+    record = newRecord(event.id, unacked.get(event.client_id));
+    unacked.delete(event.client_id);
+  }
+  if (!record && !history && pages.hasMore && event.id < pages.oldestId) {
+    // A change to a message on a page not loaded yet: that page brings its current state.
+    return;
+  }
+  const atBottom = isAtBottom();
+  const isNew = !record;
+  if (!record) record = newRecord(event.id, el("li"));
+  records.set(event.id, record);
+  if (!record.event || event.seq >= record.event.seq) {
+    record.event = event;
+    render(record);
+  }
+  if (history) pages.oldestId = Math.min(pages.oldestId, event.id);
+  place(record);
+  if (isNew) renderEmpty();
+  if (!history && atBottom) scrollToBottom();
+}
+
+// Draw the record again after the page's side of it changed (an editor opened, a change settled,
+// the edit window over), if it is still shown.
+export function redraw(record) {
+  if (records.get(record.id) === record && record.event) render(record);
+}
+
+// The room was locked or unlocked: Edit and Delete follow the composer.
+export function redrawOwn() {
+  for (const record of records.values()) {
+    if (record.event && record.event.author === view.me) render(record);
+  }
+}
+
+function render(record) {
+  const { li, event } = record;
+  const mine = event.author === view.me;
+  if (event.deleted) {
+    // Nothing is left to change: an open editor or confirmation goes (a refusal note stays).
+    record.editor = null;
+    record.confirm = null;
+  }
+  const pending = record.change && !event.deleted ? record.change : null;
+  li.className =
+    "message" + (mine ? " mine" : "") + (event.deleted ? " deleted" : "") + (pending ? " changing" : "");
+  li.dataset.seq = event.seq;
+  li.dataset.state = "sent";
+  if (pending) li.dataset.change = pending.kind;
+  else delete li.dataset.change;
+  const meta = el("div", "meta");
+  meta.append(el("span", "author", event.author));
+  const [short, long] = localTime(event.created);
+  const time = el("time", null, short);
+  time.dateTime = event.created;
+  time.title = long;
+  meta.append(time);
+  if (event.edited && !event.deleted) meta.append(el("span", "edited", "edited"));
+  if (pending) {
+    meta.append(el("span", "state", pending.kind === "edit" ? "Saving…" : "Deleting…"));
+  } else {
+    meta.append(el("span", "state", "✓"));
+    meta.lastChild.setAttribute("aria-label", "sent");
+  }
+  const parts = [meta];
+  if (record.editor) {
+    parts.push(record.editor);
+  } else if (event.deleted || event.body || !event.attachment || pending) {
+    // A message may be only a file; an empty body then takes no room.
+    let text = event.deleted ? "message deleted" : event.body;
+    if (pending && pending.kind === "edit") text = pending.body;
+    parts.push(el("div", "body", text));
+  }
+  if (event.attachment && !event.deleted) parts.push(attachmentNode(event.attachment));
+  if (!mine && !event.deleted) {
+    meta.append(reportButton(record));
+    if (record.report) parts.push(record.report); // a report being written survives an edit
+  } else {
+    record.report = null;
+  }
+  if (mine && !event.deleted) {
+    meta.append(ownActions(record));
+    if (record.confirm) parts.push(record.confirm);
+  }
+  if (record.note) parts.push(record.note);
+  syncChangeControls(record);
+  keepFocus(li, () => li.replaceChildren(...parts));
+  scheduleEditExpiry(record);
+}
+
+// Redrawing replaces a message's nodes: whoever was typing in its editor or report form, or was
+// on one of its buttons, keeps the keyboard there (or on the message, if the button went).
+function keepFocus(li, replace) {
+  const active = document.activeElement;
+  const inside = active && active !== li && li.contains(active);
+  replace();
+  if (!inside) return;
+  if (li.contains(active)) {
+    active.focus({ preventScroll: true });
+    return;
+  }
+  const key = active.dataset.key;
+  const again =
+    (key && li.querySelector(`[data-key="${key}"]:not(:disabled)`)) || li.querySelector(".meta button:not(:disabled)");
+  if (again) {
+    again.focus({ preventScroll: true });
+  } else {
+    li.tabIndex = -1;
+    li.focus({ preventScroll: true });
+  }
+}
+
+// Messages in posting order: ids are taken under the room's lock, so within a room id order is
+// posting order (and, unlike `seq`, it does not move when a message is edited). Messages still
+// waiting for their ack stay at the end.
+function place(record) {
+  let next = null;
+  for (const other of records.values()) {
+    if (other !== record && other.id > record.id && (!next || other.id < next.id)) next = other;
+  }
+  const before = next ? next.li : unacked.values().next().value || view.list.querySelector(".empty");
+  const li = record.li;
+  if (li.parentNode !== view.list || li.nextElementSibling !== before) view.list.insertBefore(li, before);
+}
+
+export function showOutgoing(item) {
+  if (item.room !== view.slug) return;
+  let li = unacked.get(item.client_id);
+  if (!li) {
+    li = el("li", "message mine pending");
+    unacked.set(item.client_id, li);
+    const meta = el("div", "meta");
+    const [short, long] = localTime(new Date().toISOString());
+    const time = el("time", null, short);
+    time.title = long;
+    meta.append(el("span", "author", view.me), time, el("span", "state"));
+    li.append(meta);
+    if (item.body || !item.fileInfo) li.append(el("div", "body", item.body));
+    if (item.fileInfo) {
+      // Not a link yet: the file has no address until it is uploaded.
+      const box = el("div", "attachment file");
+      box.append(el("span", "file-name", item.fileInfo.name), " ", el("span", "size", humanSize(item.fileInfo.size)));
+      li.append(box);
+    }
+    view.list.append(li);
+    renderEmpty();
+    scrollToBottom();
+  }
+  const failed = item.state === "failed";
+  const uploading = item.state === "uploading";
+  li.className = "message mine " + (failed ? "failed" : "pending");
+  li.dataset.state = failed ? "failed" : uploading ? "uploading" : "pending";
+  const state = li.querySelector(".state");
+  state.replaceChildren();
+  if (uploading) {
+    const percent = item.progress ? ` ${Math.floor(item.progress * 100)}%` : "";
+    state.textContent = `Uploading…${percent}`;
+    return;
+  }
+  if (!failed) {
+    state.textContent = "Sending…";
+    return;
+  }
+  state.append(el("span", null, item.manual ? `Not sent: ${item.error}` : "Not sent, retrying… "));
+  const retry = button("Retry now", "link-button");
+  retry.addEventListener("click", () => view.channel.retry(item.client_id));
+  state.append(retry);
+  if (item.manual) {
+    const drop = button("Discard", "link-button");
+    drop.addEventListener("click", () => {
+      view.channel.discard(item.client_id);
+      unacked.delete(item.client_id);
+      li.remove();
+      renderEmpty();
+    });
+    state.append(" ", drop);
+  }
+}
+
+// The server stored one of ours. Until its `message` event arrives (any seq will do) it shows as
+// sent, in its place, with what was typed.
+export function acked(ack) {
+  const li = unacked.get(ack.client_id);
+  if (!li || ack.room !== view.slug) return;
+  unacked.delete(ack.client_id);
+  if (records.has(ack.id)) {
+    li.remove(); // the message event came first
+    return;
+  }
+  li.className = "message mine";
+  li.dataset.state = "sent";
+  li.dataset.seq = 0;
+  const state = li.querySelector(".state");
+  state.textContent = "✓";
+  state.setAttribute("aria-label", "sent");
+  const record = newRecord(ack.id, li);
+  records.set(ack.id, record);
+  place(record);
+}
+
+function renderEmpty() {
+  const empty = view.list.querySelector(".empty");
+  const count = records.size + unacked.size;
+  if (count && empty) empty.remove();
+  if (!count && !empty) view.list.append(el("li", "empty", "No messages yet. Say hello!"));
+}
+
+// --- scrolling ---
+
+export function isAtBottom() {
+  const s = view.scroller;
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 60;
+}
+
+function scrollToBottom() {
+  view.scroller.scrollTop = view.scroller.scrollHeight;
+}
+
+// --- history pages ---
+
+// A history page (oldest first); `before` for the next page is the smallest seq we have, or
+// `before - page length` when that is smaller (the page holds that many posted seqs below it).
+function addPage(messages, hasMore, before = null) {
+  for (const event of messages) upsert(event, { history: true });
+  pages.hasMore = hasMore && messages.length > 0;
+  let next = Math.min(...messages.map((m) => m.seq), pages.before ?? Infinity);
+  if (before != null) next = Math.min(next, before - messages.length);
+  pages.before = Number.isFinite(next) ? next : null;
+  const box = view.olderBox;
+  box.replaceChildren();
+  if (pages.hasMore) {
+    const older = button("Load older messages", "link-button");
+    older.addEventListener("click", () => loadOlder());
+    box.append(older);
+  } else if (records.size) {
+    box.append(el("span", "muted", "Beginning of the conversation"));
+  }
+}
+
+export async function loadOlder() {
+  if (pages.loading || !pages.hasMore || pages.before == null) return;
+  pages.loading = true;
+  view.olderBox.classList.add("loading");
+  const before = pages.before;
+  const scroller = view.scroller;
+  try {
+    const page = await view.channel.get(`${view.slug}/messages?before=${before}&limit=${PAGE}`);
+    const height = scroller.scrollHeight;
+    const top = scroller.scrollTop;
+    addPage(page.messages, page.has_more, before);
+    // Keep what the reader is looking at where it was.
+    scroller.scrollTop = top + (scroller.scrollHeight - height);
+  } catch (err) {
+    view.olderBox.replaceChildren(el("span", "error", "Could not load older messages."));
+    const again = button("Try again", "link-button");
+    again.addEventListener("click", () => loadOlder());
+    view.olderBox.append(" ", again);
+  } finally {
+    pages.loading = false;
+    view.olderBox.classList.remove("loading");
+  }
+}
+
+// resync: the cursor was too old to resume; start again from the latest page.
+export async function reload() {
+  for (const record of records.values()) {
+    clearTimeout(record.expiry);
+    record.li.remove();
+  }
+  records.clear();
+  pages.before = null;
+  pages.oldestId = Infinity;
+  // Until the page is here nothing is known to be older than a live event: every one is kept
+  // (upsert would drop them as changes to an unloaded page), and the page's own copies merge.
+  pages.hasMore = false;
+  try {
+    const page = await view.channel.get(`${view.slug}/messages?limit=${PAGE}`);
+    addPage(page.messages, page.has_more);
+  } catch (err) {
+    pages.hasMore = false;
+  }
+  renderEmpty();
+  scrollToBottom();
+}
