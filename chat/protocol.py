@@ -206,10 +206,14 @@ def subscribe(conn: Connection, frame: Frame) -> list[Event]:
 
 
 def unsubscribe(conn: Connection, frame: Frame) -> list[Event]:
-    room = _room(conn, frame)
-    if conn.leave(room):
+    slug = frame.get("room")
+    room = Room.objects.filter(slug=slug).first() if isinstance(slug, str) and slug else None
+    if room is not None and conn.leave(room):
+        # Receiving it: leaving needs no read access (a user banned or removed since may leave).
         presence.leave(room.pk, room.slug, conn.conn_id, conn.user.get_username())
-    return [events.unsubscribed(room.slug)]
+        return [events.unsubscribed(room.slug)]
+    # Not receiving it: the same answers as any other action, so private slugs do not leak.
+    return [events.unsubscribed(_room(conn, frame).slug)]
 
 
 def sendmessage(conn: Connection, frame: Frame) -> list[Event]:
@@ -220,25 +224,27 @@ def sendmessage(conn: Connection, frame: Frame) -> list[Event]:
     return [posted.ack()]
 
 
-def _change_ack(frame: Frame, room: Room, changed: Any) -> list[Event]:
+def _change_ack(client_id: str | None, room: Room, changed: Any) -> list[Event]:
     """An `ack` of an edit or delete to a sender that named it with a client_id, so the client
     settles that request exactly (the changed `message` goes to every subscriber anyway)."""
-    client_id = writepath.clean_client_id(frame.get("client_id"))
     if client_id is None:
         return []
     return [events.ack(client_id, room.slug, changed.seq, changed.pk)]
 
 
 def editmessage(conn: Connection, frame: Frame) -> list[Event]:
+    # Every field is checked before anything changes: a bad client_id must not follow a stored edit.
+    client_id = writepath.clean_client_id(frame.get("client_id"))
     room = _room(conn, frame)
     changed = writepath.edit_message(conn.user, room, frame.get("id"), _body(frame))
-    return _change_ack(frame, room, changed)
+    return _change_ack(client_id, room, changed)
 
 
 def deletemessage(conn: Connection, frame: Frame) -> list[Event]:
+    client_id = writepath.clean_client_id(frame.get("client_id"))
     room = _room(conn, frame)
     changed = writepath.delete_message(conn.user, room, frame.get("id"))
-    return _change_ack(frame, room, changed)
+    return _change_ack(client_id, room, changed)
 
 
 def report(conn: Connection, frame: Frame) -> list[Event]:

@@ -70,14 +70,15 @@ def visible_rooms(user: Any) -> list[dict[str, Any]]:
     cursors = dict(
         Membership.objects.filter(user=user, room__in=rooms).values_list("room_id", "read_seq")
     )
-    # Unread = messages by others posted after the read cursor; counted per room in one query.
+    # Unread = messages by others posted after the read cursor, neither deleted nor hidden by a
+    # moderator; counted per room in one query.
     unread_filter = Q()
     for room in rooms:
         unread_filter |= Q(room_id=room.pk, posted_seq__gt=cursors.get(room.pk, 0))
     counts: dict[int, int] = {}
     if rooms:
         counts = dict(
-            Message.objects.filter(unread_filter, deleted=False)
+            Message.objects.filter(unread_filter, deleted=False, hidden=False)
             .exclude(author=user)
             .values("room_id")
             .annotate(n=Count("id"))

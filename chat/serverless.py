@@ -108,14 +108,16 @@ def connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "user": user,
             "domain": rc["domainName"],
             "stage": rc["stage"],
-            # Not cut to fit: a cut slug could name another room. Too long is no room (the
-            # subscribe answers not_found, as on Channels).
+            # Not cut to fit: a cut slug could name another room. Too long is no room: not
+            # kept, and the subscribe below answers not_found, as on Channels.
             "default_room": room if len(room) <= 50 else "",
             "connected_at": now,
             "last_seen": now,
         },
     )
-    replies = protocol.open_connection(LambdaConnection(row))
+    conn = LambdaConnection(row)
+    conn.default_room = room or None
+    replies = protocol.open_connection(conn)
     subscribed = next((e for e in replies if e["type"] == "subscribed"), None)
     if subscribed and not any(e["type"] == "presence" for e in replies):
         # A changed list was published to the room before this socket could receive it.

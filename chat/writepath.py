@@ -356,6 +356,9 @@ def edit_message(user: Any, room: Room, message_id: Any, body: Any) -> Message:
 
 def delete_message(user: Any, room: Room, message_id: Any) -> Message:
     check_can_post(user, room)
+    message = room_message(room, message_id)
+    if message.author_id == user.pk and message.deleted:
+        return message  # a retried delete (its ack was lost): done already
     message = _own_message(user, room, message_id)
     # The author's delete removes the text; only the tombstone stays, so resume shows it gone.
     return change(message, body="", deleted=True)
