@@ -1184,44 +1184,6 @@ async def serve(gateway: LocalGateway, ready: Callable[[], None] | None = None) 
         await gateway.stop()
 
 
-# --- packaging (zappa_settings.json's prebuild_script) -------------------------------
-
-
-def compile_bytecode() -> None:
-    """Write hash-checked .pyc files for the project and the virtualenv before Zappa zips them.
-
-    Zappa copies sources without their timestamps, so the .pyc files it ships no longer match
-    and Lambda (whose /var/task is read-only) compiles every module at every cold start: about
-    1 s of the 1.9 s measured here. A hash-checked .pyc stays valid whatever the timestamps.
-    Runs in the checkout (``zappa package``/``deploy``/``update`` call it), never on Lambda.
-    """
-    import fnmatch
-    import py_compile
-    import sysconfig
-
-    root = Path.cwd()
-    excluded: set[str] = {"__pycache__", ".git", ".venv", "node_modules"}
-    settings_file = root / "zappa_settings.json"
-    if settings_file.is_file():
-        for stage in json.loads(settings_file.read_text()).values():
-            excluded.update(stage.get("exclude", []))
-
-    def skipped(name: str) -> bool:  # Zappa's own test: shutil.ignore_patterns on each name
-        return any(fnmatch.fnmatch(name, pattern) for pattern in excluded)
-
-    sources = []
-    for tree in (root, Path(sysconfig.get_paths()["purelib"])):
-        for folder, dirs, files in os.walk(tree):
-            dirs[:] = [d for d in dirs if not skipped(d)]
-            sources += [Path(folder, f) for f in files if f.endswith(".py") and not skipped(f)]
-    mode = py_compile.PycInvalidationMode.CHECKED_HASH
-    for source in sources:
-        try:
-            py_compile.compile(str(source), doraise=True, invalidation_mode=mode)
-        except (py_compile.PyCompileError, OSError):
-            pass  # what does not compile here would not import on Lambda either
-
-
 # --- the command line (python -m chat.localgateway; manage.py localgateway execs this) ---
 
 
