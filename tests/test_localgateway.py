@@ -25,7 +25,7 @@ from botocore.exceptions import ReadTimeoutError
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as sync_connect
 
-from chat.localgateway import GatewayThread, LocalGateway, load_stage
+from localgateway import GatewayThread, LocalGateway, load_stage
 from tests import gateway_echo_handler as echo
 
 pytestmark = [pytest.mark.timeout(60)]
