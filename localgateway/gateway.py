@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from localgateway import connections, lambda_api, rest, websocket
+from localgateway import connections, lambda_api, rest, static, websocket
 from localgateway.aws import (
     FRAME_LIMIT,
     IDLE_TIMEOUT,
@@ -86,6 +86,7 @@ class LocalGateway:
         self.ws_paths = (*self.ws_paths, f"/{self.stage}")
         self.api_id = api_id()
         self.zappa: ZappaStage | None = None
+        self.static_url: str | None = None  # known after the cold start (static.py)
         # The open WebSocket connections by id, for the @connections API.
         self.connections: dict[str, websocket.Connection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -135,6 +136,7 @@ class LocalGateway:
         await asyncio.get_running_loop().run_in_executor(self._pool, cold_start)
         if self._containers is not None:
             await self._containers.ready()
+        self.static_url = static.static_url()
         logger.info("localgateway: %s %s %s", self.url, self.ws_url, self.management_url)
         return self.port
 
@@ -238,6 +240,9 @@ class LocalGateway:
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if upgrade and request.path in self.ws_paths:
             return await websocket.handle(self, request)
+        prefix = self.static_url
+        if prefix and request.method in ("GET", "HEAD") and request.path.startswith(prefix):
+            return await static.handle(request, prefix)
         return await rest.handle(self, request)
 
     def request_context(self, domain: str, ip: str, agent: str, **extra: Any) -> dict[str, Any]:
