@@ -300,7 +300,7 @@ class LoggedServer(Server):
 
     @classmethod
     def localgateway(cls, env: dict[str, str], *extra: str) -> LoggedServer:
-        """`manage.py localgateway`: it execs `python -m chat.localgateway` in the same process,
+        """`manage.py localgateway`: it execs `python -m localgateway` in the same process,
         so this pid is the gateway's (for RSS and CPU)."""
         return cls(
             [sys.executable, "manage.py", "localgateway", "--port", "{port}", *extra],

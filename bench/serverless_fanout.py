@@ -1,6 +1,6 @@
 """Serverless fan-out: one message to 1,000 API Gateway connections through the local gateway.
 
-The gateway (`python -m chat.localgateway`, Zappa's real handler) adds 20 ms to every @connections
+The gateway (`python -m localgateway`, Zappa's real handler) adds 20 ms to every @connections
 call, as a stand-in for API Gateway's latency. 1,000 WebSocket clients of one user subscribe to a
 room; one of them sends a message. Printed: the time from the send until every client has the
 message (budget 1.5 s), and the $default invocation's own duration from the gateway's REPORT lines
@@ -74,7 +74,7 @@ def start_gateway(
     command = [
         sys.executable,
         "-m",
-        "chat.localgateway",
+        "localgateway",
         "--port",
         str(port),
         "--connections-delay",

@@ -5,8 +5,8 @@ PostgreSQL database and Redis (bench/common.py):
   * the self-hosted deployment: one uvicorn process with chatsite.asgi (as bench/fanout.py starts
     it), with Channels WebSocket clients and long-poll clients;
   * the serverless deployment: `manage.py localgateway` (Zappa's real handler behind the API
-    Gateway stand-in, the stage's environment from zappa_settings.json), with WebSocket clients
-    through its WebSocket API and long-poll clients through its REST API.
+    Gateway stand-in in localgateway/, the stage's environment from zappa_settings.json), with
+    WebSocket clients through its WebSocket API and long-poll clients through its REST API.
 
 Rooms belong to one deployment each. Both servers share the database, but each publishes only
 through its own CHAT_PUBLISHERS (the channel layer on uvicorn; API Gateway's @connections in the

@@ -160,7 +160,7 @@ def server(live_server_proc: Server, transactional_db: Any) -> Server:
 
 
 class Gateway(Server):
-    """`python -m chat.localgateway` on the test database, like conftest's Server, plus the
+    """`python -m localgateway` on the test database, like conftest's Server, plus the
     @connections endpoint."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
@@ -180,7 +180,7 @@ class Gateway(Server):
                 [
                     sys.executable,
                     "-m",
-                    "chat.localgateway",
+                    "localgateway",
                     "--port",
                     str(self.port),
                     "--log-level",

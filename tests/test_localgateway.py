@@ -2,11 +2,13 @@
 
 The Lambda app is tests/gateway_echo_handler.py (no Django, no database). It records every
 WebSocket event it gets, so the tests check the event shapes, and it answers through the real
-@connections API with boto3, as the chat's own handlers will.
+@connections API with boto3, as the chat's own handlers will. The static-file tests use the
+project's own stage instead, in `python -m localgateway`, since those files are Django's.
 """
 
 import asyncio
 import base64
+import http.client
 import json
 import os
 import random
@@ -25,8 +27,9 @@ from botocore.exceptions import ReadTimeoutError
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as sync_connect
 
-from chat.localgateway import GatewayThread, LocalGateway, load_stage
+from localgateway import GatewayThread, LocalGateway, load_stage
 from tests import gateway_echo_handler as echo
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -305,8 +308,10 @@ async def test_fragmented_messages_may_reach_128_kb(gateway):
 async def test_idle_connections_are_closed(make_gateway):
     gateway = await make_gateway(idle_timeout=0.3)
     async with connect(gateway) as ws:
-        connection_id = await hello(ws)
+        # Before the last client frame, which starts the idle clock when it arrives: the
+        # round trip after it takes a while on a busy machine.
         started = time.monotonic()
+        connection_id = await hello(ws)
         close = await closed_with(ws)
     assert close.code == 1001
     assert time.monotonic() - started >= 0.25
@@ -491,6 +496,47 @@ async def test_http_bodies_cookies_and_redirects_survive_the_round_trip(gateway)
             assert response.headers["Location"] == f"{gateway.url}/target"  # http again
         async with http.get(f"{gateway.url}/boom") as response:
             assert response.status == 500  # Zappa catches the app's exception itself
+
+
+# Static files: on Lambda they come from S3; here the gateway serves them itself (the
+# project's own stage, as `make serverless` runs it).
+
+
+def get(url, path):
+    """Status, Content-Type and body of a GET with the path sent exactly as written."""
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type"), response.read()
+    finally:
+        connection.close()
+
+
+def test_it_serves_the_projects_static_files(serverless_proc):
+    status, content_type, body = get(serverless_proc.url, "/static/chat/chat.css")
+    assert (status, content_type) == (200, "text/css")
+    assert body == (ROOT / "static" / "chat" / "chat.css").read_bytes()
+    status, content_type, _ = get(serverless_proc.url, "/static/admin/js/core.js")
+    assert (status, content_type) == (200, "application/javascript")  # an app's own
+    assert get(serverless_proc.url, "/static/chat/missing.css")[0] == 404
+    assert get(serverless_proc.url, "/static/chat/")[0] == 404  # a folder is not a file
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../chatsite/settings.py",
+        "/static/chat/../../chatsite/settings.py",
+        "/static/%2e%2e/chatsite/settings.py",
+        "/static/chat/..%2f..%2fchatsite%2fsettings.py",
+        "/static/%2fetc/passwd",
+    ],
+)
+def test_static_file_names_cannot_reach_outside_the_static_folders(serverless_proc, path):
+    status, _, body = get(serverless_proc.url, path)
+    assert status == 404
+    assert b"SECRET_KEY" not in body and b"root:" not in body
 
 
 # Settings and running

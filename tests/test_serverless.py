@@ -1,6 +1,6 @@
 """The serverless transport: Zappa's real handler behind the local gateway, on the test database.
 
-Most tests drive real sockets through `python -m chat.localgateway` (a process of its own, as a
+Most tests drive real sockets through `python -m localgateway` (a process of its own, as a
 Lambda container is), so $connect, $default, @connections, @task invocations and HTTP all take
 the deployed path. A few call the handlers in this process where a clock or a stub has to be
 controlled. `serverless_server` is the gateway counterpart of conftest's `server`.
@@ -738,6 +738,8 @@ def test_zappa_package_builds_offline_under_50_mb_and_its_handler_runs(tmp_path,
     ).stdout.decode()
     for name in filter(None, listed.split("\0")):
         source, target = ROOT / name, project / name
+        if source.is_dir():  # a symlink to a folder, such as a worktree's shared .venv
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             shutil.copy2(source, target)
@@ -770,7 +772,10 @@ def test_zappa_package_builds_offline_under_50_mb_and_its_handler_runs(tmp_path,
     names = set(zipfile.ZipFile(package).namelist())
     assert {"zappa_settings.py", "chat/serverless.py", "django/__init__.py"} <= names
     assert not any(n.startswith(("tests/", "bench/", "playwright/")) for n in names)
-    assert "chat/localgateway.py" not in names
+    # The development tools stay out of the zip (the prebuild script is part of chatsite).
+    assert not any(n.startswith("localgateway/") for n in names)
+    assert "chat/management/commands/localgateway.py" not in names
+    assert "chatsite/deployment.py" in names
 
     unpacked = tmp_path / "task"
     zipfile.ZipFile(package).extractall(unpacked)

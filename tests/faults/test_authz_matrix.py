@@ -771,7 +771,7 @@ def lambda_handler(
     tests of the same run start from a clean state."""
     from zappa import handler, websocket
 
-    from chat.localgateway import load_stage
+    from localgateway import load_stage
 
     stage = load_stage(ROOT / "zappa_settings.json", "dev")
     (tmp_path / "zappa_settings.py").write_text(stage.source)

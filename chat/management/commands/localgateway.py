@@ -7,7 +7,7 @@ Serves the Zappa handler behind a local API Gateway: HTTP at the root, WebSocket
 This process has already loaded Django's settings, but on Lambda Django is loaded by Zappa's
 handler, after the stage's ``environment_variables`` (CHAT_PUBLISHERS, CHAT_POLL_WAIT, ...) and
 the gateway's URLs are in the environment. So the command hands over to a fresh interpreter
-running ``python -m chat.localgateway`` with the same arguments.
+running ``python -m localgateway`` with the same arguments.
 """
 
 import os
@@ -21,12 +21,12 @@ class Command(BaseCommand):
     help = "Run the Zappa deployment locally behind an API Gateway emulator (REST + WebSocket)."
 
     def run_from_argv(self, argv: list[str]) -> None:
-        command = [sys.executable, "-m", "chat.localgateway", *argv[2:]]
+        command = [sys.executable, "-m", "localgateway", *argv[2:]]
         os.execv(sys.executable, command)
 
     def add_arguments(self, parser):
-        parser.add_argument("args", nargs="*", help="arguments for chat.localgateway")
+        parser.add_argument("args", nargs="*", help="arguments for python -m localgateway")
 
     def handle(self, *args, **options):
         # call_command(): the same fresh interpreter, as a child.
-        subprocess.run([sys.executable, "-m", "chat.localgateway", *args], check=True)
+        subprocess.run([sys.executable, "-m", "localgateway", *args], check=True)
