@@ -15,12 +15,14 @@ This module imports no transport: live clients are reached only through the fan-
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -29,6 +31,8 @@ from chat import attachments, events, fanout
 from chat.access import can_read, check_can_post, is_moderator, with_flags
 from chat.errors import ChatError
 from chat.models import Attachment, Membership, Message, Restriction, Room, slug_validator
+
+log = logging.getLogger(__name__)
 
 # --- validation ---
 
@@ -379,7 +383,18 @@ def mark_read(user: Any, room: Room, seq: Any) -> int:
     return max(seq, membership.read_seq)
 
 
-def send_typing(user: Any, room: Room) -> None:
+def send_typing(user: Any, room: Room) -> bool:
+    """Tell the room the user is typing; False when coalesced (one was sent within
+    CHAT_TYPING_INTERVAL seconds). Clients repeat it while typing, so nothing is lost, and a flood
+    over HTTP or a socket costs the room one event per interval."""
     # Whoever may not post (muted, banned, a locked room) has nothing to be typing.
     check_can_post(user, with_flags(user, room))
-    fanout.publish(room.pk, events.typing(room.slug, user.get_username()))
+    try:
+        first = cache.add(f"typing:{room.pk}:{user.pk}", 1, timeout=settings.CHAT_TYPING_INTERVAL)
+    except Exception:
+        # The cache (Redis) is down: typing is best effort, like all live push.
+        log.warning("typing throttle unavailable", exc_info=True)
+        first = True
+    if first:
+        fanout.publish(room.pk, events.typing(room.slug, user.get_username()))
+    return first

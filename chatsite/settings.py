@@ -145,6 +145,20 @@ else:
             "CONFIG": {"capacity": 10000},
         }
     }
+# Short-lived shared state (the typing throttle): in Redis with REDIS_URL, so every process
+# agrees; else this process's memory (one process, or best effort per Lambda container).
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": CHAT_REDIS_PREFIX,
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -189,6 +203,9 @@ CHAT_FRAME_BURST = env_int("CHAT_FRAME_BURST", 60, minimum=1)
 CHAT_PRESENCE_TTL = env_int("CHAT_PRESENCE_TTL", 60, minimum=5)
 CHAT_SEND_QUEUE = env_int("CHAT_SEND_QUEUE", 1000, minimum=10)
 CHAT_EDIT_WINDOW = env_int("CHAT_EDIT_WINDOW", 900, minimum=0)
+# At most one `typing` event per user and room in this many seconds, on every transport (more are
+# accepted and coalesced, so a flood of typing requests reaches nobody).
+CHAT_TYPING_INTERVAL = env_int("CHAT_TYPING_INTERVAL", 2, minimum=1)
 # Fan-out backends (chat/fanout.py): how the write path and moderation reach live clients.
 CHAT_FANOUT_BACKENDS = env_list("CHAT_FANOUT_BACKENDS", "chat.fanout.ChannelLayerBackend")
 # How a long-poll waits: "hub" (woken by the room's publication) or "database" (re-reads; for

@@ -133,7 +133,11 @@ def _close_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> It
     """Consumers' worker threads keep database connections; end them so the test database can be
     dropped at the end of the run."""
     yield
-    if connection.vendor != "postgresql":
+    # Only the test database of this run (a run whose tests touched no database may find the
+    # connection pointing at the real one, which need not exist here).
+    if connection.vendor != "postgresql" or not connection.settings_dict["NAME"].startswith(
+        "test_"
+    ):
         return
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(

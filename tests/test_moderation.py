@@ -665,3 +665,30 @@ def test_a_site_view_permission_does_not_grant_change_or_delete(
         client.post(f"/admin/chat/restriction/{row.pk}/delete/", {"post": "yes"}).status_code == 403
     )
     assert Restriction.objects.filter(pk=row.pk).exists()
+
+
+@pytestmark_live
+async def test_moderation_control_never_wakes_a_long_poll(
+    server: Server, alice: Any, bob: Any, room: Room
+) -> None:
+    """Moderation's control travels on a channel of its own: a re-check of the room's readers
+    reaches the sockets (which check their user), while a long-poll waiting in the same room is
+    not woken, since nothing in the room changed."""
+    from chat import fanout
+
+    b = await peer(server, bob)
+    await b.subscribe("general")
+    async with await _http(server, alice) as poller:
+        async with poller.get("/api/rooms/general/poll?after=0&timeout=0") as answer:
+            assert answer.status == 200  # alice is present now: her own arrival wakes nothing
+        waiting = asyncio.ensure_future(poller.get("/api/rooms/general/poll?after=0&timeout=3"))
+        await asyncio.sleep(0.3)  # the poll is parked on the hub before the re-check
+        await sync_to_async(fanout.recheck)(room.pk)
+        answer = await asyncio.wait_for(waiting, 10)
+        body = await answer.json()
+    # Nothing in the room changed: no room event, no message (who is online may change).
+    assert [e for e in body["events"] if e["type"] != "presence"] == [] and body["seq"] == 0
+    # Bob may still read the room: his socket carries on receiving it.
+    await sync_to_async(writepath.post_message)(alice, room, "still here")
+    assert (await b.next("message"))["body"] == "still here"
+    await b.ws.close()

@@ -364,3 +364,35 @@ async def test_a_refused_subscribe_leaves_the_connection_unsubscribed(
     await a.nothing_more()
     await a.ws.close()
     await b.ws.close()
+
+
+async def test_a_flood_of_typing_reaches_the_room_once_per_interval(
+    chat_server: Server, alice: Any, bob: Any, room: Room
+) -> None:
+    """300 typing requests over HTTP (and frames) in a burst: the room hears one typing event,
+    then the next only once CHAT_TYPING_INTERVAL (2 s) has passed."""
+    from tests.test_moderation import _http
+
+    b = await peer(chat_server, bob)
+    await b.subscribe("general")
+    async with await _http(chat_server, alice) as http:
+        for _ in range(30):
+            async with http.post("/api/rooms/general/typing") as answer:
+                assert answer.status == 204
+        assert (await b.next("typing")) == {"type": "typing", "room": "general", "user": "alice"}
+        await b.nothing_more("typing", within=1.0)
+        started = asyncio.get_running_loop().time()
+
+        async def keep_typing() -> None:
+            while True:
+                async with http.post("/api/rooms/general/typing") as answer:
+                    assert answer.status == 204
+                await asyncio.sleep(0.05)  # a client's own pace, not a wait for the server
+
+        typist = asyncio.create_task(keep_typing())
+        try:
+            await b.next("typing", timeout=10)
+        finally:
+            typist.cancel()
+        assert asyncio.get_running_loop().time() - started > 0.5
+    await b.ws.close()
