@@ -13,9 +13,10 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
+# uvicorn with the chat's limits (frame size, pings, keep-alive): chatsite/serve.py says which.
 run: $(BIN)/.installed
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/uvicorn chatsite.asgi:application --host $(HOST) --port $(PORT)
+	$(BIN)/python -m chatsite.serve --host $(HOST) --port $(PORT)
 
 services:
 	bash tests/start-services.sh

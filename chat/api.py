@@ -13,7 +13,7 @@ from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError
 from django.http import (
     FileResponse,
@@ -22,6 +22,9 @@ from django.http import (
     HttpResponseRedirect,
     JsonResponse,
 )
+from django.http.multipartparser import MultiPartParserError
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
 
 from chat import access, attachments, longpoll, moderation, reads, tokens, writepath
 from chat.errors import ChatError
@@ -258,17 +261,27 @@ def start_upload(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
+@csrf_exempt  # checked in the view, once the body has parsed (see below)
 @api("POST")
 def upload(request: HttpRequest, attachment_id: str) -> HttpResponse:
     """The bytes of a pending upload, as the multipart field `file` (file-system storage)."""
     declared = request.META.get("CONTENT_LENGTH") or ""
     # Refuse an oversized body before Django reads it into memory or a temporary file.
-    if declared.isdigit() and int(declared) > settings.CHAT_ATTACHMENT_MAX_SIZE + 64 * 1024:
-        raise ChatError("too_large", "The file is larger than allowed.")
+    if declared.isascii() and declared.isdigit():
+        if int(declared) > settings.CHAT_ATTACHMENT_MAX_SIZE + 64 * 1024:
+            raise ChatError("too_large", "The file is larger than allowed.")
     try:
         upload = request.FILES.get("file")
     except RequestDataTooBig:
         raise ChatError("too_large", "The request body is too large.") from None
+    except (MultiPartParserError, SuspiciousOperation):
+        # A malformed body (a part header over Django's limit, too many parts or fields): the
+        # CSRF middleware would read it first and answer Django's HTML 400, so the check that
+        # it skips for this view runs here, after parsing, and every refusal is the API's JSON.
+        raise ChatError("bad_request", "The body must be a multipart form with a `file`.") from None
+    refused = CsrfViewMiddleware(lambda request: HttpResponse()).process_view(request, None, (), {})
+    if refused is not None:
+        return refused
     attachment = attachments.receive(request.user, attachment_id, upload)
     return JsonResponse({"attachment": attachment_dict(attachment)}, status=201)
 

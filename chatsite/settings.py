@@ -184,11 +184,24 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
+# Everything goes to the console (stderr: journald, docker logs, CloudWatch on Lambda), each line
+# with the path and user id of its request when it has one, never a body, cookie or token
+# (chatsite/logging.py). Django's own 500s are `django.request` errors and uvicorn's uncaught ASGI
+# exceptions are `uvicorn.error`: without handlers here an operator would see only access lines.
+# No level on the uvicorn loggers: `--log-level` decides (and `--no-access-log` silences access).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"chat": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL", "INFO")}},
+    "formatters": {"context": {"()": "chatsite.logging.ContextFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "context"}},
+    "loggers": {
+        "chat": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL", "INFO")},
+        # Errors only: every 4xx answer would otherwise be a warning line, a flood on demand.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"handlers": ["console"], "propagate": False},
+        "uvicorn.access": {"handlers": ["console"], "propagate": False},
+    },
 }
 
 # --- The chat's own settings (README.md, "Settings") ---
