@@ -13,6 +13,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from chat import cleaning
 from chat.errors import ChatError
 from chat.models import Membership, Restriction, Room
 
@@ -148,8 +149,7 @@ def get_room(user: Any, slug: Any) -> Room:
     """The room the user may read. A private room of someone else is `not_found`, so slugs do not leak."""
     if not user.is_authenticated:
         raise ChatError("unauthorized", "Log in first.")
-    if not isinstance(slug, str) or not slug:
-        raise ChatError("bad_request", "`room` must be a room slug.")
+    slug = cleaning.clean_slug(slug, "room")
     room = room_with_user_flags(slug, user)
     if room is None or not can_read(user, room):
         raise ChatError("not_found", f"There is no room {slug!r}.")
@@ -186,9 +186,10 @@ def may_read(user: Any, room: Room) -> bool:
 
 
 def find_user(value: Any) -> Any:
-    if not isinstance(value, str) or not value:
-        raise ChatError("bad_request", "`user` must be a username.")
-    user = get_user_model().objects.filter(username=value).first()
+    """The user with this username; `not_found` whether or not anyone is behind the name."""
+    value = cleaning.clean_username(value, "user")
+    users = get_user_model()
+    user = users.objects.filter(**{users.USERNAME_FIELD: value}).first()
     if user is None:
-        raise ChatError("not_found", f"There is no user {value!r}.")
+        raise ChatError("not_found", "There is no such user.")
     return user

@@ -26,7 +26,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from chat import access, attachments, longpoll, moderation, reads, tokens, writepath
+from chat import access, attachments, cleaning, longpoll, moderation, reads, tokens, writepath
 from chat.errors import ChatError
 from chat.models import Restriction
 
@@ -90,7 +90,7 @@ def query_int(request: HttpRequest, name: str) -> int | None:
     value = request.GET.get(name)
     if value is None:
         return None
-    return writepath.clean_seq(value, name)
+    return cleaning.clean_cursor(value, name)
 
 
 # --- /api/rooms/ ---
@@ -122,11 +122,7 @@ def messages(request: HttpRequest, slug: str) -> HttpResponse:
     after = query_int(request, "after")
     if after is not None:
         return JsonResponse(reads.catch_up(room, after, room.seq).answer("messages"))
-    limit = query_int(request, "limit")
-    if limit is None:
-        limit = 50
-    if not 1 <= limit <= 100:
-        raise ChatError("bad_request", "`limit` must be between 1 and 100.")
+    limit = cleaning.clean_limit(request.GET.get("limit"), "limit", 1, 100, default=50)
     return JsonResponse(reads.history(room, query_int(request, "before"), limit))
 
 
@@ -330,3 +326,22 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     from django.views.csrf import csrf_failure as default
 
     return default(request, reason)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 (an unknown /api/ path, a path converter that did not match) as JSON under
+    /api/; the pages keep Django's page."""
+    if request.path.startswith("/api/"):
+        return error("not_found", "There is no such endpoint.", 404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)  # type: ignore[arg-type]
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """An uncaught exception (already logged by Django with its traceback) as JSON under /api/."""
+    if request.path.startswith("/api/"):
+        return error("server_error", "Something went wrong on our side.", 500)
+    from django.views.defaults import server_error as default
+
+    return default(request)

@@ -30,6 +30,7 @@ from typing import IO, Any
 import puremagic
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -79,6 +80,16 @@ def clean_name(name: Any) -> str:
     return name
 
 
+def storage_name(name: str) -> str:
+    """The name's part of the storage key: the file keeps its real name in the row, but a key is
+    ASCII-safe, and a name with nothing safe in it (an emoji, a script Django cannot slug) is
+    "file" rather than Django's refusal."""
+    try:
+        return get_valid_filename(name)[-100:] or "file"
+    except SuspiciousFileOperation:
+        return "file"
+
+
 def clean_size(size: Any) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ChatError("bad_request", "`size` must be the file's size in bytes.")
@@ -95,7 +106,7 @@ def clean_type(content_type: Any) -> str:
     if content_type not in settings.CHAT_ATTACHMENT_TYPES:
         allowed = ", ".join(settings.CHAT_ATTACHMENT_TYPES)
         raise ChatError(
-            "bad_request", f"Files of type {content_type!r} are not allowed: {allowed}."
+            "bad_request", f"Files of type {content_type[:60]!r} are not allowed: {allowed}."
         )
     return content_type
 
@@ -128,7 +139,7 @@ def start_upload(user: Any, room: Room, name: Any, size: Any, content_type: Any)
     # Whoever may not post here may not upload here either (muted, banned, a locked room).
     access.check_can_post(user, room)
     pk = uuid.uuid4()
-    key = f"attachments/{room.pk}/{pk}/{get_valid_filename(name)[-100:] or 'file'}"
+    key = f"attachments/{room.pk}/{pk}/{storage_name(name)}"
     with transaction.atomic():
         # One upload at a time per user, so two racing uploads cannot both fit the quota.
         list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))

@@ -239,6 +239,15 @@ def clean_until(value: Any, field: str = "until") -> datetime | None:
     return parsed
 
 
+def echo(value: Any, max_length: int = 100) -> str | None:
+    """A frame's own `client_id` or `room`, to label an error reply: as sent when it is a short
+    clean string, else None. Never echo what cannot be encoded back onto the socket (a lone
+    surrogate closed it) or what would make the reply huge."""
+    if isinstance(value, str) and len(value) <= max_length and not _CONTROL.search(value):
+        return value
+    return None
+
+
 def clean_bool(value: Any, field: str, default: bool | None = None) -> bool:
     """Strictly true or false: not 0/1, not "true". With a default, None means the default."""
     if value is None and default is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -22,28 +23,16 @@ from channels.db import database_sync_to_async
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from chat import access, events, presence, reads, writepath
+from chat import access, cleaning, events, presence, reads
 from chat.cursor import Cursors, Verdict
 from chat.errors import ChatError
 from chat.hub import get_hub
 from chat.models import Room
 
+log = logging.getLogger(__name__)
 Answer = dict[str, Any]
 Event = dict[str, Any]
 DB_POLL_INTERVAL = 1.0
-
-
-def clean_timeout(value: Any) -> float:
-    cap = float(settings.CHAT_POLL_MAX_TIMEOUT)
-    if value is None or value == "":
-        return cap
-    try:
-        timeout = float(value)
-    except (TypeError, ValueError):
-        raise ChatError("bad_request", "`timeout` must be a number of seconds.") from None
-    if not 0 <= timeout < 3600:
-        raise ChatError("bad_request", "`timeout` must be between 0 and the server's cap.")
-    return min(timeout, cap)
 
 
 def _open(user: Any, slug: str, after: int) -> tuple[int, Answer | None, int, Event, Event]:
@@ -130,8 +119,9 @@ async def poll(user: Any, slug: str, after_raw: Any, timeout_raw: Any) -> Answer
         raise ChatError("unauthorized", "Log in first.")
     if after_raw is None:
         raise ChatError("bad_request", "Send `after`, the last seq you have.")
-    after = writepath.clean_seq(after_raw, "after")
-    timeout = clean_timeout(timeout_raw)
+    after = cleaning.clean_cursor(after_raw, "after")
+    cap = float(settings.CHAT_POLL_MAX_TIMEOUT)
+    timeout = cleaning.clean_seconds(timeout_raw, "timeout", cap=cap, default=cap)
     room_id, answer, seq, state, online = await database_sync_to_async(
         _open, thread_sensitive=False
     )(user, slug, after)
@@ -155,23 +145,7 @@ class PollConsumer(AsyncHttpConsumer):
     channel_layer_alias = "__no_layer_per_request__"
 
     async def handle(self, body: bytes) -> None:
-        if self.scope["method"] != "GET":
-            status, data = 405, {"error": "method_not_allowed", "detail": "Use GET."}
-        else:
-            query = {k: v[-1] for k, v in parse_qs(self.scope["query_string"].decode()).items()}
-            slug = self.scope["url_route"]["kwargs"]["slug"]
-            try:
-                status, data = (
-                    200,
-                    await poll(
-                        self.scope["user"],
-                        slug,
-                        query.get("after"),
-                        query.get("timeout"),
-                    ),
-                )
-            except ChatError as exc:
-                status, data = exc.status, {"error": exc.code, "detail": exc.detail}
+        status, data = await self._answer()
         await self.send_response(
             status,
             json.dumps(data).encode(),
@@ -180,3 +154,21 @@ class PollConsumer(AsyncHttpConsumer):
                 (b"Cache-Control", b"no-store"),
             ],
         )
+
+    async def _answer(self) -> tuple[int, dict[str, Any]]:
+        if self.scope["method"] != "GET":
+            return 405, {"error": "method_not_allowed", "detail": "Use GET."}
+        # Undecodable bytes become U+FFFD, which no cursor or number accepts.
+        raw = self.scope["query_string"].decode("utf-8", "replace")
+        query = {k: v[-1] for k, v in parse_qs(raw).items()}
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        try:
+            return 200, await poll(
+                self.scope["user"], slug, query.get("after"), query.get("timeout")
+            )
+        except ChatError as exc:
+            return exc.status, {"error": exc.code, "detail": exc.detail}
+        except Exception:
+            # Never Channels' plain-text 500: the client reads JSON and retries with its cursor.
+            log.exception("long-poll failed")
+            return 500, {"error": "server_error", "detail": "Something went wrong on our side."}

@@ -12,17 +12,14 @@ This module imports no transport.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from chat import events, fanout
+from chat import cleaning, events, fanout
 from chat.access import is_room_moderator, require, restriction
 from chat.errors import ChatError
 from chat.models import Message, ModerationAction, Report, Restriction, Room
@@ -32,9 +29,7 @@ from chat.writepath import change, room_message
 def _reason(value: Any) -> str:
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > 500:
-        raise ChatError("bad_request", "`reason` must be a string of at most 500 characters.")
-    return value.strip()
+    return cleaning.clean_text(value, "reason", max_length=500, required=False, strip=True)
 
 
 def audit(
@@ -125,9 +120,7 @@ def moderate_room(actor: Any, room: Room, changes: dict[str, Any], reason: Any =
             raise ChatError("bad_request", f"`{name}` cannot be set that way.")
         fields[name] = value
     if "title" in fields:
-        fields["title"] = fields["title"].strip()
-        if not fields["title"] or len(fields["title"]) > 100:
-            raise ChatError("bad_request", "A title is 1–100 characters.")
+        fields["title"] = cleaning.clean_line(fields["title"], "title", max_length=100)
     if "rate_limit" in fields and not 0 <= fields["rate_limit"] <= 10_000:
         raise ChatError("bad_request", "`rate_limit` is 0 (none) to 10,000 messages a minute.")
     fields = {k: v for k, v in fields.items() if getattr(room, k) != v}
@@ -157,21 +150,6 @@ def members_changed(room: Room) -> None:
 # --- bans and mutes ---
 
 
-def _clean_until(until: Any) -> datetime | None:
-    if until is None or until == "":
-        return None
-    if isinstance(until, str):
-        parsed = parse_datetime(until)
-        if parsed is None:
-            raise ChatError("bad_request", "`until` must be an ISO 8601 date and time.")
-        until = parsed
-    if timezone.is_naive(until):
-        until = timezone.make_aware(until)
-    if until <= timezone.now():
-        raise ChatError("bad_request", "`until` must be in the future.")
-    return until
-
-
 def restrict(
     actor: Any,
     user: Any,
@@ -189,7 +167,7 @@ def restrict(
         raise ChatError("bad_request", "You cannot restrict yourself.")
     if user.is_superuser or (room is not None and is_room_moderator(user, room)):
         raise ChatError("forbidden", "Moderators cannot be restricted in their own rooms.")
-    reason, until = _reason(reason), _clean_until(until)
+    reason, until = _reason(reason), cleaning.clean_until(until, "until")
     with transaction.atomic():
         row = Restriction.objects.create(
             kind=kind, user=user, room=room, until=until, reason=reason, created_by=actor

@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import access, events, moderation, presence, reads, tokens, writepath
+from chat import access, cleaning, events, moderation, presence, reads, tokens, writepath
 from chat.errors import ChatError
 from chat.events import Event
 from chat.models import Room
@@ -177,7 +177,7 @@ def subscribe(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
     after = frame.get("after")
     if after is not None:
-        after = writepath.clean_seq(after, "after")
+        after = cleaning.clean_cursor(after, "after")
     conn.join(room)
     replies: list[Event]
     try:
@@ -206,8 +206,8 @@ def subscribe(conn: Connection, frame: Frame) -> list[Event]:
 
 
 def unsubscribe(conn: Connection, frame: Frame) -> list[Event]:
-    slug = frame.get("room")
-    room = Room.objects.filter(slug=slug).first() if isinstance(slug, str) and slug else None
+    slug = cleaning.clean_slug(frame.get("room"), "room")
+    room = Room.objects.filter(slug=slug).first()
     if room is not None and conn.leave(room):
         # Receiving it: leaving needs no read access (a user banned or removed since may leave).
         presence.leave(room.pk, room.slug, conn.conn_id, conn.user.get_username())
@@ -234,14 +234,14 @@ def _change_ack(client_id: str | None, room: Room, changed: Any) -> list[Event]:
 
 def editmessage(conn: Connection, frame: Frame) -> list[Event]:
     # Every field is checked before anything changes: a bad client_id must not follow a stored edit.
-    client_id = writepath.clean_client_id(frame.get("client_id"))
+    client_id = cleaning.clean_client_id(frame.get("client_id"))
     room = _room(conn, frame)
     changed = writepath.edit_message(conn.user, room, frame.get("id"), _body(frame))
     return _change_ack(client_id, room, changed)
 
 
 def deletemessage(conn: Connection, frame: Frame) -> list[Event]:
-    client_id = writepath.clean_client_id(frame.get("client_id"))
+    client_id = cleaning.clean_client_id(frame.get("client_id"))
     room = _room(conn, frame)
     changed = writepath.delete_message(conn.user, room, frame.get("id"))
     return _change_ack(client_id, room, changed)
@@ -249,7 +249,7 @@ def deletemessage(conn: Connection, frame: Frame) -> list[Event]:
 
 def report(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame)
-    client_id = writepath.clean_client_id(frame.get("client_id"))
+    client_id = cleaning.clean_client_id(frame.get("client_id"))
     report = moderation.report_message(conn.user, room, frame.get("id"), frame.get("reason"))
     return [events.ack(client_id, room.slug, room.seq, report.message_id)]
 
@@ -293,8 +293,8 @@ def _error(exc: ChatError, frame: Frame | None) -> Event:
     return events.error(
         exc.code,
         exc.detail,
-        client_id=client_id if isinstance(client_id, str) else None,
-        room=room if isinstance(room, str) else None,
+        client_id=cleaning.echo(client_id),
+        room=cleaning.echo(room),
         retry_after=exc.retry_after,
     )
 

@@ -24,7 +24,7 @@ from django.db import connection as db_connection
 from django.utils import timezone
 from zappa.websocket import on_connect, on_disconnect, on_message
 
-from chat import apigateway, events, presence, protocol
+from chat import apigateway, cleaning, events, presence, protocol
 from chat.errors import ChatError
 from chat.models import ApiConnection, Room, Subscription
 
@@ -101,6 +101,10 @@ def connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
     rc = event["requestContext"]
     now = timezone.now()
     room = query.get("room") or ""
+    try:
+        kept = cleaning.clean_slug(room, "room") if room else ""
+    except ChatError:
+        kept = ""  # not a possible slug: the subscribe below answers why
     # update_or_create: API Gateway may deliver the same $connect twice.
     row, _ = ApiConnection.objects.update_or_create(
         connection_id=rc["connectionId"],
@@ -108,9 +112,9 @@ def connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "user": user,
             "domain": rc["domainName"],
             "stage": rc["stage"],
-            # Not cut to fit: a cut slug could name another room. Too long is no room: not
-            # kept, and the subscribe below answers not_found, as on Channels.
-            "default_room": room if len(room) <= 50 else "",
+            # Not cut to fit: a cut slug could name another room. What cannot be a slug (too
+            # long, NUL) is not kept, and the subscribe below answers, as on Channels.
+            "default_room": kept,
             "connected_at": now,
             "last_seen": now,
         },

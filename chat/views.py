@@ -14,7 +14,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 
-from chat import access, reads, writepath
+from chat import access, cleaning, reads, writepath
 from chat.errors import ChatError
 
 PAGE_SIZE = 50
@@ -66,7 +66,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         return redirect("room", slug=room.slug)
     before = request.GET.get("before")
     try:
-        before_seq = writepath.clean_seq(before, "before") if before else None
+        before_seq = cleaning.clean_cursor(before, "before") if before else None
     except ChatError:
         before_seq = None
     page = reads.history(room, before_seq, PAGE_SIZE)

@@ -27,7 +27,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from chat import attachments, events, fanout
+from chat import attachments, cleaning, events, fanout
 from chat.access import can_read, check_can_post, is_moderator, with_flags
 from chat.errors import ChatError
 from chat.models import Attachment, Membership, Message, Restriction, Room, slug_validator
@@ -37,53 +37,15 @@ log = logging.getLogger(__name__)
 # --- validation ---
 
 
-def clean_body(body: Any, may_be_empty: bool = False) -> str:
-    if may_be_empty and body is None:
-        return ""
-    if not isinstance(body, str):
-        raise ChatError("bad_request", "`body` must be a string.")
-    if not body.strip() and not may_be_empty:
-        raise ChatError("bad_request", "A message cannot be empty.")
-    if len(body) > settings.CHAT_MAX_BODY:
-        raise ChatError("too_large", f"A message is at most {settings.CHAT_MAX_BODY} characters.")
-    return body
-
-
-def clean_client_id(client_id: Any) -> str | None:
-    if client_id is None or client_id == "":
-        return None
-    if not isinstance(client_id, str) or len(client_id) > 64:
-        raise ChatError("bad_request", "`client_id` must be a string of at most 64 characters.")
-    return client_id
-
-
-def clean_seq(value: Any, name: str) -> int:
-    """A cursor from a frame or a query string: a non-negative integer."""
-    if isinstance(value, bool):
-        raise ChatError("bad_request", f"`{name}` must be a non-negative integer.")
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if not isinstance(value, int) or value < 0 or value > 2**62:
-        raise ChatError("bad_request", f"`{name}` must be a non-negative integer.")
-    return value
-
-
-# --- rooms ---
-
-
 def create_room(user: Any, slug: Any, title: Any, private: Any) -> Room:
-    if not isinstance(slug, str) or not isinstance(title, str) or not isinstance(private, bool):
-        raise ChatError(
-            "bad_request",
-            "Send `slug` and `title` as strings and `private` as a boolean.",
-        )
-    title = title.strip()
+    if not isinstance(slug, str):
+        raise ChatError("bad_request", "`slug` must be a string.")
     try:
         slug_validator(slug)
     except ValidationError as exc:
         raise ChatError("bad_request", exc.messages[0]) from None
-    if not title or len(title) > 100:
-        raise ChatError("bad_request", "A title is 1–100 characters.")
+    title = cleaning.clean_line(title, "title", max_length=100)
+    private = cleaning.clean_bool(private, "private")
     try:
         with transaction.atomic():
             room = Room.objects.create(slug=slug, title=title, private=private, created_by=user)
@@ -243,9 +205,11 @@ def post_message(
     """Post a message, with the id of a ready upload as its attachment if given (the body may then
     be empty). A retry (same author, room and `client_id`) returns the original and changes
     nothing; the same key with a different body is a `conflict`, never a silent success."""
-    client_id = clean_client_id(client_id)
+    client_id = cleaning.clean_client_id(client_id)
     try:
-        body = clean_body(body, may_be_empty=attachment is not None)
+        body = cleaning.clean_body(
+            body, max_length=settings.CHAT_MAX_BODY, attachment=attachment is not None
+        )
         room = with_flags(user, room)
         check_can_post(user, room)
         if not can_read(user, room):
@@ -305,8 +269,7 @@ def _own_message(user: Any, room: Room, message_id: Any) -> Message:
 
 
 def room_message(room: Room, message_id: Any) -> Message:
-    if isinstance(message_id, bool) or not isinstance(message_id, int):
-        raise ChatError("bad_request", "`id` must be a message id.")
+    message_id = cleaning.clean_id(message_id, "id")
     message = Message.objects.with_author().filter(room=room, pk=message_id).first()
     if message is None:
         raise ChatError("not_found", "There is no such message in this room.")
@@ -348,7 +311,7 @@ def _delete_attachment_on_commit(pk: Any) -> None:
 
 def edit_message(user: Any, room: Room, message_id: Any, body: Any) -> Message:
     check_can_post(user, room)
-    body = clean_body(body)
+    body = cleaning.clean_body(body, max_length=settings.CHAT_MAX_BODY)
     message = _own_message(user, room, message_id)
     window = timedelta(seconds=settings.CHAT_EDIT_WINDOW)
     if timezone.now() - message.created > window:
@@ -372,7 +335,7 @@ def mark_read(user: Any, room: Room, seq: Any) -> int:
     """Move the user's read cursor forward (never back); returns the cursor. Reading a public
     room joins it, as posting does; reading never makes anyone a member of a private room (a
     moderator reading one stays out of it)."""
-    seq = min(clean_seq(seq, "seq"), room.seq)
+    seq = min(cleaning.clean_cursor(seq, "seq"), room.seq)
     if room.private:
         membership = Membership.objects.filter(room=room, user=user).first()
         if membership is None:

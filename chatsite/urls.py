@@ -62,3 +62,7 @@ urlpatterns = [
         name="api-attachment-complete",
     ),
 ]
+
+# Under /api/ every error is JSON, Django's own 404s and 500s included.
+handler404 = "chat.api.not_found"
+handler500 = "chat.api.server_error"
