@@ -58,6 +58,20 @@ def _refuse(field: str, what: str, code: str = "bad_request") -> ChatError:
 # --- text ---
 
 
+def _string(
+    value: Any, field: str, max_length: int, refused: re.Pattern[str], why: str, required: bool
+) -> str:
+    if not isinstance(value, str):
+        raise _refuse(field, "must be a string.")
+    if len(value) > max_length:
+        raise _refuse(field, f"is at most {max_length} characters.", "too_large")
+    if refused.search(value):
+        raise _refuse(field, why)
+    if required and not value.strip():
+        raise _refuse(field, "cannot be empty.")
+    return value
+
+
 def clean_text(
     value: Any,
     field: str,
@@ -69,16 +83,9 @@ def clean_text(
     """Free text that may span lines (a message body, a reason): a str of at most `max_length`
     characters with no NUL and no lone surrogate. `required` refuses text that is empty or only
     whitespace; `strip` returns it without surrounding whitespace (the limit applies before)."""
-    if not isinstance(value, str):
-        raise _refuse(field, "must be a string.")
-    if len(value) > max_length:
-        raise _refuse(field, f"is at most {max_length} characters.", "too_large")
-    if _FORBIDDEN.search(value):
-        raise _refuse(field, "cannot contain NUL or unpaired surrogate characters.")
-    stripped = value.strip()
-    if required and not stripped:
-        raise _refuse(field, "cannot be empty.")
-    return stripped if strip else value
+    why = "cannot contain NUL or unpaired surrogate characters."
+    value = _string(value, field, max_length, _FORBIDDEN, why, required)
+    return value.strip() if strip else value
 
 
 def clean_body(
@@ -95,16 +102,8 @@ def clean_line(value: Any, field: str, *, max_length: int, required: bool = True
     """A short single line (a room title): stripped, at most `max_length` characters, and no
     control character at all (tabs and newlines included): it is shown in headers, lists and the
     admin, where a line break or an escape sequence would only deceive."""
-    if not isinstance(value, str):
-        raise _refuse(field, "must be a string.")
-    if len(value) > max_length:
-        raise _refuse(field, f"is at most {max_length} characters.", "too_large")
-    if _CONTROL.search(value):
-        raise _refuse(field, "must be one line without control characters.")
-    value = value.strip()
-    if required and not value:
-        raise _refuse(field, "cannot be empty.")
-    return value
+    why = "must be one line without control characters."
+    return _string(value, field, max_length, _CONTROL, why, required).strip()
 
 
 # --- identifiers ---
@@ -218,12 +217,15 @@ def clean_until(value: Any, field: str = "until") -> datetime | None:
     (epoch seconds?) and ISO week or basic forms are refused: they are too easy to misread."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > 64 or not _ISO_TIME.fullmatch(value):
+    if isinstance(value, datetime):
+        parsed: datetime | None = value  # from the admin's form or the code itself
+    elif not isinstance(value, str) or len(value) > 64 or not _ISO_TIME.fullmatch(value):
         raise _refuse(field, "must be an ISO 8601 date and time.")
-    try:
-        parsed = parse_datetime(value)
-    except ValueError:  # a month 13, an offset of 99 hours
-        parsed = None
+    else:
+        try:
+            parsed = parse_datetime(value)
+        except ValueError:  # a month 13, an offset of 99 hours
+            parsed = None
     if parsed is None:
         raise _refuse(field, "must be an ISO 8601 date and time.")
     if timezone.is_naive(parsed):

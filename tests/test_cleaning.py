@@ -393,3 +393,17 @@ def test_booleans_are_strict() -> None:
         with pytest.raises(ChatError) as refused:
             cleaning.clean_bool(bad, "private")
         assert refused.value.code == "bad_request" and "`private`" in refused.value.detail
+
+
+def test_until_takes_a_datetime_from_the_admin_or_the_code() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    later = timezone.now() + timedelta(days=1)
+    assert cleaning.clean_until(later) == later
+    naive = timezone.make_naive(later)
+    assert cleaning.clean_until(naive) == timezone.make_aware(naive)
+    with pytest.raises(ChatError) as refused:
+        cleaning.clean_until(timezone.now() - timedelta(seconds=1))
+    assert refused.value.code == "bad_request" and "`until`" in refused.value.detail

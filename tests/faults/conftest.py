@@ -3,8 +3,10 @@ use it, and the completeness check every scenario ends with."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -139,3 +141,14 @@ def assert_complete(slug: str, clients: list[ResilientClient]) -> list[dict[str,
                 row["client_id"],
             )
     return rows
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop for every example (the consumer's room hub lives as long as its loop)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -141,17 +139,6 @@ def _users_and_rooms() -> tuple[Any, Any]:
     Message.objects.create(room=general, author=bob, body="bob's", posted_seq=1, seq=1)
     Room.objects.filter(pk=general.pk).update(seq=1)
     return alice, bob
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One event loop for every example (the consumer's room hub lives as long as its loop)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
 
 
 def test_channels_consumer_survives_any_frames(

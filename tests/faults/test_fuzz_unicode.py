@@ -23,7 +23,6 @@ import asyncio
 import itertools
 import json
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -739,16 +738,6 @@ class Socket:
                     grace_end = loop.time() + 0.3
             elif event["type"] in ("ack", "error", "subscribed", "unsubscribed"):
                 replied = True
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
 
 
 @pytest.fixture
