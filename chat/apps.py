@@ -30,6 +30,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="chat.E001",
             )
         )
+    # chat/apigateway.py's cut-off: the last @connections attempt (connect and read timeouts)
+    # and the hand-off of what is left must fit in an invocation.
+    if settings.CHAT_INVOCATION_TIMEOUT <= 2 * settings.CHAT_APIGW_CALL_TIMEOUT + 2:
+        errors.append(
+            checks.Error(
+                "CHAT_INVOCATION_TIMEOUT must exceed twice CHAT_APIGW_CALL_TIMEOUT plus 2 s: "
+                "fan-out stops that long before an invocation's end.",
+                id="chat.E003",
+            )
+        )
     from chat import fanout
 
     uses_layer = fanout.uses_channel_layer()

@@ -365,7 +365,7 @@ class Posts:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
 
-    def __call__(self, target: tuple[str, str], data: bytes) -> str:
+    def __call__(self, target: tuple[str, str], data: bytes, until: float | None = None) -> str:
         self.sent.append((target[0], json.loads(data)))
         return apigateway.OK
 
@@ -636,9 +636,9 @@ def test_a_410_spares_a_connection_whose_connect_may_still_run(db, alice, room, 
     ApiConnection.objects.filter(pk=old.pk).update(
         connected_at=timezone.now() - timedelta(minutes=1)
     )
-    monkeypatch.setattr(apigateway, "post", lambda target, data: apigateway.GONE)
-    result = apigateway.deliver([("Young=", "u"), ("Old=", "u")], b"{}")
-    assert result == {"ok": 0, "gone": 2, "failed": 0}
+    monkeypatch.setattr(apigateway, "post", lambda target, data, until=None: apigateway.GONE)
+    result = apigateway.deliver([("Young=", "u"), ("Old=", "u")], b"{}").counts
+    assert result == {"ok": 0, "gone": 2, "failed": 0, "deferred": 0}
     remaining = list(ApiConnection.objects.values_list("connection_id", flat=True))
     assert remaining == [young.connection_id]
 
@@ -648,15 +648,15 @@ def test_a_large_room_is_split_into_task_batches(db, alice, room, monkeypatch, s
     for n in range(100):
         connected(alice, f"Conn{n:03}=", room)
     batches: list[int] = []
-    monkeypatch.setattr(apigateway, "post", lambda target, data: apigateway.OK)
+    monkeypatch.setattr(apigateway, "post", lambda target, data, until=None: apigateway.OK)
     real = apigateway.deliver
 
-    def counting(targets: Any, data: bytes) -> dict[str, int]:
+    def counting(targets: Any, data: bytes, *args: Any, **kwargs: Any) -> apigateway.Outcome:
         batches.append(len(targets))
-        return real(targets, data)
+        return real(targets, data, *args, **kwargs)
 
     monkeypatch.setattr(apigateway, "deliver", counting)
-    # Outside Lambda (no AWS_LAMBDA_FUNCTION_NAME) Zappa's @task runs the batch inline.
+    # Outside Lambda (no AWS_LAMBDA_FUNCTION_NAME) a batch runs inline, as Zappa's @task does.
     assert not os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     apigateway.ApiGatewayBackend().publish(room.pk, {"type": "message"}, '{"type":"message"}')
     assert sorted(batches) == [20, 40, 40]
@@ -703,7 +703,7 @@ def test_the_sweep_removes_expired_and_gone_rows(db, alice, room, monkeypatch, s
             return {}
 
     monkeypatch.setattr(apigateway, "client", lambda url: Client())
-    assert apigateway.sweep() == {"expired": 1, "gone": 1}
+    assert apigateway.sweep() == {"expired": 1, "gone": 1, "claims": 0}
     assert sorted(asked) == ["IdleAlive=", "IdleGone="]
     remaining = set(ApiConnection.objects.values_list("connection_id", flat=True))
     assert remaining == {"IdleAlive=", "Fresh="}
