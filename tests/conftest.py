@@ -133,8 +133,10 @@ def _close_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> It
     """Consumers' worker threads keep database connections; end them so the test database can be
     dropped at the end of the run."""
     yield
-    if connection.vendor != "postgresql":
-        return
+    if connection.vendor != "postgresql" or not connection.settings_dict["NAME"].startswith(
+        "test_"
+    ):
+        return  # no test of the session used the database: there is none to drop
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
