@@ -92,10 +92,23 @@ def _query(event: dict[str, Any]) -> dict[str, str]:
     return event.get("queryStringParameters") or {}
 
 
+def _header(event: dict[str, Any], name: str) -> str | None:
+    """A request header of the event, whatever its case (API Gateway keeps the client's)."""
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == name:
+            return value
+    return None
+
+
 @on_connect
 @invocation
 def connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Authenticate `?token=` (401 and nothing stored without a valid one); subscribe `?room=`."""
+    """Refuse a browser from another site (403, as the Channels transport does); authenticate
+    `?token=` (401 and nothing stored without a valid one); subscribe `?room=`."""
+    origin = _header(event, "origin")
+    if not protocol.origin_allowed(origin):
+        log.info("refused a WebSocket from origin %r", origin)
+        return {"statusCode": 403, "body": "Origin not allowed"}
     query = _query(event)
     try:
         user = protocol.authenticate(query.get("token") or "")
