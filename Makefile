@@ -6,7 +6,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 
 .PHONY: run test lint format bench soak serverless services browser clean \
-	lambda-env package deploy update manage template
+	lambda-env package deploy update manage template ws-url
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ manage: $(BIN)/.installed
 # The CloudFormation template `zappa deploy` creates, the WebSocket API included (offline).
 template: $(BIN)/.installed
 	$(BIN)/python -m chatsite.deployment template $(STAGE) -o chat-$(STAGE)-template.json
+
+# After the first deploy: CHAT_WS_URL (the stage's wss://… URL) into its remote_env file on S3.
+ws-url: $(BIN)/.installed
+	env VIRTUAL_ENV=$(LAMBDA_ENV) $(BIN)/python -m chatsite.deployment ws-url $(STAGE) --save
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .lambda-env .lambda-env.building

@@ -1,3 +1,4 @@
+import os
 from typing import Any
 
 from django.apps import AppConfig
@@ -49,6 +50,29 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 "CHAT_POLL_WAIT=hub is woken by the channel layer, which CHAT_PUBLISHERS does not "
                 "publish to; use CHAT_POLL_WAIT=database.",
                 id="chat.E002",
+            )
+        )
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not settings.CHAT_WS_URL:
+        errors.append(
+            checks.Warning(
+                "CHAT_WS_URL is not set on Lambda: POST /api/ws-token hands out the HTTP API's "
+                "host, where no WebSocket API listens. After the first deploy run "
+                "`make ws-url STAGE=<stage>` (it saves the URL in the stage's remote_env).",
+                id="chat.W002",
+            )
+        )
+    paths = settings.CHAT_FANOUT_BACKENDS
+    if (
+        settings.CHAT_POLL_WAIT == "database"
+        and "chat.apigateway.ApiGatewayBackend" in paths
+        and "chat.fanout.PostgresNotifyBackend" not in paths
+    ):
+        errors.append(
+            checks.Warning(
+                "Long-polls wait on the database, but CHAT_FANOUT_BACKENDS has no "
+                "chat.fanout.PostgresNotifyBackend to wake them: they answer only at their "
+                "next re-read, up to a second late.",
+                id="chat.W003",
             )
         )
     layer = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")

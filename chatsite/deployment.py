@@ -18,7 +18,9 @@ the prebuild refuses any other environment. The build needs the runtime's Python
 PyPI, nothing else: Linux on x86_64 is not needed.
 
 ``python -m chatsite.deployment template STAGE`` prints the CloudFormation template that
-``zappa deploy STAGE`` creates, with the WebSocket API that ``zappa template`` leaves out.
+``zappa deploy STAGE`` creates, with the WebSocket API that ``zappa template`` leaves out;
+``python -m chatsite.deployment ws-url STAGE --save`` (``make ws-url``) puts the deployed
+WebSocket URL into the stage's remote_env as CHAT_WS_URL.
 """
 
 from __future__ import annotations
@@ -230,6 +232,38 @@ def compile_bytecode() -> None:
             pass  # what does not compile here would not import on Lambda either
 
 
+def websocket_url(stage: str) -> str | None:
+    """The deployed stage's WebSocket URL (wss://…/STAGE), from its CloudFormation stack, as
+    `zappa deploy` prints it; None before the first deploy. Needs the account's credentials."""
+    from zappa.cli import ZappaCLI
+
+    cli = ZappaCLI()
+    cli.api_stage = stage
+    cli.load_settings("zappa_settings.json")
+    return cli.zappa.get_websocket_url(cli.lambda_name, cli.api_stage)
+
+
+def save_in_remote_env(remote_env: str, values: dict[str, str], s3: object = None) -> dict:
+    """Merge `values` into the JSON file at the stage's remote_env (s3://bucket/key), which the
+    function reads at every cold start; returns the file's new content."""
+    match = re.fullmatch(r"s3://([^/]+)/(.+)", remote_env or "")
+    if not match:
+        raise SystemExit(f"remote_env must be an s3://bucket/key URL, not {remote_env!r}")
+    bucket, key = match.groups()
+    if s3 is None:
+        import boto3
+
+        s3 = boto3.client("s3")
+    try:
+        current = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())  # type: ignore[attr-defined]
+    except s3.exceptions.NoSuchKey:  # type: ignore[attr-defined]
+        current = {}
+    current.update(values)
+    body = json.dumps(current, indent=2, sort_keys=True).encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")  # type: ignore[attr-defined]
+    return current
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m chatsite.deployment")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -239,9 +273,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     template.add_argument("stage")
     template.add_argument("-o", "--output", help="a file instead of standard output")
+    ws_url = commands.add_parser(
+        "ws-url", help="the deployed stage's WebSocket URL (CHAT_WS_URL), from its stack"
+    )
+    ws_url.add_argument("stage")
+    ws_url.add_argument(
+        "--save", action="store_true", help="write it as CHAT_WS_URL into the stage's remote_env"
+    )
     options = parser.parse_args(argv)
     if options.command == "env":
         print(build_environment())
+    elif options.command == "ws-url":
+        url = websocket_url(options.stage)
+        if not url:
+            raise SystemExit(f"Stage {options.stage} has no WebSocket API yet: deploy it first.")
+        print(url)
+        if options.save:
+            stages = json.loads(Path("zappa_settings.json").read_text())
+            stage = stages[options.stage]
+            remote_env = stage.get("remote_env") or stages.get(stage.get("extends", ""), {}).get(
+                "remote_env"
+            )
+            save_in_remote_env(remote_env, {"CHAT_WS_URL": url})
+            print(f"CHAT_WS_URL saved in {remote_env}: new containers read it at their cold start")
     else:
         from chatsite.cloudformation import deploy_template
 
