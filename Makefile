@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
-.PHONY: run test lint format bench soak serverless services browser clean
+.PHONY: run test lint format bench soak serverless services browser clean \
+	lambda-env package deploy update manage template ws-url
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,5 +49,36 @@ serverless: $(BIN)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py localgateway --host $(HOST) --port $(PORT)
 
+# --- Zappa on Lambda (README, "Serverless"). Every Zappa command runs with VIRTUAL_ENV set to the
+# Lambda environment (.lambda-env: the runtime's wheels, chatsite/deployment.py), whatever pyenv or
+# an activated virtualenv would otherwise give Zappa. STAGE=production for the other stage.
+STAGE ?= dev
+LAMBDA_ENV := $(CURDIR)/.lambda-env
+ZAPPA := env VIRTUAL_ENV=$(LAMBDA_ENV) $(BIN)/zappa
+
+lambda-env: $(BIN)/.installed
+	$(BIN)/python -m chatsite.deployment env
+
+package: lambda-env
+	$(ZAPPA) package $(STAGE) -o chat-$(STAGE).zip
+
+deploy: lambda-env
+	$(ZAPPA) deploy $(STAGE)
+
+update: lambda-env
+	$(ZAPPA) update $(STAGE)
+
+# make manage CMD="migrate" (or CMD="createsuperuser ...")
+manage: $(BIN)/.installed
+	$(ZAPPA) manage $(STAGE) "$(CMD)"
+
+# The CloudFormation template `zappa deploy` creates, the WebSocket API included (offline).
+template: $(BIN)/.installed
+	$(BIN)/python -m chatsite.deployment template $(STAGE) -o chat-$(STAGE)-template.json
+
+# After the first deploy: CHAT_WS_URL (the stage's wss://… URL) into its remote_env file on S3.
+ws-url: $(BIN)/.installed
+	env VIRTUAL_ENV=$(LAMBDA_ENV) $(BIN)/python -m chatsite.deployment ws-url $(STAGE) --save
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .lambda-env .lambda-env.building

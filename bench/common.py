@@ -310,6 +310,8 @@ class LoggedServer(Server):
         )
 
     def start(self) -> LoggedServer:
+        # The log is appended to: a server started again must not find the last one's line.
+        seen = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT
@@ -321,7 +323,10 @@ class LoggedServer(Server):
                     f"{self.name} exited with {self.proc.returncode}; see {self.log}"
                 )
             if self.ready_text is not None:
-                if self.ready_text in self.log.read_text(errors="replace"):
+                with self.log.open("rb") as log:
+                    log.seek(seen)
+                    new = log.read().decode(errors="replace")
+                if self.ready_text in new:
                     return self
             else:
                 try:

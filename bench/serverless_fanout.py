@@ -31,6 +31,7 @@ from bench.common import (
     bench_env,
     cpu_seconds,
     ensure_database,
+    proc_status,
     raise_nofile,
     self_cpu_seconds,
     setup_django,
@@ -38,6 +39,8 @@ from bench.common import (
 
 ROOM = "serverless-fanout"
 REPORT = re.compile(r"REPORT RequestId: (\S+) Route: (\S+) Duration: ([\d.]+) ms")
+# The asynchronous invocations of a fan-out: its batches (and Zappa's @task route, for others).
+BATCH_ROUTES = {"chat.apigateway.deliver_batch", "zappa.asynchronous.route_lambda_task"}
 
 
 def free_port() -> int:
@@ -184,7 +187,7 @@ async def scenario(
         await asyncio.gather(*(drain(ws) for ws in sockets[:1]))
         new = reports(log)[before:]
         handler = [ms for route, ms in new if route == "$default"]
-        batches = [ms for route, ms in new if route.startswith("zappa.asynchronous")]
+        batches = [ms for route, ms in new if route in BATCH_ROUTES]
         results.append(
             {
                 "delivered": len(arrivals),
@@ -193,12 +196,17 @@ async def scenario(
                 "handler_ms": max(handler) if handler else None,
                 "task_batches": len(batches),
                 "task_ms": max(batches) if batches else None,
+                # Lambda bills every invocation: the message's total, all of them together.
+                "invocations_ms": round(sum(handler) + sum(batches), 1),
                 "gateway_cpu_s": round(gateway_cpu, 3),
                 "clients_cpu_s": round(own_cpu, 3),
             }
         )
+    # Peak resident memory of each process: the gateway (its threads run the synchronous
+    # invocations, the sockets' $connect and $disconnect too) and its Lambda containers.
+    peaks = {pid: proc_status(pid).get("VmHWM", 0) / 1024 for pid in process_tree(gateway_pid)}
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    return {"connect_seconds": connect_seconds, "runs": results}
+    return {"connect_seconds": connect_seconds, "runs": results, "peak_mb": peaks}
 
 
 def median(values: list[Any]) -> Any:
@@ -258,6 +266,8 @@ def main() -> None:
         "task_ms_median": median([r["task_ms"] for r in runs]),
         "task_batches": runs[0]["task_batches"] if runs else 0,
         "gateway_cpu_s_median": median([r["gateway_cpu_s"] for r in runs]),
+        "invocations_ms_median": median([r["invocations_ms"] for r in runs]),
+        "peak_mb": {str(pid): round(mb, 1) for pid, mb in figures["peak_mb"].items()},
         "delivered": [r["delivered"] for r in runs],
         "runs": runs,
     }
@@ -280,6 +290,9 @@ def main() -> None:
     print(f"  median all delivered  {med:.3f} s (budget 1.5 s)" if med else "  not all delivered")
     print(f"  median $default       {summary['handler_ms_median']} ms")
     print(f"  median gateway CPU    {summary['gateway_cpu_s_median']} s per fan-out")
+    print(f"  median invocations    {summary['invocations_ms_median']} ms per message, in all")
+    peaks = ", ".join(f"{mb:.0f}" for mb in figures["peak_mb"].values())
+    print(f"  peak RSS              {peaks} MB (the gateway, then each container process)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from chat.errors import ChatError
 from chat.models import (
     ApiConnection,
     Attachment,
+    DeliveryClaim,
     LoggedOutSession,
     Membership,
     Message,
@@ -475,3 +476,13 @@ class SubscriptionAdmin(ReadOnly, admin.ModelAdmin):
     list_select_related = ["connection", "room"]
     list_filter = ["room"]
     readonly_fields = ["connection", "room", "created"]
+
+
+@admin.register(DeliveryClaim)
+class DeliveryClaimAdmin(ReadOnly, admin.ModelAdmin):
+    """Which connections each fan-out batch has claimed (a retried batch skips them); the sweep
+    deletes them after CHAT_APIGW_MAX_DURATION."""
+
+    list_display = ["delivery", "connection_id", "claimed_at"]
+    search_fields = ["delivery", "connection_id"]
+    readonly_fields = ["delivery", "connection_id", "claimed_at"]

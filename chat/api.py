@@ -301,7 +301,9 @@ def download(request: HttpRequest, attachment_id: str, thumbnail: bool = False) 
         inline = thumbnail or attachment.content_type in attachments.IMAGE_FORMATS
         response = FileResponse(
             attachments.open_file(attachment, thumbnail),
-            content_type="image/webp" if thumbnail else attachment.content_type,
+            content_type=(
+                attachments.thumbnail_type(attachment) if thumbnail else attachment.content_type
+            ),
         )
         response["Content-Disposition"] = attachments.disposition(attachment.name, inline)
         # Served from our origin: the browser must not guess a type or run anything in it.

@@ -11,22 +11,28 @@ boto3's CPU per call; CHAT_APIGW_FAST_POST=false for boto3's own post_to_connect
 
 `ApiGatewayBackend` (listed in CHAT_FANOUT_BACKENDS) posts concurrently from a bounded pool; a
 GoneException deletes exactly that connection's row, a LimitExceededException is retried with
-jittered backoff, and a room beyond CHAT_APIGW_BATCH connections is split into batches that Zappa's
-@task hands to asynchronous invocations, so no invocation approaches its timeout. The handlers
-that own the sockets' frames are chat/serverless.py.
+jittered backoff. A room beyond CHAT_APIGW_BATCH connections is split into batches, each an
+asynchronous invocation of its own (a Zappa command, `deliver_batch`). Every invocation watches
+its deadline (chat/invocation.py): no @connections attempt starts after `cutoff()`, and what is
+left then goes to another batch. Batches may be retried by Lambda: each claims its connections
+(DeliveryClaim) before posting, so a retry posts nothing twice. The handlers that own the
+sockets' frames are chat/serverless.py.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
 import random
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,14 +45,15 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.utils import percent_encode
 from django.conf import settings
 from django.db import close_old_connections
+from django.db import connection as db_connection
 from django.utils import timezone
 from urllib3.util.wait import wait_for_read
 from zappa.asynchronous import task
 
-from chat import access, events, presence
+from chat import access, events, invocation, presence
 from chat.events import Event
 from chat.fanout import encode
-from chat.models import ApiConnection, Room, Subscription
+from chat.models import ApiConnection, DeliveryClaim, Room, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +72,13 @@ RETRYABLE = {
     "ConnectionError",
 }
 
-OK, GONE, FAILED = "ok", "gone", "failed"
+OK, GONE, FAILED, DEFERRED = "ok", "gone", "failed", "deferred"
+RESULTS = (OK, GONE, FAILED, DEFERRED)
+# Seconds kept, after the last attempt's timeouts, to hand what is left to another batch.
+HANDOFF_RESERVE = 1.0
+# Batches that hand on what they could not post, at most, before the rest is given up.
+MAX_HOPS = 8
+BATCH_COMMAND = "chat.apigateway.deliver_batch"
 Target = tuple[str, str]  # (connection id, @connections endpoint)
 
 
@@ -204,11 +217,20 @@ def _post_once(url: str, connection_id: str, data: bytes) -> str:
     return ""
 
 
-def post(target: Target, data: bytes) -> str:
-    """Post one event to one connection: OK, GONE, or FAILED after the retries."""
+def cutoff(deadline: float) -> float:
+    """The last moment a @connections attempt may start in an invocation ending at `deadline`:
+    the attempt's connect and read timeouts, then the hand-off of what is left, end before it."""
+    return deadline - 2 * settings.CHAT_APIGW_CALL_TIMEOUT - HANDOFF_RESERVE
+
+
+def post(target: Target, data: bytes, until: float | None = None) -> str:
+    """Post one event to one connection: OK, GONE, or FAILED after the retries. From `until` on
+    (monotonic time) no attempt starts: DEFERRED, for another invocation to post."""
     connection_id, url = target
     delay = RETRY_BASE
     for attempt in range(settings.CHAT_APIGW_RETRIES + 1):
+        if until is not None and time.monotonic() >= until:
+            return DEFERRED
         try:
             code = _post_once(url, connection_id, data)
         except (BotoCoreError, OSError, http.client.HTTPException) as exc:  # timeouts, refusals
@@ -222,46 +244,208 @@ def post(target: Target, data: bytes) -> str:
             log.warning("posting to %s failed: %s", connection_id, code)
             return FAILED
         if attempt < settings.CHAT_APIGW_RETRIES:
-            time.sleep(delay * (0.5 + random.random()))  # jittered, so retries do not align
+            pause = delay * (0.5 + random.random())  # jittered, so retries do not align
+            if until is not None and time.monotonic() + pause >= until:
+                return DEFERRED
+            time.sleep(pause)
             delay *= 2
     log.warning("posting to %s failed after %s attempts", connection_id, attempt + 1)
     return FAILED
 
 
-def deliver(targets: Sequence[Target], data: bytes) -> dict[str, int]:
-    """Post to every target concurrently; delete the rows of those that are gone."""
-    if not targets:
-        return {OK: 0, GONE: 0, FAILED: 0}
-    results = list(pool().map(lambda target: post(target, data), targets))
-    gone = [target[0] for target, result in zip(targets, results, strict=True) if result == GONE]
+@dataclass
+class Outcome:
+    """What one invocation's `deliver` did: counts per result, and what it left for another
+    invocation: `deferred` (started, stopped between retries at the cut-off; claimed, when
+    claims are kept) and `unstarted` (never claimed)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESULTS, 0))
+    deferred: list[Target] = field(default_factory=list)
+    unstarted: list[Target] = field(default_factory=list)
+
+    @property
+    def left(self) -> list[Target]:
+        return self.deferred + self.unstarted
+
+
+def deliver(
+    targets: Sequence[Target],
+    data: bytes,
+    until: float | None = None,
+    claim: Callable[[list[Target]], list[Target]] | None = None,
+) -> Outcome:
+    """Post to every target concurrently, at most the pool's size in flight; delete the rows of
+    those that are gone. Nothing is started from `until` on: what is left comes back in the
+    outcome, for another batch. With `claim`, targets are claimed a chunk at a time just before
+    they start, and only those it returns are posted to (a retried batch skips what an earlier
+    run claimed)."""
+    outcome = Outcome()
+    window = settings.CHAT_APIGW_POOL
+    todo = list(targets)
+    taken = 0
+    running: dict[Future[str], Target] = {}
+    executor = pool()
+    gone: list[str] = []
+    while True:
+        late = until is not None and time.monotonic() >= until
+        if not late and taken < len(todo) and len(running) <= window // 2:
+            chunk = todo[taken : taken + window - len(running)]
+            taken += len(chunk)
+            for target in claim(chunk) if claim is not None else chunk:
+                running[executor.submit(post, target, data, until)] = target
+        if not running:
+            if late or taken >= len(todo):
+                break
+            continue  # every target of that chunk was claimed by an earlier run
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            target = running.pop(future)
+            try:
+                result = future.result()
+            except Exception:
+                log.exception("posting to %s failed", target[0])
+                result = FAILED
+            outcome.counts[result] += 1
+            if result == GONE:
+                gone.append(target[0])
+            elif result == DEFERRED:
+                outcome.deferred.append(target)
+    outcome.unstarted = todo[taken:]
     if gone:
         forget(ApiConnection.objects.filter(connection_id__in=gone), grace=True)
-    return {kind: results.count(kind) for kind in (OK, GONE, FAILED)}
+    return outcome
 
 
-@task
-def deliver_batch(targets: list[list[str]], text: str) -> dict[str, int]:
-    """One batch of a large room's fan-out, in its own (asynchronous) invocation."""
-    close_old_connections()
+class Claims:
+    """The connections one publication has been posted to by its asynchronous batches (or is
+    being posted to): a row per connection, claimed by one INSERT per chunk, so that a retried
+    batch posts nothing twice. At most once, as live push is everywhere: a batch that dies
+    between claiming and posting (killed at its timeout, out of memory) leaves those
+    connections to fill the gap by `seq`, as after any missed event."""
+
+    def __init__(self, delivery: str) -> None:
+        self.delivery = delivery
+
+    def claim(self, targets: list[Target]) -> list[Target]:
+        if not targets:
+            return []
+        field_ = DeliveryClaim._meta.get_field("claimed_at")
+        now = field_.get_db_prep_value(timezone.now(), db_connection)
+        table = db_connection.ops.quote_name(DeliveryClaim._meta.db_table)
+        values = ", ".join(["(%s, %s, %s)"] * len(targets))
+        params: list[Any] = []
+        for connection_id, _ in targets:
+            params += [self.delivery, connection_id, now]
+        with db_connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (delivery, connection_id, claimed_at) VALUES {values}"
+                " ON CONFLICT (delivery, connection_id) DO NOTHING RETURNING connection_id",
+                params,
+            )
+            won = {row[0] for row in cursor.fetchall()}
+        return [target for target in targets if target[0] in won]
+
+    def release(self, targets: list[Target]) -> None:
+        """Give back claims whose post never happened (handed to the next batch)."""
+        if targets:
+            DeliveryClaim.objects.filter(
+                delivery=self.delivery, connection_id__in=[t[0] for t in targets]
+            ).delete()
+
+
+# --- batches: asynchronous invocations of their own ---
+
+
+def lambda_client() -> Any:
+    """Lambda's API, for the asynchronous invocations of batches (AWS_ENDPOINT_URL_LAMBDA
+    points it elsewhere, as the local gateway does)."""
+    with _clients_lock:
+        if "lambda" not in _clients:
+            _clients["lambda"] = boto3.client(
+                "lambda",
+                region_name=os.environ.get("AWS_REGION") or settings.CHAT_APIGW_REGION,
+                config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+            )
+        return _clients["lambda"]
+
+
+def start_batch(batch: dict[str, Any]) -> None:
+    """Run a batch in an asynchronous invocation: a Zappa command (Zappa's handler calls it with
+    the invocation's context, which its @task route does not pass on). Outside Lambda it runs
+    here and now, as @task does."""
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if not function:
+        deliver_batch(batch, None)
+        return
+    payload = json.dumps({"command": BATCH_COMMAND, **batch}, separators=(",", ":"))
+    lambda_client().invoke(FunctionName=function, InvocationType="Event", Payload=payload)
+
+
+def hand_off(batch: dict[str, Any], targets: Sequence[Target]) -> list[Target]:
+    """`targets` in batches of CHAT_APIGW_BATCH, each an asynchronous invocation of its own, with
+    `batch`'s delivery id, creation time and hop count; returns those that could not be handed
+    off."""
+    size = settings.CHAT_APIGW_BATCH
+    failed: list[Target] = []
+    for start in range(0, len(targets), size):
+        part = list(targets[start : start + size])
+        try:
+            start_batch({**batch, "targets": [list(t) for t in part]})
+        except Exception:
+            log.exception("handing a batch of %s connections to an invocation failed", len(part))
+            failed += part
+    return failed
+
+
+def deliver_batch(event: dict[str, Any], context: Any = None) -> dict[str, int]:
+    """One batch of a room's fan-out, in an asynchronous invocation (Zappa's handler runs it as
+    the event's `command`). Lambda retries a failed asynchronous invocation up to twice: every
+    connection is claimed before it is posted to, so a retry posts only what no run claimed.
+    What the deadline leaves goes to the next batch, with the same delivery id."""
     try:
-        return deliver([(t[0], t[1]) for t in targets], text.encode())
-    finally:
-        close_old_connections()
+        with invocation.running(context):
+            close_old_connections()
+            try:
+                return _deliver_batch(event)
+            finally:
+                close_old_connections()
+    except TypeError as exc:
+        # Zappa runs a command that raises TypeError again with fewer arguments.
+        raise RuntimeError(f"batch failed: {exc}") from exc
+
+
+def _deliver_batch(event: dict[str, Any]) -> dict[str, int]:
+    targets = [(str(t[0]), str(t[1])) for t in event["targets"]]
+    if time.time() - float(event["created"]) > settings.CHAT_APIGW_MAX_DURATION:
+        return {"expired": len(targets)}  # every connection it names is gone by now
+    claims = Claims(str(event["delivery"]))
+    until = cutoff(invocation.deadline())
+    outcome = deliver(targets, str(event["text"]).encode(), until, claim=claims.claim)
+    claims.release(outcome.deferred)
+    hops = int(event.get("hops", 0)) + 1
+    if outcome.left and hops > MAX_HOPS:
+        log.error("fan-out gave up on %s connections after %s batches", len(outcome.left), hops)
+    elif outcome.left:
+        batch = {k: event[k] for k in ("delivery", "created", "text")}
+        lost = hand_off({**batch, "hops": hops}, outcome.left)
+        if lost:
+            log.error("fan-out lost %s connections: no batch could take them", len(lost))
+    return {**outcome.counts, "handed_off": len(outcome.left)}
 
 
 def fan_out(targets: Sequence[Target], data: bytes) -> None:
-    """The first batch from this invocation, every further batch from an asynchronous one."""
+    """The first CHAT_APIGW_BATCH from this invocation, every further batch from an asynchronous
+    one; what this invocation cannot post before its deadline goes to another batch too. This
+    invocation keeps no claims: it is not asynchronous, so Lambda never retries it."""
     size = settings.CHAT_APIGW_BATCH
-    here, rest = list(targets[:size]), targets[size:]
-    text = data.decode()
-    for start in range(0, len(rest), size):
-        batch = [list(t) for t in rest[start : start + size]]
-        try:
-            deliver_batch(batch, text)  # outside Lambda, @task runs it right here
-        except Exception:
-            log.exception("handing a batch of %s to a task failed; posting it here", len(batch))
-            here.extend(rest[start : start + size])
-    deliver(here, data)
+    batch = {"delivery": uuid.uuid4().hex, "created": time.time(), "text": data.decode()}
+    here = list(targets[:size])
+    here += hand_off(batch, targets[size:])  # what could not be handed off is posted here
+    outcome = deliver(here, data, cutoff(invocation.deadline()))
+    if outcome.left:
+        lost = hand_off(batch, outcome.left)
+        if lost:
+            log.error("fan-out lost %s connections: no batch could take them", len(lost))
 
 
 def fit(event: Event, text: str) -> bytes | None:
@@ -320,9 +504,9 @@ def forget(rows: Any, grace: bool = False) -> int:
     return deleted
 
 
-def post_event(target: Target, event: Event) -> str:
+def post_event(target: Target, event: Event, until: float | None = None) -> str:
     data = fit(event, encode(event))
-    return OK if data is None else post(target, data)
+    return OK if data is None else post(target, data, until)
 
 
 def connection_target(row: ApiConnection) -> Target:
@@ -389,15 +573,29 @@ class ApiGatewayBackend:
 # --- replies to one connection (chat/serverless.py) ---
 
 
+def reply_reserve() -> float:
+    """Seconds a reply's attempt (connect and read timeouts) may take."""
+    return 2.0 * settings.CHAT_APIGW_CALL_TIMEOUT
+
+
+def reply_cutoff() -> float:
+    """The last moment a reply's attempt may start: its timeouts end before the invocation."""
+    return invocation.deadline() - reply_reserve()
+
+
 def send(target: Target, replies: Iterable[Event], deadline: float | None = None) -> str:
     """Replies to one connection, one post each and in order. A replay still going at the
-    deadline ends with a resync for its room: the client reloads that over HTTP."""
+    deadline ends with a resync for its room: the client reloads that over HTTP. Nothing is
+    started that could outlast the invocation (the client retries an unanswered frame)."""
+    until = reply_cutoff()
     for event in replies:
         if deadline is not None and event["type"] == "message" and time.monotonic() > deadline:
             room = Room.objects.get(slug=event["room"])
-            return post_event(target, events.subscribed(room.slug, room.seq, False, "resync"))
-        if post_event(target, event) == GONE:
-            return GONE
+            resync = events.subscribed(room.slug, room.seq, False, "resync")
+            return post_event(target, resync, until)
+        result = post_event(target, event, until)
+        if result in (GONE, DEFERRED):
+            return result
     return OK
 
 
@@ -440,6 +638,11 @@ def send_after_connect(target: Target, replies: list[Event]) -> None:
 def sweep(event: Any = None, context: Any = None) -> dict[str, int]:
     """Remove rows whose $disconnect never came: past API Gateway's maximum duration they are
     gone for certain; idle past its idle timeout they are asked about (GET @connections)."""
+    with invocation.running(context):
+        return _sweep()
+
+
+def _sweep() -> dict[str, int]:
     now = timezone.now()
     expired = forget(
         ApiConnection.objects.filter(
@@ -463,4 +666,8 @@ def sweep(event: Any = None, context: Any = None) -> dict[str, int]:
 
     dead = [row[0] for row, is_gone in zip(idle, pool().map(gone, idle), strict=True) if is_gone]
     probed = forget(ApiConnection.objects.filter(connection_id__in=dead)) if dead else 0
-    return {"expired": expired, "gone": probed}
+    # A claim outlives every connection it names after the maximum duration: no retry needs it.
+    claims, _ = DeliveryClaim.objects.filter(
+        claimed_at__lt=now - timedelta(seconds=settings.CHAT_APIGW_MAX_DURATION)
+    ).delete()
+    return {"expired": expired, "gone": probed, "claims": claims}

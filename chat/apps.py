@@ -1,3 +1,4 @@
+import os
 from typing import Any
 
 from django.apps import AppConfig
@@ -30,6 +31,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="chat.E001",
             )
         )
+    # chat/apigateway.py's cut-off: the last @connections attempt (connect and read timeouts)
+    # and the hand-off of what is left must fit in an invocation.
+    if settings.CHAT_INVOCATION_TIMEOUT <= 2 * settings.CHAT_APIGW_CALL_TIMEOUT + 2:
+        errors.append(
+            checks.Error(
+                "CHAT_INVOCATION_TIMEOUT must exceed twice CHAT_APIGW_CALL_TIMEOUT plus 2 s: "
+                "fan-out stops that long before an invocation's end.",
+                id="chat.E003",
+            )
+        )
     from chat import fanout
 
     uses_layer = fanout.uses_channel_layer()
@@ -39,6 +50,29 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 "CHAT_POLL_WAIT=hub is woken by the channel layer, which CHAT_PUBLISHERS does not "
                 "publish to; use CHAT_POLL_WAIT=database.",
                 id="chat.E002",
+            )
+        )
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not settings.CHAT_WS_URL:
+        errors.append(
+            checks.Warning(
+                "CHAT_WS_URL is not set on Lambda: POST /api/ws-token hands out the HTTP API's "
+                "host, where no WebSocket API listens. After the first deploy run "
+                "`make ws-url STAGE=<stage>` (it saves the URL in the stage's remote_env).",
+                id="chat.W002",
+            )
+        )
+    paths = settings.CHAT_FANOUT_BACKENDS
+    if (
+        settings.CHAT_POLL_WAIT == "database"
+        and "chat.apigateway.ApiGatewayBackend" in paths
+        and "chat.fanout.PostgresNotifyBackend" not in paths
+    ):
+        errors.append(
+            checks.Warning(
+                "Long-polls wait on the database, but CHAT_FANOUT_BACKENDS has no "
+                "chat.fanout.PostgresNotifyBackend to wake them: they answer only at their "
+                "next re-read, up to a second late.",
+                id="chat.W003",
             )
         )
     layer = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")

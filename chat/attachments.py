@@ -25,6 +25,7 @@ import unicodedata
 import uuid
 import warnings
 from datetime import timedelta
+from pathlib import PurePosixPath
 from typing import IO, Any
 
 import puremagic
@@ -38,7 +39,7 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import get_valid_filename
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError, features
 
 from chat import access
 from chat.errors import ChatError
@@ -53,6 +54,11 @@ IMAGE_FORMATS = {
     "image/gif": "GIF",
     "image/webp": "WEBP",
 }
+# What Pillow needs to read each format (a build without the codec cannot check such a file).
+DECODERS = {"PNG": "zlib", "JPEG": "jpg", "GIF": None, "WEBP": "webp"}
+# Thumbnails: WebP, the smallest; where Pillow cannot write it (a build without libwebp), JPEG for
+# opaque images and PNG, which Pillow's core always writes, for the rest.
+THUMBNAIL_TYPES = {".webp": "image/webp", ".jpg": "image/jpeg", ".png": "image/png"}
 # Pillow refuses images above this many pixels (a few kilobytes can decode to gigabytes).
 Image.MAX_IMAGE_PIXELS = 40_000_000
 SNIFF_BYTES = 64 * 1024
@@ -261,6 +267,15 @@ def _check_content(attachment: Attachment, data: bytes) -> None:
     declared = attachment.content_type
     mismatch = ChatError("bad_request", f"The file's content is not {declared}.")
     if declared in IMAGE_FORMATS:
+        decoder = DECODERS[IMAGE_FORMATS[declared]]
+        if decoder is not None and not features.check(decoder):
+            # Not the file's fault: this server's Pillow was built without the codec.
+            log.error("Pillow cannot read %s here: its %s codec is missing", declared, decoder)
+            raise ChatError(
+                "bad_request",
+                f"This server cannot read {declared} images (its image library lacks the "
+                "codec); send the picture in another format.",
+            )
         try:
             with warnings.catch_warnings():
                 # Between one and two times MAX_IMAGE_PIXELS Pillow only warns: refuse those too.
@@ -308,10 +323,32 @@ def _thumbnail(attachment: Attachment, image: Image.Image) -> None:
     image.seek(0)  # the first frame of an animation
     thumb = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
     thumb.thumbnail((side, side))
-    out = io.BytesIO()
-    thumb.save(out, "WEBP", quality=80)
-    name = default_storage.save(f"{attachment.file.name}.thumb.webp", ContentFile(out.getvalue()))
-    attachment.thumbnail.name = name
+    for suffix, kind, options in _thumbnail_formats(thumb.mode):
+        out = io.BytesIO()
+        try:
+            thumb.save(out, kind, **options)
+        except (KeyError, OSError) as exc:
+            # KeyError: Pillow has no writer for the format at all (its codec failed to load).
+            log.error("Pillow cannot write %s thumbnails here (%r); trying another", kind, exc)
+            continue
+        name = f"{attachment.file.name}.thumb{suffix}"
+        attachment.thumbnail.name = default_storage.save(name, ContentFile(out.getvalue()))
+        return
+    raise ChatError("bad_request", "This server cannot make a thumbnail of this image.")
+
+
+def _thumbnail_formats(mode: str) -> list[tuple[str, str, dict[str, Any]]]:
+    formats: list[tuple[str, str, dict[str, Any]]] = [(".webp", "WEBP", {"quality": 80})]
+    if mode == "RGB":
+        formats.append((".jpg", "JPEG", {"quality": 85}))
+    formats.append((".png", "PNG", {"optimize": True}))
+    return formats
+
+
+def thumbnail_type(attachment: Attachment) -> str:
+    """The content type of the attachment's thumbnail, from its name."""
+    suffix = PurePosixPath(attachment.thumbnail.name or "").suffix
+    return THUMBNAIL_TYPES.get(suffix, "image/webp")
 
 
 def discard(attachment: Attachment) -> None:
@@ -379,7 +416,7 @@ def signed_url(attachment: Attachment, thumbnail: bool = False) -> str:
     key = attachment.thumbnail.name if thumbnail else attachment.file.name
     inline = attachment.content_type in IMAGE_FORMATS
     params = {
-        "ResponseContentType": "image/webp" if thumbnail else attachment.content_type,
+        "ResponseContentType": thumbnail_type(attachment) if thumbnail else attachment.content_type,
         "ResponseContentDisposition": disposition(attachment.name, inline or thumbnail),
     }
     return storage.url(key, parameters=params, expire=settings.CHAT_ATTACHMENT_URL_TTL)

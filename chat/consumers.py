@@ -40,22 +40,14 @@ def in_thread(func: Any) -> Any:
 
 
 class SameOriginOrToken(OriginValidator):
-    """Browsers always send Origin, and only a foreign page could abuse the session cookie, so a
-    present Origin must be ours; a missing one (wscat, load generators) may only use a token."""
+    """The origin policy of chat.protocol.origin_allowed, in front of the Channels consumer: a
+    present Origin must be ours (chat.protocol.allowed_origins()); a missing one may only use a
+    token."""
 
     def valid_origin(self, parsed_origin: Any) -> bool:
         if parsed_origin is None:
             return True
         return self.validate_origin(parsed_origin)
-
-
-def allowed_origins() -> list[str]:
-    # A host without a scheme matches any port: "http://127.0.0.1" alone would mean port 80 only
-    # and refuse a browser on http://127.0.0.1:8000.
-    origins = [h for h in settings.ALLOWED_HOSTS if h != "*"]
-    return (
-        [*origins, *settings.CSRF_TRUSTED_ORIGINS] if "*" not in settings.ALLOWED_HOSTS else ["*"]
-    )
 
 
 class ChannelsConnection(protocol.Connection):

@@ -10,7 +10,8 @@ Four calls, each handed to every backend named in CHAT_FANOUT_BACKENDS:
 
 Backends: `ChannelLayerBackend` (self-hosted: each process's room hub hands events to its sockets
 and long-poll waiters; control goes to the consumers only, on a group of its own, so it never wakes
-a long-poll) and `chat.apigateway.ApiGatewayBackend` (Lambda: API Gateway connections as rows).
+a long-poll), `chat.apigateway.ApiGatewayBackend` (Lambda: API Gateway connections as rows) and
+`PostgresNotifyBackend` (Lambda: NOTIFY wakes the long-polls waiting on the room).
 Everything here is best effort by design: the write path has already committed, clients fill any
 gap from the database by `seq`, and connections re-check access on their next frame. A failing
 backend is logged, never raised into the writer.
@@ -29,6 +30,7 @@ from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.core.signals import setting_changed
+from django.db import connection as db_connection
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
@@ -109,6 +111,40 @@ class ChannelLayerBackend:
         layer_send(
             CONTROL_GROUP, {"type": CONTROL_TYPE, "op": op, "room": room_id, "user": user_id}
         )
+
+
+def notify_channel(room_id: int) -> str:
+    """The PostgreSQL channel a room's long-polls LISTEN on (chat/longpoll.py)."""
+    return f"chat_room_{int(room_id)}"
+
+
+# Events a long-poll's answer never carries (typing is live only; presence goes with the answer).
+NOT_NOTIFIED = frozenset({"typing", "presence"})
+
+
+# PostgreSQL's limit on a NOTIFY payload is 8,000 bytes.
+NOTIFY_PAYLOAD = 7900
+
+
+class PostgresNotifyBackend:
+    """Lambda: wakes the long-polls waiting on the room (chat/longpoll.py, CHAT_POLL_WAIT=database)
+    at once, with `NOTIFY chat_room_<id>` after commit, instead of at their next re-read. The
+    payload is the event's text when it fits (the waiter then answers without a read), else
+    empty (the waiter reads). Nothing else: long-polls check access on every poll, so control
+    needs no message. Does nothing on a database other than PostgreSQL."""
+
+    def publish(self, room_id: int, event: Event, text: str) -> None:
+        if event["type"] in NOT_NOTIFIED or db_connection.vendor != "postgresql":
+            return
+        payload = text if len(text.encode()) <= NOTIFY_PAYLOAD else ""
+        with db_connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [notify_channel(room_id), payload])
+
+    def recheck(self, room_id: int, user_id: int | None) -> None:
+        pass
+
+    def close_user(self, user_id: int, room_id: int | None) -> None:
+        pass
 
 
 @cache

@@ -3,7 +3,9 @@
 The client sends its cursor; the answer comes at once when anything is newer, otherwise the request
 waits for the room's next publication, up to a timeout below any gateway's limit, and answers empty.
 How it waits is one function chosen by settings: woken by the room hub (self-hosted, with a channel
-layer) or by re-reading the database (Lambda, where nothing stays running between requests).
+layer) or by the database (Lambda, where nothing stays running between requests): PostgreSQL's
+LISTEN/NOTIFY on the room's channel, with a re-read every second as the fallback. A waiting
+invocation holds one database connection, the one its reads use, LISTENing while it waits.
 
 Two thin transports share `poll()`: a Django view (WSGI, Lambda) and, in the ASGI server, a Channels
 HTTP consumer. The consumer exists because Django runs each sync middleware's response step through
@@ -16,16 +18,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
+from django.db import connection as db_connection
 
 from chat import access, cleaning, events, presence, reads
 from chat.cursor import Cursors, Verdict
 from chat.errors import ChatError
+from chat.fanout import notify_channel
 from chat.hub import get_hub
 from chat.models import Room
 
@@ -97,9 +102,59 @@ async def wait_hub(
     return {"events": [json.loads(message["text"])], "seq": cursors.get(room_id)}
 
 
+def _listen(room_id: int, after: int, timeout: float, state: Event) -> Answer | None:
+    """The database wait on PostgreSQL, in one thread and on its one connection (the one the
+    re-reads use): LISTEN on the room's channel, re-read, then wait for a NOTIFY
+    (chat.fanout.PostgresNotifyBackend). The next change's event, carried by the notification,
+    is the answer with no read, as on the hub; an older one is ignored, a later one (something
+    was missed) or one too large to carry is read from the database. Without any notification
+    for DB_POLL_INTERVAL it re-reads anyway (a publisher that does not notify, a notification
+    lost with a dropped connection)."""
+    db_connection.ensure_connection()
+    raw = db_connection.connection  # psycopg 3: notifications between waits are kept for notifies()
+    channel = db_connection.ops.quote_name(notify_channel(room_id))
+    with db_connection.cursor() as cursor:
+        cursor.execute(f"LISTEN {channel}")
+    try:
+        cursors = Cursors()
+        cursors.start(room_id, after)
+        deadline = time.monotonic() + timeout
+        answer = _reread(room_id, after, state)  # what committed before LISTEN took effect
+        while answer is None and (remaining := deadline - time.monotonic()) > 0:
+            read = True  # after the fallback's interval, or a notification that needs one
+            for notification in raw.notifies(
+                timeout=min(DB_POLL_INTERVAL, remaining), stop_after=1
+            ):
+                verdict, event = _offer(cursors, room_id, notification.payload)
+                if verdict is Verdict.SEND:
+                    return {"events": [event], "seq": cursors.get(room_id)}
+                read = verdict is not Verdict.DROP
+            if read:
+                answer = _reread(room_id, after, state)
+        return answer
+    finally:
+        with db_connection.cursor() as cursor:
+            cursor.execute(f"UNLISTEN {channel}")
+
+
+def _offer(cursors: Cursors, room_id: int, payload: str) -> tuple[Verdict, Event | None]:
+    """What a notification's payload (the event's text, or empty when it did not fit) means."""
+    if not payload:
+        return Verdict.FILL, None
+    event = json.loads(payload)
+    live = {"room": room_id, "kind": event["type"], "seq": event.get("seq"), "text": payload}
+    return cursors.offer(live), event
+
+
 async def wait_database(
     room_id: int, after: int, timeout: float, username: str, state: Event
 ) -> Answer | None:
+    """Lambda's wait, where nothing runs between requests: woken by PostgreSQL's NOTIFY, with a
+    re-read every DB_POLL_INTERVAL as the fallback (the only way on other databases)."""
+    if db_connection.vendor == "postgresql":
+        return await database_sync_to_async(_listen, thread_sensitive=False)(
+            room_id, after, timeout, state
+        )
     deadline = asyncio.get_running_loop().time() + timeout
     while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
         await asyncio.sleep(min(DB_POLL_INTERVAL, remaining))

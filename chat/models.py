@@ -379,6 +379,29 @@ class Subscription(models.Model):
         return f"{self.connection_id} in {self.room_id}"
 
 
+class DeliveryClaim(models.Model):
+    """One publication's post to one connection, claimed by the asynchronous fan-out batch about
+    to make it (chat/apigateway.py). Lambda retries a failed asynchronous invocation up to twice:
+    the retry claims again, and a connection already claimed is not posted to a second time. The
+    sweep deletes claims older than any connection they could name."""
+
+    # One per publication, shared by all its batches and their retries.
+    delivery = models.CharField(max_length=36)
+    connection_id = models.CharField(max_length=128)
+    claimed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["delivery", "connection_id"], name="deliveryclaim_once"
+            ),
+        ]
+        indexes = [models.Index(fields=["claimed_at"], name="deliveryclaim_claimed_at")]
+
+    def __str__(self) -> str:
+        return f"{self.delivery} to {self.connection_id}"
+
+
 # --- moderation: restrictions, reports and the audit log ---
 
 

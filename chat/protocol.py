@@ -15,7 +15,9 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlparse
 
+from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.db import DatabaseError
 
@@ -68,6 +70,30 @@ class Connection(ABC):
 
 
 # --- the connection's life ---
+
+
+def allowed_origins() -> list[str]:
+    """The origins a browser's WebSocket may come from, on both transports: ALLOWED_HOSTS (a host
+    without a scheme matches any port: "http://127.0.0.1" alone would mean port 80 only and
+    refuse a browser on http://127.0.0.1:8000) and CSRF_TRUSTED_ORIGINS."""
+    origins = [h for h in settings.ALLOWED_HOSTS if h != "*"]
+    return (
+        [*origins, *settings.CSRF_TRUSTED_ORIGINS] if "*" not in settings.ALLOWED_HOSTS else ["*"]
+    )
+
+
+def origin_allowed(origin: str | None) -> bool:
+    """Browsers always send Origin, and only a foreign page could abuse a user's session, so a
+    present Origin must be ours; a missing one (wscat, load generators) is no browser and may
+    only use a token. The same matching as Channels' OriginValidator (scheme, host, port;
+    ".example.com" for subdomains)."""
+    if origin is None:
+        return True
+    try:
+        parsed = urlparse(origin)
+    except ValueError:
+        return False
+    return OriginValidator(None, allowed_origins()).validate_origin(parsed)
 
 
 def authenticate(token: str | None, session_user: Any = None) -> Any:

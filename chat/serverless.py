@@ -26,6 +26,7 @@ from zappa.websocket import on_connect, on_disconnect, on_message
 
 from chat import apigateway, cleaning, events, presence, protocol
 from chat.errors import ChatError
+from chat.invocation import reserving, running
 from chat.models import ApiConnection, Room, Subscription
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,16 @@ class LambdaConnection(protocol.Connection):
 
 def invocation(handler: Handler) -> Handler:
     """Database connections checked around each invocation (a warm container keeps them, within
-    DB_CONN_MAX_AGE), and no exception let out: Zappa retries a handler that raises TypeError
-    with fewer arguments, which would run half of it twice."""
+    DB_CONN_MAX_AGE), the invocation's clock started from its context (chat/invocation.py), and
+    no exception let out: Zappa retries a handler that raises TypeError with fewer arguments,
+    which would run half of it twice."""
 
     @functools.wraps(handler)
     def wrapper(event: dict[str, Any], context: Any) -> dict[str, Any]:
         close_old_connections()
         try:
-            return handler(event, context)
+            with running(context):  # the deadline that fan-out respects
+                return handler(event, context)
         except Exception:
             log.exception("%s failed", handler.__name__)
             return {"statusCode": 500, "body": "Internal server error"}
@@ -89,10 +92,23 @@ def _query(event: dict[str, Any]) -> dict[str, str]:
     return event.get("queryStringParameters") or {}
 
 
+def _header(event: dict[str, Any], name: str) -> str | None:
+    """A request header of the event, whatever its case (API Gateway keeps the client's)."""
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == name:
+            return value
+    return None
+
+
 @on_connect
 @invocation
 def connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Authenticate `?token=` (401 and nothing stored without a valid one); subscribe `?room=`."""
+    """Refuse a browser from another site (403, as the Channels transport does); authenticate
+    `?token=` (401 and nothing stored without a valid one); subscribe `?room=`."""
+    origin = _header(event, "origin")
+    if not protocol.origin_allowed(origin):
+        log.info("refused a WebSocket from origin %r", origin)
+        return {"statusCode": 403, "body": "Origin not allowed"}
     query = _query(event)
     try:
         user = protocol.authenticate(query.get("token") or "")
@@ -205,7 +221,9 @@ def _message(event: dict[str, Any]) -> dict[str, Any]:
         conn = LambdaConnection(row)
         frame, error = protocol.admit(conn, text, binary)
         conn.save_bucket()
-    replies = [error] if error else protocol.execute(conn, frame) if frame else []
+    # A fan-out this frame causes stops early enough for the replies' last attempt after it.
+    with reserving(apigateway.reply_reserve()):
+        replies = [error] if error else protocol.execute(conn, frame) if frame else []
     apigateway.send(apigateway.connection_target(row), replies, deadline=started + REPLY_BUDGET)
     return {"statusCode": 200}
 

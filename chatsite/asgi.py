@@ -15,8 +15,9 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
-from chat.consumers import ChatConsumer, SameOriginOrToken, allowed_origins  # noqa: E402
+from chat.consumers import ChatConsumer, SameOriginOrToken  # noqa: E402
 from chat.longpoll import PollConsumer  # noqa: E402
+from chat.protocol import allowed_origins  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

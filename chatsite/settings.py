@@ -80,6 +80,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # The Lambda invocation's deadline, from Zappa's context (a no-op elsewhere).
+    "chat.invocation.middleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -244,6 +246,9 @@ CHAT_APIGW_RETRIES = env_int("CHAT_APIGW_RETRIES", 4, minimum=0)
 CHAT_APIGW_FAST_POST = env_bool("CHAT_APIGW_FAST_POST", True)
 # Seconds allowed for each @connections call (connect and read).
 CHAT_APIGW_CALL_TIMEOUT = env_int("CHAT_APIGW_CALL_TIMEOUT", 3, minimum=1)
+# Seconds an invocation may run when no Lambda context says how long is left (chat/invocation.py):
+# the stage's timeout_seconds.
+CHAT_INVOCATION_TIMEOUT = env_int("CHAT_INVOCATION_TIMEOUT", 30, minimum=1)
 # API Gateway's idle timeout and maximum connection duration: older rows are probed or removed.
 CHAT_APIGW_IDLE_TIMEOUT = env_int("CHAT_APIGW_IDLE_TIMEOUT", 600, minimum=1)
 CHAT_APIGW_MAX_DURATION = env_int("CHAT_APIGW_MAX_DURATION", 7200, minimum=1)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,10 +33,13 @@ from botocore.exceptions import ClientError
 from django.contrib.auth import get_user_model
 from django.middleware.csrf import _get_new_csrf_string
 from django.utils import timezone
+from elftools.elf.elffile import ELFFile
+from elftools.elf.gnuversions import GNUVerNeedSection
 from websockets.exceptions import InvalidStatus
 
 from chat import apigateway, fanout, presence, reads, serverless, tokens, writepath
 from chat.models import ApiConnection, Message, Room, Subscription
+from chatsite import deployment
 from tests.conftest import ROOT, Gateway, database_url, quiesce
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -365,7 +370,7 @@ class Posts:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
 
-    def __call__(self, target: tuple[str, str], data: bytes) -> str:
+    def __call__(self, target: tuple[str, str], data: bytes, until: float | None = None) -> str:
         self.sent.append((target[0], json.loads(data)))
         return apigateway.OK
 
@@ -636,9 +641,9 @@ def test_a_410_spares_a_connection_whose_connect_may_still_run(db, alice, room, 
     ApiConnection.objects.filter(pk=old.pk).update(
         connected_at=timezone.now() - timedelta(minutes=1)
     )
-    monkeypatch.setattr(apigateway, "post", lambda target, data: apigateway.GONE)
-    result = apigateway.deliver([("Young=", "u"), ("Old=", "u")], b"{}")
-    assert result == {"ok": 0, "gone": 2, "failed": 0}
+    monkeypatch.setattr(apigateway, "post", lambda target, data, until=None: apigateway.GONE)
+    result = apigateway.deliver([("Young=", "u"), ("Old=", "u")], b"{}").counts
+    assert result == {"ok": 0, "gone": 2, "failed": 0, "deferred": 0}
     remaining = list(ApiConnection.objects.values_list("connection_id", flat=True))
     assert remaining == [young.connection_id]
 
@@ -648,15 +653,15 @@ def test_a_large_room_is_split_into_task_batches(db, alice, room, monkeypatch, s
     for n in range(100):
         connected(alice, f"Conn{n:03}=", room)
     batches: list[int] = []
-    monkeypatch.setattr(apigateway, "post", lambda target, data: apigateway.OK)
+    monkeypatch.setattr(apigateway, "post", lambda target, data, until=None: apigateway.OK)
     real = apigateway.deliver
 
-    def counting(targets: Any, data: bytes) -> dict[str, int]:
+    def counting(targets: Any, data: bytes, *args: Any, **kwargs: Any) -> apigateway.Outcome:
         batches.append(len(targets))
-        return real(targets, data)
+        return real(targets, data, *args, **kwargs)
 
     monkeypatch.setattr(apigateway, "deliver", counting)
-    # Outside Lambda (no AWS_LAMBDA_FUNCTION_NAME) Zappa's @task runs the batch inline.
+    # Outside Lambda (no AWS_LAMBDA_FUNCTION_NAME) a batch runs inline, as Zappa's @task does.
     assert not os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     apigateway.ApiGatewayBackend().publish(room.pk, {"type": "message"}, '{"type":"message"}')
     assert sorted(batches) == [20, 40, 40]
@@ -703,7 +708,7 @@ def test_the_sweep_removes_expired_and_gone_rows(db, alice, room, monkeypatch, s
             return {}
 
     monkeypatch.setattr(apigateway, "client", lambda url: Client())
-    assert apigateway.sweep() == {"expired": 1, "gone": 1}
+    assert apigateway.sweep() == {"expired": 1, "gone": 1, "claims": 0}
     assert sorted(asked) == ["IdleAlive=", "IdleGone="]
     remaining = set(ApiConnection.objects.values_list("connection_id", flat=True))
     assert remaining == {"IdleAlive=", "Fresh="}
@@ -725,49 +730,90 @@ def test_presence_from_subscription_rows(db, alice, bob, room):
 # --- the package ---
 
 
-def test_zappa_package_builds_offline_under_50_mb_and_its_handler_runs(tmp_path, transactional_db):
+class Package:
+    """`zappa package dev` of a clean copy of the checkout, built once for this module."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.project = base / "checkout"
+        self.zip = base / "chat-dev.zip"
+        self.env: dict[str, str] = {}
+
+    def copy_checkout(self) -> None:
+        # What a clean checkout holds: the tracked files and the new ones git would not ignore.
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        for name in filter(None, listed.split("\0")):
+            source, target = ROOT / name, self.project / name
+            if source.is_dir():  # a symlink to a folder, such as a worktree's shared .venv
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copy2(source, target)
+            except FileNotFoundError:  # deleted in the working tree, or a passing temporary file
+                pass
+
+    def zappa(self, *args: str, virtual_env: Path | None) -> subprocess.CompletedProcess[str]:
+        """Zappa from this checkout's virtualenv, with no AWS credentials and no pyenv."""
+        venv = Path(sys.prefix)
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("AWS_", "PYENV")) and key not in ("DJANGO_SETTINGS_MODULE",)
+        }
+        env.pop("VIRTUAL_ENV", None)
+        if virtual_env is not None:
+            env["VIRTUAL_ENV"] = str(virtual_env)
+        env.update(
+            PATH=f"{venv / 'bin'}:{env.get('PATH', '')}",
+            AWS_EC2_METADATA_DISABLED="true",  # nothing may reach for credentials
+            AWS_SHARED_CREDENTIALS_FILE=str(self.base / "none"),
+            AWS_CONFIG_FILE=str(self.base / "none"),
+        )
+        self.env = env
+        return subprocess.run(
+            [str(venv / "bin" / "zappa"), *args],
+            cwd=self.project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+
+@pytest.fixture(scope="module")
+def lambda_package(tmp_path_factory: pytest.TempPathFactory) -> Package:
+    """The zip, from the Lambda environment (chatsite/deployment.py: built from PyPI once, then
+    reused while requirements.txt is unchanged); Zappa's own packaging is offline."""
+    package = Package(tmp_path_factory.mktemp("package"))
+    package.copy_checkout()
+    lambda_env = deployment.build_environment(ROOT)
+    result = package.zappa("package", "dev", "-o", str(package.zip), virtual_env=lambda_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return package
+
+
+def test_zappa_refuses_to_package_any_other_environment(lambda_package: Package) -> None:
+    """Without VIRTUAL_ENV Zappa would take pyenv's global Python; with the development
+    virtualenv, a package built for this machine. The prebuild refuses both, saying why."""
+    for virtual_env in (None, Path(sys.prefix)):
+        out = lambda_package.base / "refused.zip"
+        result = lambda_package.zappa("package", "dev", "-o", str(out), virtual_env=virtual_env)
+        assert result.returncode != 0
+        assert "make package STAGE=dev" in result.stdout + result.stderr
+        assert not out.exists()
+
+
+def test_zappa_package_builds_offline_under_50_mb_and_its_handler_runs(
+    lambda_package: Package, tmp_path: Path, transactional_db: Any
+) -> None:
     """`zappa package dev` in a clean copy, with no AWS credentials; then the zip's own
     handler answers a $connect in an interpreter that sees nothing but the zip."""
-    project = tmp_path / "checkout"
-    # What a clean checkout holds: the tracked files and the new ones git would not ignore.
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source, target = ROOT / name, project / name
-        if source.is_dir():  # a symlink to a folder, such as a worktree's shared .venv
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copy2(source, target)
-        except FileNotFoundError:  # deleted in the working tree, or a passing temporary file
-            pass
-    venv = Path(sys.prefix)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("AWS_") and key != "DJANGO_SETTINGS_MODULE"
-    }
-    env.update(
-        VIRTUAL_ENV=str(venv),
-        PATH=f"{venv / 'bin'}:{env.get('PATH', '')}",
-        AWS_EC2_METADATA_DISABLED="true",  # nothing may reach for credentials
-        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-        AWS_CONFIG_FILE=str(tmp_path / "none"),
-    )
-    package = tmp_path / "chat-dev.zip"
-    result = subprocess.run(
-        [str(venv / "bin" / "zappa"), "package", "dev", "-o", str(package)],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    package, env = lambda_package.zip, lambda_package.env
     assert package.stat().st_size < 50 * 1024 * 1024
     names = set(zipfile.ZipFile(package).namelist())
     assert {"zappa_settings.py", "chat/serverless.py", "django/__init__.py"} <= names
@@ -776,6 +822,7 @@ def test_zappa_package_builds_offline_under_50_mb_and_its_handler_runs(tmp_path,
     assert not any(n.startswith("localgateway/") for n in names)
     assert "chat/management/commands/localgateway.py" not in names
     assert "chatsite/deployment.py" in names
+    assert not any(n.startswith(".lambda-env") for n in names)
 
     unpacked = tmp_path / "task"
     zipfile.ZipFile(package).extractall(unpacked)
@@ -812,44 +859,52 @@ print(json.dumps([lambda_handler(event("forged"), None)["statusCode"],
     assert ApiConnection.objects.get().connection_id == "Pkg="
 
 
-def _subscribed(room: Room, user: Any, connection_id: str) -> ApiConnection:
-    now = timezone.now()
-    row = ApiConnection.objects.create(
-        connection_id=connection_id,
-        user=user,
-        domain="example.test",
-        stage="dev",
-        connected_at=now - timedelta(minutes=5),
-        last_seen=now,
+def glibc_needed(elf: ELFFile) -> tuple[int, int]:
+    """The newest GLIBC_x.y symbol version an ELF file needs ((0, 0) for none)."""
+    newest = (0, 0)
+    for section in elf.iter_sections():
+        if isinstance(section, GNUVerNeedSection):
+            for _, needs in section.iter_versions():
+                for need in needs:
+                    if match := re.fullmatch(r"GLIBC_(\d+)\.(\d+)(?:\.\d+)?", need.name):
+                        newest = max(newest, (int(match[1]), int(match[2])))
+    return newest
+
+
+def test_every_elf_file_in_the_zip_runs_on_the_lambda_runtime(lambda_package: Package) -> None:
+    """python3.11 on Lambda is Amazon Linux 2 on x86_64, with glibc 2.26: nothing in the zip may
+    need a newer GLIBC symbol version or be built for another machine."""
+    assert json.loads((ROOT / "zappa_settings.json").read_text())["dev"]["runtime"] == (
+        deployment.RUNTIME
     )
-    Subscription.objects.create(connection=row, room=room)
-    return row
+    found: dict[str, tuple[str, tuple[int, int]]] = {}
+    with zipfile.ZipFile(lambda_package.zip) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as handle:
+                if handle.read(4) != b"\x7fELF":
+                    continue
+            elf = ELFFile(io.BytesIO(archive.read(info)))
+            found[info.filename] = (elf["e_machine"], glibc_needed(elf))
+    assert any(name.startswith("PIL/_imaging") for name in found)  # Pillow's, psycopg's, ...
+    assert any(name.startswith("psycopg_binary") for name in found)
+    wrong = {
+        name: (machine, glibc)
+        for name, (machine, glibc) in found.items()
+        if machine != "EM_X86_64" or glibc > deployment.RUNTIME_GLIBC
+    }
+    assert not wrong, wrong
 
 
-def test_presence_on_lambda_changes_with_connections_not_with_polls(db: Any) -> None:
-    room = Room.objects.create(slug="general", title="General")
-    alice = make_user("alice")
-    store = presence.SubscriptionStore()
-    # A long-poller has no row: its polls change nothing (and announce nothing to the room).
-    assert store.touch(room.pk, f"poll-{alice.pk}", "alice", 60) is False
-    _subscribed(room, alice, "c-1")
-    assert store.touch(room.pk, "c-1", "alice", 60) is True  # her first connection here
-    _subscribed(room, alice, "c-2")
-    assert store.touch(room.pk, "c-2", "alice", 60) is False  # already listed
+def test_the_elf_check_sees_a_wheel_built_for_a_newer_glibc() -> None:
+    """The check above is not vacuous: this machine's own Pillow, from a manylinux_2_28 wheel
+    (what pip picks on a newer Linux, and what failed on Lambda), is seen to need more."""
+    import PIL
 
-
-def test_forgetting_gone_connections_announces_each_room_once(
-    db: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
-) -> None:
-    from chat import presence
-
-    settings.CHAT_PRESENCE_STORE = "chat.presence.SubscriptionStore"
-    room = Room.objects.create(slug="general", title="General")
-    for name in ("alice", "bob", "carol"):
-        _subscribed(room, make_user(name), f"gone-{name}")
-    announced: list[tuple[int, str]] = []
-    monkeypatch.setattr(
-        presence, "announce", lambda room_id, slug: announced.append((room_id, slug))
-    )
-    assert apigateway.forget(ApiConnection.objects.all()) == 3
-    assert announced == [(room.pk, "general")]
+    wheel = next(Path(PIL.__file__).parent.parent.glob("pillow-*.dist-info")) / "WHEEL"
+    if "manylinux_2_28" not in wheel.read_text():
+        pytest.skip("this machine's Pillow is not a manylinux_2_28 wheel")
+    needs = {}
+    for path in Path(PIL.__file__).parent.glob("*.so"):
+        with path.open("rb") as handle:
+            needs[path.name] = glibc_needed(ELFFile(handle))
+    assert max(needs.values()) > deployment.RUNTIME_GLIBC, needs
