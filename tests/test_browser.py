@@ -1211,3 +1211,25 @@ def test_live_messages_are_kept_while_history_reloads_after_a_resync(
     expect(b.page.locator("#messages .message")).to_have_count(51)
     assert b.bodies() == [f"old {n:02}" for n in range(10, 60)] + ["during the reload"]
     expect(b.page.locator("#older button")).to_have_text("Load older messages")
+
+
+def test_the_page_works_against_the_local_gateway(
+    sessions: Any, serverless_server: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    """`make serverless`: the page, its CSS and JavaScript come through the API Gateway stand-in,
+    and two people chat live over its WebSocket API (Zappa's handler behind it)."""
+    a, b = sessions(alice, on=serverless_server), sessions(bob, on=serverless_server)
+    a.open("general")
+    b.open("general")
+    expect(a.badge).to_have_text("Live")
+    expect(b.badge).to_have_text("Live")
+    styled = (
+        "[...document.styleSheets].some(s => s.href?.endsWith('/chat.css') && s.cssRules.length)"
+    )
+    assert a.page.evaluate(styled)
+    a.say("hello through the gateway")
+    expect(b.message("hello through the gateway")).to_have_count(1)
+    expect(a.page.locator(".message.mine", has_text="hello through the gateway")).to_have_attribute(
+        "data-state", "sent"
+    )
+    assert Message.objects.get().body == "hello through the gateway"
