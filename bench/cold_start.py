@@ -45,11 +45,16 @@ print(json.dumps({{"status": status, "seconds": time.perf_counter() - started}})
 
 
 def build(output: Path) -> None:
+    """The zip as `make package` builds it: Zappa on the Lambda environment (.lambda-env, made or
+    refreshed here by chatsite/deployment.py), which the prebuild insists on."""
+    from chatsite.deployment import build_environment
+
     venv = Path(sys.prefix)
+    lambda_env = build_environment(ROOT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update(
-        VIRTUAL_ENV=str(venv),
+        VIRTUAL_ENV=str(lambda_env),
         PATH=f"{venv / 'bin'}:{env.get('PATH', '')}",
         AWS_EC2_METADATA_DISABLED="true",
     )

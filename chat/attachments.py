@@ -26,7 +26,7 @@ import uuid
 import warnings
 from datetime import timedelta
 from pathlib import PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import puremagic
 from django.conf import settings
@@ -39,9 +39,11 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import get_valid_filename
-from PIL import Image, UnidentifiedImageError, features
 
 from chat import access
+
+if TYPE_CHECKING:
+    import PIL.Image
 from chat.errors import ChatError
 from chat.models import Attachment, Room
 
@@ -60,7 +62,20 @@ DECODERS = {"PNG": "zlib", "JPEG": "jpg", "GIF": None, "WEBP": "webp"}
 # opaque images and PNG, which Pillow's core always writes, for the rest.
 THUMBNAIL_TYPES = {".webp": "image/webp", ".jpg": "image/jpeg", ".png": "image/png"}
 # Pillow refuses images above this many pixels (a few kilobytes can decode to gigabytes).
-Image.MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def _pillow() -> Any:
+    """Pillow, imported on the first image: every process imports this module (the write path
+    needs it), while only uploads open images, and Pillow costs a cold start about 4 MB and
+    tens of milliseconds."""
+    import PIL.features
+    import PIL.Image
+
+    PIL.Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    return PIL
+
+
 SNIFF_BYTES = 64 * 1024
 
 
@@ -267,8 +282,10 @@ def _check_content(attachment: Attachment, data: bytes) -> None:
     declared = attachment.content_type
     mismatch = ChatError("bad_request", f"The file's content is not {declared}.")
     if declared in IMAGE_FORMATS:
+        pil = _pillow()
+        Image = pil.Image
         decoder = DECODERS[IMAGE_FORMATS[declared]]
-        if decoder is not None and not features.check(decoder):
+        if decoder is not None and not pil.features.check(decoder):
             # Not the file's fault: this server's Pillow was built without the codec.
             log.error("Pillow cannot read %s here: its %s codec is missing", declared, decoder)
             raise ChatError(
@@ -290,7 +307,7 @@ def _check_content(attachment: Attachment, data: bytes) -> None:
         except ChatError:
             raise
         except (
-            UnidentifiedImageError,
+            Image.UnidentifiedImageError,
             Image.DecompressionBombError,
             Image.DecompressionBombWarning,
             OSError,
@@ -317,7 +334,7 @@ def _check_content(attachment: Attachment, data: bytes) -> None:
         raise mismatch
 
 
-def _thumbnail(attachment: Attachment, image: Image.Image) -> None:
+def _thumbnail(attachment: Attachment, image: PIL.Image.Image) -> None:
     attachment.width, attachment.height = image.size
     side = settings.CHAT_ATTACHMENT_THUMBNAIL
     image.seek(0)  # the first frame of an animation
