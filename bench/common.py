@@ -6,6 +6,7 @@ databases (default `chat_bench`, BENCH_DATABASE to change it) and is kept betwee
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -14,12 +15,35 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+
+
+@contextlib.contextmanager
+def private_postgres(max_connections: int = 300) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (Debian's pg_createcluster, trust auth on 127.0.0.1) with
+    more connections than the machine's server allows, dropped afterwards: for benchmarks whose
+    every waiter holds a connection, as every waiting Lambda invocation does."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    name = f"bench{os.getpid()}"
+    port = free_port()
+    subprocess.run(
+        ["pg_createcluster", version, name, "-p", str(port), "--", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        limit = f"-c max_connections={max_connections}"
+        subprocess.run(["pg_ctlcluster", version, name, "start", "-o", limit], check=True)
+        yield f"postgres://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(["pg_dropcluster", version, name, "--stop"], check=False)
+
+
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 DB_NAME = os.environ.get("BENCH_DATABASE", "chat_bench")
 

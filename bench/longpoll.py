@@ -15,8 +15,8 @@ session; waiters answered before the post are counted as "early".
 With --serverless the server is the local gateway in front of Zappa's handler (the dev stage:
 CHAT_POLL_WAIT=database, woken by PostgreSQL's NOTIFY from chat.fanout.PostgresNotifyBackend),
 one invocation per waiter, and this process publishes with the stage's backends. Each waiter
-holds one database connection, so PostgreSQL needs max_connections above the waiters (BENCH_PG
-points at another server):
+holds one database connection, so unless BENCH_PG names a server, a throwaway cluster with enough
+connections is made for the run (pg_createcluster) and dropped after:
 
     .venv/bin/python bench/longpoll.py --serverless --waiters 100 [--runs 3]
 """
@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -250,6 +251,11 @@ def main() -> int:
     )
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.serverless and not os.environ.get("BENCH_PG"):
+        # The machine's PostgreSQL allows 100 connections; the waiters need one each.
+        with common.private_postgres(max_connections=args.waiters + 200) as url:
+            env = {**os.environ, "BENCH_PG": url}
+            return subprocess.call([sys.executable, *sys.argv], env=env)
     if args.serverless:
         # This process posts as a Lambda invocation would: with the stage's fan-out backends.
         stage = json.loads((common.ROOT / "zappa_settings.json").read_text())["dev"]

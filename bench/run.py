@@ -24,7 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("history", "fanout", "longpoll", "serverless_fanout", "cold_start")
+SCRIPTS = (
+    "history",
+    "fanout",
+    "longpoll",
+    "longpoll_serverless",
+    "serverless_fanout",
+    "cold_start",
+)
+# Benchmarks that are another script with other arguments.
+SOURCES = {"longpoll_serverless": "longpoll"}
 # These print their own figures and budgets (no --json file of budgets).
 PLAIN = ("serverless_fanout", "cold_start")
 
@@ -44,6 +53,8 @@ def main() -> int:
         "history": ["--runs", str(runs)] + (["--seconds", "3"] if args.quick else []),
         "fanout": ["--runs", str(runs)] + (["--seconds", "5"] if args.quick else []),
         "longpoll": ["--runs", str(runs)],
+        # The same script on the local gateway (Lambda's LISTEN/NOTIFY wait), 100 waiters.
+        "longpoll_serverless": ["--serverless", "--waiters", "100", "--runs", str(runs)],
         "serverless_fanout": ["--runs", str(runs)],
         "cold_start": ["--runs", str(runs)],
     }
@@ -57,7 +68,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for name in chosen:
             out = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, str(HERE / f"{name}.py"), *extra[name]]
+            script = SOURCES.get(name, name)
+            cmd = [sys.executable, str(HERE / f"{script}.py"), *extra[name]]
             if name not in PLAIN:
                 cmd += ["--json", str(out)]
             print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
