@@ -9,7 +9,7 @@ PostgreSQL database and Redis (bench/common.py):
     WebSocket clients through its WebSocket API and long-poll clients through its REST API.
 
 Rooms belong to one deployment each. Both servers share the database, but each publishes only
-through its own CHAT_PUBLISHERS (the channel layer on uvicorn; API Gateway's @connections in the
+through its own CHAT_FANOUT_BACKENDS (the channel layer on uvicorn; API Gateway's @connections in the
 Zappa stage), so a message posted on one server reaches the other's sockets only if a client
 fills the gap from the database. That is not how either deployment runs, so a room's clients all
 talk to the same server, and its losses are that server's.

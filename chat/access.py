@@ -68,6 +68,14 @@ def require(user: Any, room: Room | None, perm: str) -> None:
         raise ChatError("forbidden", "Only this room's moderators may do that.")
 
 
+def may_lift_any(user: Any) -> bool:
+    """Whether the user may lift some ban or mute: site staff with the permission, or a room's
+    own moderators (in their rooms)."""
+    return can_moderate(user, None, "delete_restriction") or (
+        user.is_authenticated and user.is_active and user.moderated_rooms.exists()
+    )
+
+
 def is_member(user: Any, room: Room) -> bool:
     return _flag(
         room, user, "_member", lambda: Membership.objects.filter(room=room, user=user).exists()

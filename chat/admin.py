@@ -14,12 +14,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from chat import access, fanout, moderation
+from chat import access, moderation
 from chat.errors import ChatError
 from chat.models import (
     ApiConnection,
@@ -223,10 +222,10 @@ class RoomAdmin(RoomScoped):
         changed = [f.model._meta.model_name for f in formsets if f.has_changed()]
         removed = any(getattr(f, "deleted_objects", None) for f in formsets)
         room = form.instance
-        if removed and room.private:
-            # Members taken out of a private room stop receiving it, as when a room turns private.
-            room_id = room.pk
-            transaction.on_commit(lambda: fanout.recheck(room_id))
+        if room.private and (removed or "moderators" in form.changed_data):
+            # Members (or moderators) taken out of a private room stop receiving it, as when a
+            # room turns private.
+            moderation.members_changed(room)
         if "moderators" in form.changed_data or changed:
             moderation.audit(
                 request.user,

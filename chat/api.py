@@ -189,6 +189,9 @@ def restrictions(request: HttpRequest) -> HttpResponse:
 def restriction(request: HttpRequest, restriction_id: int) -> HttpResponse:
     row = Restriction.objects.select_related("room", "user").filter(pk=restriction_id).first()
     if row is None:
+        # Whoever may lift nothing gets the same refusal whether or not the id exists.
+        if not access.may_lift_any(request.user):
+            raise ChatError("forbidden", "Only this room's moderators may do that.")
         raise ChatError("not_found", "There is no such ban or mute.")
     moderation.lift(request.user, row, json_body(request).get("reason"))
     return HttpResponse(status=204)

@@ -47,7 +47,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if settings.CHAT_POLL_WAIT == "hub" and not uses_layer:
         errors.append(
             checks.Error(
-                "CHAT_POLL_WAIT=hub is woken by the channel layer, which CHAT_PUBLISHERS does not "
+                "CHAT_POLL_WAIT=hub is woken by the channel layer, which CHAT_FANOUT_BACKENDS does not "
                 "publish to; use CHAT_POLL_WAIT=database.",
                 id="chat.E002",
             )

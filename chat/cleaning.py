@@ -141,6 +141,17 @@ def clean_slug(value: Any, field: str = "room") -> str:
     return value
 
 
+def clean_new_slug(value: Any, field: str = "slug") -> str:
+    """The slug of a room being made: exactly what clean_slug() will find later (no trailing
+    newline, which a `$`-anchored pattern would let through)."""
+    if not isinstance(value, str) or len(value) > SLUG_MAX or not _ROOM_SLUG.fullmatch(value):
+        raise _refuse(
+            field,
+            "is 1–50 lowercase letters, digits and dashes, not starting or ending with a dash.",
+        )
+    return value
+
+
 def clean_username(value: Any, field: str = "user") -> str:
     """A username to look up; one too long to exist is `not_found`."""
     if not isinstance(value, str) or not value:

@@ -89,7 +89,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.lagging: set[int] = set()
         await self.accept()
         self.writer = asyncio.create_task(self._write(), name="ws-writer")
-        self.tasks = [self.writer, asyncio.create_task(self._heartbeat(), name="ws-presence")]
+        self.tasks = {self.writer, asyncio.create_task(self._heartbeat(), name="ws-presence")}
         await get_hub().watch(self.control)
         replies = await in_thread(protocol.open_connection)(self.conn)
         if replies:
@@ -149,7 +149,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.conn is not None and protocol.control_applies(
             self.conn, message, self.cursors.rooms()
         ):
-            self.tasks.append(asyncio.create_task(self._control(message)))
+            task = asyncio.create_task(self._control(message))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)  # a long-lived socket keeps no old ones
 
     async def _control(self, message: dict[str, Any]) -> None:
         assert self.conn is not None

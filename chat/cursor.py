@@ -62,10 +62,6 @@ class Cursors:
         self._held.pop(room_id, None)
         return self._seq.pop(room_id, False) is not False
 
-    def clear(self) -> None:
-        self._seq.clear()
-        self._held.clear()
-
     def subscribed(self, room_id: int, seq: int) -> list[Live]:
         """The subscribe reply says the room is at `seq`: the held events, to offer again."""
         if room_id not in self._seq:

@@ -1,6 +1,6 @@
 """Fan-out: the only way the write path and moderation reach live clients.
 
-Four calls, each handed to every backend named in CHAT_FANOUT_BACKENDS:
+Three calls, each handed to every backend named in CHAT_FANOUT_BACKENDS:
 
 - `publish(room_id, event)`: a room's event to everyone receiving the room;
 - `recheck(room_id, user_id=None)`: connections receiving the room (or only this user's) check

@@ -112,7 +112,8 @@ def _listen(room_id: int, after: int, timeout: float, state: Event) -> Answer | 
     lost with a dropped connection)."""
     db_connection.ensure_connection()
     raw = db_connection.connection  # psycopg 3: notifications between waits are kept for notifies()
-    channel = db_connection.ops.quote_name(notify_channel(room_id))
+    name = notify_channel(room_id)
+    channel = db_connection.ops.quote_name(name)
     with db_connection.cursor() as cursor:
         cursor.execute(f"LISTEN {channel}")
     try:
@@ -125,6 +126,11 @@ def _listen(room_id: int, after: int, timeout: float, state: Event) -> Answer | 
             for notification in raw.notifies(
                 timeout=min(DB_POLL_INTERVAL, remaining), stop_after=1
             ):
+                if notification.channel != name:
+                    # Left on a reused connection by an earlier wait in another room: psycopg
+                    # keeps notifications between waits, and UNLISTEN does not drop them.
+                    read = False
+                    continue
                 verdict, event = _offer(cursors, room_id, notification.payload)
                 if verdict is Verdict.SEND:
                     return {"events": [event], "seq": cursors.get(room_id)}

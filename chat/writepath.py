@@ -8,7 +8,8 @@ these functions, and none writes messages itself. Each change:
 2. takes the room's next `seq` under a row lock on the room, in the same transaction as the write, so
    `seq` order is commit order (an auto-increment id is allocated before commit and is not);
 3. publishes the event only after commit (`transaction.on_commit`, through chat/fanout.py), so
-   nobody is told about a message that could still roll back.
+   nobody is told about a message that could still roll back. In autocommit (every transport)
+   that is as soon as the statement commits, before the transport sends its acknowledgement.
 
 This module imports no transport: live clients are reached only through the fan-out.
 """
@@ -23,27 +24,21 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chat import attachments, cleaning, events, fanout
 from chat.access import can_read, check_can_post, is_moderator, with_flags
 from chat.errors import ChatError
-from chat.models import Attachment, Membership, Message, Restriction, Room, slug_validator
+from chat.models import Attachment, Membership, Message, Restriction, Room
 
 log = logging.getLogger(__name__)
 
-# --- validation ---
+# --- rooms ---
 
 
 def create_room(user: Any, slug: Any, title: Any, private: Any) -> Room:
-    if not isinstance(slug, str):
-        raise ChatError("bad_request", "`slug` must be a string.")
-    try:
-        slug_validator(slug)
-    except ValidationError as exc:
-        raise ChatError("bad_request", exc.messages[0]) from None
+    slug = cleaning.clean_new_slug(slug, "slug")
     title = cleaning.clean_line(title, "title", max_length=100)
     private = cleaning.clean_bool(private, "private")
     try:

@@ -692,3 +692,18 @@ async def test_moderation_control_never_wakes_a_long_poll(
     await sync_to_async(writepath.post_message)(alice, room, "still here")
     assert (await b.next("message"))["body"] == "still here"
     await b.ws.close()
+
+
+def test_lifting_an_unknown_restriction_tells_a_non_moderator_nothing(
+    alice: Any, room_mod: Any
+) -> None:
+    """The refusal is the same whether the id exists or not (no probing ids)."""
+    row = Restriction.objects.create(kind="mute", user=alice)
+    client = Client()
+    client.force_login(alice)
+    for pk in (row.pk, row.pk + 1000):
+        answer = client.delete(f"/api/moderation/restrictions/{pk}")
+        assert (answer.status_code, answer.json()["error"]) == (403, "forbidden")
+    client.force_login(room_mod)
+    assert client.delete(f"/api/moderation/restrictions/{row.pk + 1000}").status_code == 404
+    assert Restriction.objects.filter(pk=row.pk).exists()

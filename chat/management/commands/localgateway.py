@@ -5,7 +5,7 @@ Serves the Zappa handler behind a local API Gateway: HTTP at the root, WebSocket
 (for Zappa's ``@task``). Options: ``python manage.py localgateway --help``.
 
 This process has already loaded Django's settings, but on Lambda Django is loaded by Zappa's
-handler, after the stage's ``environment_variables`` (CHAT_PUBLISHERS, CHAT_POLL_WAIT, ...) and
+handler, after the stage's ``environment_variables`` (CHAT_FANOUT_BACKENDS, CHAT_POLL_WAIT, ...) and
 the gateway's URLs are in the environment. So the command hands over to a fresh interpreter
 running ``python -m localgateway`` with the same arguments.
 """
