@@ -749,7 +749,7 @@ class Package:
         ).stdout.decode()
         for name in filter(None, listed.split("\0")):
             source, target = ROOT / name, self.project / name
-            if source.is_dir():  # a symlink to a folder, such as a worktree's shared .venv
+            if source.is_dir():  # a symlink to a folder, such as a linked virtualenv
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
