@@ -30,13 +30,12 @@ from chat.models import Room
 log = logging.getLogger(__name__)
 
 CLOSE_CODES = {"unauthorized": 4401, "forbidden": 4403}
-# Not thread-sensitive: Channels would otherwise run every socket's database work on one thread
-# per process, and that thread was the bottleneck under load.
-db = database_sync_to_async
 
 
 def in_thread(func: Any) -> Any:
-    return db(func, thread_sensitive=False)
+    # Not thread-sensitive: Channels would otherwise run every socket's database work on one
+    # thread per process, and that thread was the bottleneck under load.
+    return database_sync_to_async(func, thread_sensitive=False)
 
 
 class SameOriginOrToken(OriginValidator):

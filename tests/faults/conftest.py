@@ -15,9 +15,14 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from chat import tokens
+from chat.errors import STATUS
 from chat.models import Message, Room
 from tests.conftest import Server, free_port
 from tests.faults.client import ResilientClient
+
+# Every code the server may refuse with (chat/errors.py): what a fuzzer may see, never a
+# server_error.
+REFUSALS = frozenset(STATUS) - {"server_error"}
 
 
 class RedisServer:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from chat import serverless, tokens
 from chat.models import Membership, Message, Room, slug_validator
+from tests.faults.conftest import REFUSALS
 from tests.test_serverless import (  # noqa: F401
     connected,
     frame,
@@ -31,15 +32,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-ERROR_CODES = {
-    "bad_request",
-    "unknown_action",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "too_large",
-    "rate_limited",
-}
+ERROR_CODES = REFUSALS
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

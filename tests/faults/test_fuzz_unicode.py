@@ -38,7 +38,7 @@ from django.test import Client
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from chat import tokens
 from chat.models import (
@@ -51,6 +51,7 @@ from chat.models import (
     Room,
 )
 from tests.conftest import Gateway, Server, quiesce
+from tests.faults.conftest import REFUSALS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
@@ -66,17 +67,9 @@ ENV = {
     # Few connections kept open: the PostgreSQL server is shared with other test runs.
     "DB_CONN_MAX_AGE": "0",
 }
-ERROR_CODES = {
-    "bad_request",
-    "unknown_action",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "method_not_allowed",
-    "conflict",
-    "too_large",
-    "rate_limited",
-}
+ERROR_CODES = REFUSALS
+# Below this many characters, a URL must reach the application (larger ones may be refused first).
+URL_LIMIT = 8000
 CSRF = "fuzzcsrfsecret0123456789abcdefgh"  # any 32 allowed characters make a CSRF secret
 
 # --- values ---
@@ -932,7 +925,16 @@ def test_the_connect_room_takes_any_value(
             sock.open()
         except InvalidStatus as refused:
             status = refused.response.status_code
+            # A request line beyond the HTTP server's own limit (uvicorn's is 16 KB, proxies'
+            # and API Gateway's less) is refused before the application, with a 4xx: fine.
+            if len(encoded) > URL_LIMIT and status in (400, 414):
+                return
             raise AssertionError(f"?room={room!r} -> handshake refused with {status}") from None
+        except InvalidMessage:
+            # The same refusal from a server that answers it as HTTP/1.0 (no WebSocket reply).
+            if len(encoded) > URL_LIMIT:
+                return
+            raise
         try:
             before = snapshot()
             events, closed = sock.exchange('{"action": "ping"}', expect_pong=True)
