@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from chat import cleaning
 from chat.errors import ChatError
-from chat.models import Membership, Restriction, Room
+from chat.models import Block, Membership, Restriction, Room
 
 # get_room() reads these per-user facts in the room's own query (as annotations), so checking
 # membership, moderators, bans and mutes costs no round trip on any transport; called with a room
@@ -47,8 +47,10 @@ def is_site_moderator(user: Any) -> bool:
 
 def is_moderator(user: Any, room: Room) -> bool:
     """May post in a locked room, read it when private, and is not rate limited: site moderators
-    and the room's own moderators. Moderation actions need more: see can_moderate."""
-    if not user.is_authenticated or not user.is_active:
+    and the room's own moderators. Moderation actions need more: see can_moderate. Nobody
+    moderates a direct-message conversation: site moderators see its messages only when one is
+    reported (the admin's querysets), never by opening it."""
+    if not user.is_authenticated or not user.is_active or room.is_dm:
         return False
     return is_room_moderator(user, room) or is_site_moderator(user)
 
@@ -109,7 +111,21 @@ def site_banned(user: Any) -> bool:
 def can_read(user: Any, room: Room) -> bool:
     if not user.is_authenticated or not user.is_active:
         return False
+    if room.is_dm:
+        return is_member(user, room)
     return not room.private or is_member(user, room) or is_moderator(user, room)
+
+
+def blocked_in_dm(user: Any, room: Room) -> bool:
+    """Whether the other person of a 1:1 conversation blocked the user (a group conversation
+    goes on: blocking there only stops notifications)."""
+    if not room.is_dm:
+        return False
+    others = (
+        Membership.objects.filter(room=room).exclude(user=user).values_list("user_id", flat=True)
+    )
+    others = list(others[:2])
+    return len(others) == 1 and Block.objects.filter(blocker_id=others[0], blocked=user).exists()
 
 
 ROOM_WITH_FLAGS_SQL = """
@@ -185,6 +201,8 @@ def check_can_post(user: Any, room: Room) -> None:
         raise ChatError("forbidden", "You are muted in this room.")
     if room.locked and not is_moderator(user, room):
         raise ChatError("forbidden", "This room is locked.")
+    if blocked_in_dm(user, room):
+        raise ChatError("forbidden", "You cannot message this person.")
 
 
 def may_read(user: Any, room: Room) -> bool:

@@ -4,6 +4,11 @@ Every change to a message, a room's state or a ban goes through the write path a
 checks, the room's next seq, the audit row, publication after commit); nothing here writes those
 models itself. Site staff see everything their Django permissions allow; a room's own moderators
 (staff accounts listed in Room.moderators) see and act on their rooms only.
+
+Direct messages are private to their members: no admin lists the conversations, their members,
+their files or their messages, except a message somebody reported (and its file), which the
+reports and the messages list show so that it can be hidden or erased (docs/protocol.md, "Direct
+messages").
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from chat.errors import ChatError
 from chat.models import (
     ApiConnection,
     Attachment,
+    Block,
     DeliveryClaim,
+    Inbox,
     LoggedOutSession,
     Membership,
     Message,
@@ -32,14 +39,18 @@ from chat.models import (
     Restriction,
     Room,
     Subscription,
+    UserEvent,
 )
+
+# Rows of direct-message conversations, which the admin does not show (see above).
+NOT_DM = Q(room__kind=Room.ROOM)
 
 
 def moderated_rooms(user: Any) -> QuerySet[Room]:
     """The rooms the user may act in from the admin: every room for site staff with the
     permission, else the rooms they moderate."""
     if user.is_superuser or user.has_perm("chat.moderate_room"):
-        return Room.objects.all()
+        return Room.objects.filter(kind=Room.ROOM)
     return Room.objects.filter(moderators=user)
 
 
@@ -140,7 +151,8 @@ class MembershipInline(admin.TabularInline):
     form = MembershipForm
     extra = 0
     autocomplete_fields = ["user"]
-    readonly_fields = ["joined", "read_seq"]
+    # What each member chose to be notified of is theirs to change, not a moderator's.
+    readonly_fields = ["joined", "read_seq", "notify_level"]
 
     def get_autocomplete_fields(self, request: HttpRequest) -> list[str]:
         return list(self.autocomplete_fields) if _lists_users(request) else []
@@ -183,6 +195,9 @@ class RoomAdmin(RoomScoped):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return super().has_change_permission(request, obj) or self._moderates(request, obj)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).filter(kind=Room.ROOM)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         # A room moderator manages the room's state and members, not who moderates it.
@@ -257,7 +272,10 @@ class MembershipAdmin(RoomScoped):
     list_display = ["room", "user", "joined", "read_seq"]
     list_select_related = ["room", "user"]
     search_fields = ["room__slug", "user__username"]
-    readonly_fields = ["read_seq"]
+    readonly_fields = ["read_seq", "notified_seq", "notify_level"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).filter(NOT_DM)
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -279,13 +297,19 @@ class StateFilter(admin.SimpleListFilter):
 @admin.register(Message)
 class MessageAdmin(Permanent, RoomScoped):
     list_display = ["room", "posted_seq", "seq", "author", "body", "created", "hidden", "deleted"]
-    list_filter = ["room", StateFilter, "created"]
+    # Only rooms with listed messages: a list of every room would name the DM conversations.
+    list_filter = [("room", admin.RelatedOnlyFieldListFilter), StateFilter, "created"]
     list_select_related = ["room", "author"]
     search_fields = ["body", "author__username", "room__slug"]
     # Messages change only through the write path (it takes the room's next seq and publishes):
     # no save or delete here (a save would write back what the form read; Django's delete would
     # take a seq-less row out of history). The actions, which moderation checks per message, do.
     actions = ["hide", "restore", "erase"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        # A DM's message only once somebody reported it.
+        reported = Report.objects.values("message_id")
+        return super().get_queryset(request).filter(NOT_DM | Q(pk__in=reported))
 
     def _each(self, request: HttpRequest, queryset: QuerySet[Message], act: Any, done: str) -> None:
         self.run(request, queryset, lambda m: act(request.user, m.room, m.pk), done)
@@ -436,10 +460,14 @@ class AttachmentAdmin(Permanent, RoomScoped):
     write path publishes the change and deletes the stored object after commit."""
 
     list_display = ["name", "room", "uploader", "size", "content_type", "status", "created"]
-    list_filter = ["status", "content_type", "room", "created"]
+    list_filter = ["status", "content_type", ("room", admin.RelatedOnlyFieldListFilter), "created"]
     list_select_related = ["room", "uploader"]
     search_fields = ["name", "uploader__username", "room__slug"]
     readonly_fields = [f.name for f in Attachment._meta.fields]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        reported = Report.objects.values("message__attachment_id")
+        return super().get_queryset(request).filter(NOT_DM | Q(pk__in=reported))
 
 
 @admin.register(LoggedOutSession)
@@ -485,3 +513,36 @@ class DeliveryClaimAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["delivery", "connection_id", "claimed_at"]
     search_fields = ["delivery", "connection_id"]
     readonly_fields = ["delivery", "connection_id", "claimed_at"]
+
+
+@admin.register(Block)
+class BlockAdmin(ReadOnly, admin.ModelAdmin):
+    """Who blocked whom (users block and unblock from the chat; staff only look)."""
+
+    list_display = ["blocker", "blocked", "created"]
+    list_select_related = ["blocker", "blocked"]
+    search_fields = ["blocker__username", "blocked__username"]
+    readonly_fields = ["blocker", "blocked", "created"]
+
+
+@admin.register(Inbox)
+class InboxAdmin(ReadOnly, admin.ModelAdmin):
+    list_display = ["user", "seq", "emailed_seq", "email_digests"]
+    list_select_related = ["user"]
+    search_fields = ["user__username"]
+    readonly_fields = ["user", "seq", "emailed_seq", "email_digests"]
+
+
+@admin.register(UserEvent)
+class UserEventAdmin(ReadOnly, admin.ModelAdmin):
+    """The users' streams, for diagnosis; events about DMs are not shown."""
+
+    list_display = ["user", "seq", "kind", "room", "room_seq", "created"]
+    list_filter = ["kind", "created"]
+    list_select_related = ["user", "room"]
+    search_fields = ["user__username", "room__slug"]
+    readonly_fields = ["user", "seq", "kind", "room", "room_seq", "created"]
+    exclude = ["message"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).filter(Q(room__isnull=True) | NOT_DM)

@@ -26,7 +26,18 @@ from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from chat import access, attachments, cleaning, longpoll, moderation, reads, tokens, writepath
+from chat import (
+    access,
+    attachments,
+    cleaning,
+    dms,
+    longpoll,
+    moderation,
+    notify,
+    reads,
+    tokens,
+    writepath,
+)
 from chat.errors import ChatError
 from chat.models import Restriction
 
@@ -107,7 +118,85 @@ def rooms(request: HttpRequest) -> HttpResponse:
             data.get("private", False),
         )
         return JsonResponse(room.to_dict(unread=0), status=201)
-    return JsonResponse({"rooms": reads.visible_rooms(request.user)})
+    # The stream's position first: whatever happens after it comes on the stream, on top of
+    # these counts.
+    seq = reads.user_seq(request.user)
+    return JsonResponse({"rooms": reads.visible_rooms(request.user), "user_seq": seq})
+
+
+# --- direct messages, blocks, people ---
+
+
+@api("POST")
+def open_dm(request: HttpRequest) -> HttpResponse:
+    """`{"users": [usernames]}`: the conversation with these people, made if it did not exist."""
+    room, created = dms.open_dm(request.user, json_body(request).get("users"))
+    return JsonResponse(reads.room_view(room, request.user), status=201 if created else 200)
+
+
+@api("GET")
+def blocks(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"blocked": dms.blocked(request.user)})
+
+
+@api("POST", "DELETE")
+def block(request: HttpRequest, username: str) -> HttpResponse:
+    if request.method == "DELETE":
+        dms.unblock(request.user, username)
+        return HttpResponse(status=204)
+    created = dms.block(request.user, username)
+    return JsonResponse({"blocked": username}, status=201 if created else 200)
+
+
+@api("GET")
+def users(request: HttpRequest) -> HttpResponse:
+    """Usernames starting with `q` (case-insensitive), for the new-conversation dialog."""
+    prefix = cleaning.clean_line(request.GET.get("q"), "q", max_length=cleaning.USERNAME_MAX)
+    limit = cleaning.clean_limit(request.GET.get("limit"), "limit", 1, 20, default=10)
+    return JsonResponse({"users": reads.find_users(prefix, limit)})
+
+
+@api("GET")
+def members(request: HttpRequest, slug: str) -> HttpResponse:
+    """Who can be mentioned in the room: its members (a public room: those who joined it)."""
+    room = access.get_room(request.user, slug)
+    return JsonResponse({"members": reads.room_members(room)})
+
+
+@api("POST")
+def notifications(request: HttpRequest, slug: str) -> HttpResponse:
+    """`{"level": "all"|"mentions"|"none"}`: which messages of the room raise notify events."""
+    room = access.get_room(request.user, slug)
+    level = notify.set_level(request.user, room, json_body(request).get("level"))
+    return JsonResponse({"room": room.slug, "level": level})
+
+
+# --- the user's own stream ---
+
+
+@api("GET")
+def my_notifications(request: HttpRequest) -> HttpResponse:
+    """`?after=<user_seq>`: every event after it (or a resync); without it, the latest `limit`."""
+    after = query_int(request, "after")
+    if after is not None:
+        return JsonResponse(reads.user_catch_up(request.user, after).answer(seq_key="user_seq"))
+    limit = cleaning.clean_limit(request.GET.get("limit"), "limit", 1, 100, default=50)
+    return JsonResponse(reads.latest_user_events(request.user, limit))
+
+
+async def my_poll(request: HttpRequest) -> HttpResponse:
+    """`GET /api/me/poll` as a Django view (WSGI, Lambda); the ASGI server routes the same path
+    to chat.longpoll.PollConsumer."""
+    if request.method != "GET":
+        return error("method_not_allowed", "Use GET.", 405)
+    user = await request.auser()
+    try:
+        answer = await longpoll.poll_user(
+            user, request.GET.get("after"), request.GET.get("timeout")
+        )
+    except ChatError as exc:
+        return chat_error(exc)
+    return JsonResponse(answer, headers={"Cache-Control": "no-store"})
 
 
 @api("GET", "POST")

@@ -524,6 +524,17 @@ class ApiGatewayBackend:
         typist = event.get("user") if event["type"] == "typing" else None
         fan_out(room_targets(room_id, exclude_user=typist), data)
 
+    def notify_user(self, user_id: Any, event: Event, text: str) -> None:
+        """The event to every API Gateway connection of the user (a handful: posted here)."""
+        data = fit(event, text)
+        if data is None:
+            return
+        oldest = timezone.now() - timedelta(seconds=settings.CHAT_APIGW_MAX_DURATION)
+        rows = ApiConnection.objects.filter(user_id=user_id, connected_at__gt=oldest)
+        targets = [connection_target(row) for row in rows]
+        if targets:
+            deliver(targets, data, cutoff(invocation.deadline()))
+
     def recheck(self, room_id: int, user_id: int | None) -> None:
         """Subscriptions of users who may no longer read the room are deleted; each connection
         is told so (its other rooms go on) and the room hears the new presence list."""

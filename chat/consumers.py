@@ -20,7 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
-from chat import presence, protocol, reads
+from chat import events, presence, protocol, reads
 from chat.cursor import Cursors, Verdict
 from chat.errors import ChatError
 from chat.fanout import encode
@@ -30,6 +30,7 @@ from chat.models import Room
 log = logging.getLogger(__name__)
 
 CLOSE_CODES = {"unauthorized": 4401, "forbidden": 4403}
+USER = "user"  # the user stream's key among a socket's cursors (chat.fanout.user_message)
 
 
 def in_thread(func: Any) -> Any:
@@ -84,12 +85,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.username = user.get_username()
         self.outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(settings.CHAT_SEND_QUEUE)
         self.cursors = Cursors()
+        # The user's own stream (chat/notify.py), received from connect on whatever the rooms.
+        self.stream = Cursors()
         self.slugs: dict[int, str] = {}
-        self.lagging: set[int] = set()
+        self.lagging: set[Any] = set()
         await self.accept()
         self.writer = asyncio.create_task(self._write(), name="ws-writer")
         self.tasks = {self.writer, asyncio.create_task(self._heartbeat(), name="ws-presence")}
         await get_hub().watch(self.control)
+        # Joined before its position is read: nothing committed in between is missed.
+        await get_hub().join_user(user.pk, self.deliver)
+        self.stream.start(USER, await in_thread(reads.user_seq)(user))
         replies = await in_thread(protocol.open_connection)(self.conn)
         if replies:
             await self.outbox.put(("reply", replies))
@@ -112,7 +118,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _leave_hub(self) -> list[tuple[int, str]]:
         """Stop receiving anything; the rooms this socket received, for the protocol's goodbye."""
+        assert self.conn is not None
         get_hub().unwatch(self.control)
+        await get_hub().leave_user(self.conn.user.pk, self.deliver)
         rooms = [(room_id, self.slugs[room_id]) for room_id in self.cursors.rooms()]
         for room_id, _ in rooms:
             await self.leave_room(room_id)
@@ -195,6 +203,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for event in replies:
             await self.send(text_data=encode(event))
         for event in replies:
+            if event["type"] == "user_resumed":
+                # Replayed up to here: live events of the stream at or below it are duplicates.
+                self.stream.filled(USER, event["user_seq"])
             if event["type"] == "subscribed":
                 room_id = next((r for r, s in self.slugs.items() if s == event["room"]), None)
                 if room_id is not None:
@@ -204,14 +215,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _send_live(self, message: dict[str, Any]) -> None:
         if message["kind"] == "typing" and message.get("user") == self.username:
             return
-        verdict = self.cursors.offer(message)
+        verdict = (self.stream if message["room"] == USER else self.cursors).offer(message)
         if verdict is Verdict.SEND:
             await self.send(text_data=message["text"])
         elif verdict is Verdict.FILL:
             await self._fill(message["room"])
 
-    async def _fill(self, room_id: int) -> None:
+    async def _fill(self, room_id: Any) -> None:
         """Send what the live path lost: every change after the cursor, from the database."""
+        if room_id == USER:
+            await self._fill_user()
+            return
         cursor = self.cursors.get(room_id)
         if cursor is None:
             return
@@ -221,6 +235,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for event in caught.frames(self.slugs[room_id]):
             await self.send(text_data=encode(event))
         self.cursors.filled(room_id, caught.seq)
+
+    async def _fill_user(self) -> None:
+        assert self.conn is not None
+        cursor = self.stream.get(USER)
+        if cursor is None:
+            return
+        caught = await in_thread(reads.user_catch_up)(self.conn.user, cursor)
+        frames = [events.user_resumed(caught.seq, True)] if caught.resync else caught.changes
+        for event in frames:
+            await self.send(text_data=encode(event))
+        self.stream.filled(USER, caught.seq)
 
     async def _heartbeat(self) -> None:
         interval = max(1.0, settings.CHAT_PRESENCE_TTL / 3)

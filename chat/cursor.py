@@ -12,7 +12,8 @@ each live event:
 - HOLD: the subscribe reply carrying the starting seq is still on its way; `subscribed()` hands
   the held events back, to be offered again in order.
 
-Used by the Channels consumer (a cursor per subscribed room) and the long-poll (one room).
+Used by the Channels consumer (a cursor per subscribed room, and one for the user's own stream,
+keyed "user") and the long-poll (one stream).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from enum import Enum
 from typing import Any
 
 Live = dict[str, Any]  # a hub message: {"room", "kind", "seq", "text", ...}
+# Events that take the next seq of their stream: a room's messages, a user's notify events.
+SEQUENCED = frozenset({"message", "notify"})
 
 
 class Verdict(Enum):
@@ -79,7 +82,7 @@ class Cursors:
         if cursor is None:
             self._held[room_id].append(live)
             return Verdict.HOLD
-        if live["kind"] != "message":
+        if live["kind"] not in SEQUENCED:
             return Verdict.SEND
         seq = live["seq"]
         if seq <= cursor:

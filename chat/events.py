@@ -42,6 +42,34 @@ def room_state(room: str, locked: bool, title: str) -> Event:
     return {"type": "room", "room": room, "locked": locked, "title": title}
 
 
+def notify(
+    user_seq: int,
+    kind: str,
+    room: str | None,
+    unread: int,
+    mentions: int,
+    message: Event | None = None,
+) -> Event:
+    """An event of the user's stream (chat/notify.py). `room` is None when the user may no longer
+    read the room it was about: the event keeps its place in the stream and says nothing more."""
+    event: Event = {"type": "notify", "user_seq": user_seq, "kind": kind, "room": room}
+    if room is not None:
+        event["unread"] = unread
+        event["mentions"] = mentions
+        if message is not None:
+            event["message"] = message
+    return event
+
+
+def user_resumed(user_seq: int, resync: bool = False) -> Event:
+    """The answer to `resume_user`: the stream is at `user_seq` (the replay came before it), or,
+    with `resync`, too far behind to replay: read the rooms list again and go on from here."""
+    event: Event = {"type": "user_resumed", "user_seq": user_seq, "resumed": not resync}
+    if resync:
+        event["reason"] = "resync"
+    return event
+
+
 def pong() -> Event:
     return {"type": "pong"}
 

@@ -1,8 +1,10 @@
 """Fan-out: the only way the write path and moderation reach live clients.
 
-Three calls, each handed to every backend named in CHAT_FANOUT_BACKENDS:
+Four calls, each handed to every backend named in CHAT_FANOUT_BACKENDS:
 
 - `publish(room_id, event)`: a room's event to everyone receiving the room;
+- `notify_user(user_id, event)`: an event of the user's own stream (chat/notify.py) to every
+  connection of that user, whatever rooms it receives;
 - `recheck(room_id, user_id=None)`: connections receiving the room (or only this user's) check
   that their user may still read it, and stop receiving it, told why, if not; presence follows;
 - `close_user(user_id, room_id=None)`: close the user's connections (those receiving the room,
@@ -46,12 +48,35 @@ CONTROL_TYPE = "chat.control"
 
 class Backend(Protocol):
     def publish(self, room_id: int, event: Event, text: str) -> None: ...
+    def notify_user(self, user_id: Any, event: Event, text: str) -> None: ...
     def recheck(self, room_id: int, user_id: int | None) -> None: ...
     def close_user(self, user_id: int, room_id: int | None) -> None: ...
 
 
 def group_name(room_id: int) -> str:
     return f"room.{room_id}"
+
+
+def user_group(user_id: Any) -> str:
+    # Built from the id (an integer or a UUID), never from a username.
+    return f"user.{user_id}"
+
+
+# The type of a user-stream message on the channel layer (chat/hub.py routes it by user).
+USER_TYPE = "chat.user"
+
+
+def user_message(user_id: Any, event: Event, text: str) -> dict[str, Any]:
+    """A user-stream event as the hub hands it on: shaped like a room's, with the stream's key
+    "user" in place of a room id, so the same cursors (chat/cursor.py) find its gaps."""
+    return {
+        "type": USER_TYPE,
+        "user": str(user_id),
+        "room": "user",
+        "kind": event["type"],
+        "seq": event.get("user_seq"),
+        "text": text,
+    }
 
 
 def encode(event: Event) -> str:
@@ -101,6 +126,9 @@ class ChannelLayerBackend:
     def publish(self, room_id: int, event: Event, text: str) -> None:
         layer_send(group_name(room_id), layer_message(room_id, event, text))
 
+    def notify_user(self, user_id: Any, event: Event, text: str) -> None:
+        layer_send(user_group(user_id), user_message(user_id, event, text))
+
     def recheck(self, room_id: int, user_id: int | None) -> None:
         self._control("recheck", room_id, user_id)
 
@@ -116,6 +144,11 @@ class ChannelLayerBackend:
 def notify_channel(room_id: int) -> str:
     """The PostgreSQL channel a room's long-polls LISTEN on (chat/longpoll.py)."""
     return f"chat_room_{int(room_id)}"
+
+
+def user_channel(user_id: Any) -> str:
+    """The PostgreSQL channel a user's stream long-polls LISTEN on (an id: digits or a UUID)."""
+    return f"chat_user_{str(user_id).replace('-', '')}"
 
 
 # Events a long-poll's answer never carries (typing is live only; presence goes with the answer).
@@ -136,9 +169,16 @@ class PostgresNotifyBackend:
     def publish(self, room_id: int, event: Event, text: str) -> None:
         if event["type"] in NOT_NOTIFIED or db_connection.vendor != "postgresql":
             return
+        self._notify(notify_channel(room_id), text)
+
+    def notify_user(self, user_id: Any, event: Event, text: str) -> None:
+        if db_connection.vendor == "postgresql":
+            self._notify(user_channel(user_id), text)
+
+    def _notify(self, channel: str, text: str) -> None:
         payload = text if len(text.encode()) <= NOTIFY_PAYLOAD else ""
         with db_connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [notify_channel(room_id), payload])
+            cursor.execute("SELECT pg_notify(%s, %s)", [channel, payload])
 
     def recheck(self, room_id: int, user_id: int | None) -> None:
         pass
@@ -181,6 +221,11 @@ def publish(room_id: int, event: Event) -> None:
     _each(
         f"publishing {event['type']} to room {room_id}", lambda b: b.publish(room_id, event, text)
     )
+
+
+def notify_user(user_id: Any, event: Event) -> None:
+    text = encode(event)
+    _each(f"telling user {user_id}", lambda b: b.notify_user(user_id, event, text))
 
 
 def recheck(room_id: int, user_id: int | None = None) -> None:

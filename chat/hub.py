@@ -6,6 +6,9 @@ subscribes once per room, receives each event once (already serialised) and hand
 local listeners: WebSocket consumers and long-poll waiters. Listeners are plain callables that must not
 block; each consumer has its own bounded queue, so a slow socket never holds the others up.
 
+Users' own streams (chat/notify.py) work the same way: one subscription per process and user,
+handed to that user's local consumers and long-polls (`join_user`).
+
 Moderation's control messages (chat/fanout.py: recheck a room's readers, close a user's
 connections) come on a group of their own and go to the consumers that `watch()`, never to the
 rooms' listeners: a ban or a room made private does not wake every long-poll of the room.
@@ -24,7 +27,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import presence
-from chat.fanout import CONTROL_GROUP, CONTROL_TYPE, group_name
+from chat.fanout import CONTROL_GROUP, CONTROL_TYPE, USER_TYPE, group_name, user_group
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ class RoomHub:
         # Consumers told about control messages, and whether the control group is joined.
         self.watchers: set[Listener] = set()
         self.control_joined = False
+        # Per user (the id as text): listeners of the user's stream; users not yet subscribed.
+        self.user_listeners: dict[str, set[Listener]] = {}
+        self.unjoined_users: set[str] = set()
 
     async def join(self, room_id: int, listener: Listener) -> None:
         """Start receiving the room's events. Returns once the subscription is in place."""
@@ -63,6 +69,44 @@ class RoomHub:
             listeners.add(listener)
             if first:
                 await self._group_add(room_id)
+
+    async def join_user(self, user_id: Any, listener: Listener) -> None:
+        """Start receiving the user's stream. Returns once the subscription is in place."""
+        key = str(user_id)
+        async with self.lock:
+            await self._start()
+            listeners = self.user_listeners.setdefault(key, set())
+            first = not listeners
+            listeners.add(listener)
+            if first:
+                await self._user_add(key)
+
+    async def leave_user(self, user_id: Any, listener: Listener) -> None:
+        key = str(user_id)
+        async with self.lock:
+            listeners = self.user_listeners.get(key)
+            if not listeners:
+                return
+            listeners.discard(listener)
+            if listeners:
+                return
+            del self.user_listeners[key]
+            self.unjoined_users.discard(key)
+            if self.channel is not None:
+                try:
+                    await self.layer.group_discard(user_group(key), self.channel)
+                except Exception:
+                    log.warning("room hub could not leave user %s", key, exc_info=True)
+
+    async def _user_add(self, key: str) -> None:
+        assert self.channel is not None
+        try:
+            await self.layer.group_add(user_group(key), self.channel)
+        except Exception:
+            log.warning("room hub could not join user %s; retrying", key, exc_info=True)
+            self.unjoined_users.add(key)
+        else:
+            self.unjoined_users.discard(key)
 
     async def watch(self, watcher: Listener) -> None:
         """Start receiving control messages (every one: the watcher decides what applies)."""
@@ -123,6 +167,15 @@ class RoomHub:
                     watcher(message)
                 except Exception:
                     log.exception("a control watcher failed")
+            return
+        if message.get("type") == USER_TYPE:
+            # A user's stream: each listener's cursor finds a gap and reads it (no holding here:
+            # one user's events come from few writers).
+            for listener in list(self.user_listeners.get(str(message.get("user")), ())):
+                try:
+                    listener(message)
+                except Exception:
+                    log.exception("a user-stream listener failed")
             return
         room_id, seq = message.get("room"), message.get("seq")
         last = self.last_seq.get(room_id)
@@ -207,7 +260,7 @@ class RoomHub:
     async def _maintain(self) -> None:
         sweep_every = max(1.0, settings.CHAT_PRESENCE_TTL / 3)
         since_sweep = since_refresh = 0.0
-        while self.listeners or self.watchers:
+        while self.listeners or self.watchers or self.user_listeners:
             await asyncio.sleep(1.0)
             if self.watchers and not self.control_joined:
                 await self._control_add()
@@ -218,6 +271,11 @@ class RoomHub:
                     await self._group_add(room_id)
                 else:
                     self.unjoined.discard(room_id)
+            for key in list(self.unjoined_users):
+                if key in self.user_listeners:
+                    await self._user_add(key)
+                else:
+                    self.unjoined_users.discard(key)
             if since_sweep >= sweep_every:
                 since_sweep = 0.0
                 for room_id in self.rooms():
@@ -229,6 +287,8 @@ class RoomHub:
                 since_refresh = 0.0
                 for room_id in self.rooms():
                     await self._group_add(room_id)
+                for key in list(self.user_listeners):
+                    await self._user_add(key)
                 if self.control_joined:
                     await self._control_add()
 

@@ -19,6 +19,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -30,7 +32,7 @@ from django.db import connection as db_connection
 from chat import access, cleaning, events, presence, reads
 from chat.cursor import Cursors, Verdict
 from chat.errors import ChatError
-from chat.fanout import notify_channel
+from chat.fanout import notify_channel, user_channel
 from chat.hub import get_hub
 from chat.models import Room
 
@@ -66,28 +68,82 @@ def _reread(room_id: int, after: int, state: Event | None = None) -> Answer | No
     return caught.answer() if caught.changes else None
 
 
-async def wait_hub(
-    room_id: int, after: int, timeout: float, username: str, state: Event
-) -> Answer | None:
+@dataclass
+class Stream:
+    """What a long-poll waits on: a room's stream or a user's. `reread(after)` is the database
+    read (None when nothing is newer); `key` is the stream's cursor key in hub messages (a room
+    id, or "user"); `channel` the PostgreSQL channel its NOTIFY comes on."""
+
+    key: Any
+    seq_key: str  # what the answer calls the cursor: "seq" or "user_seq"
+    channel: str
+    reread: Callable[[int], Answer | None]
+    join: Callable[[Callable[[dict[str, Any]], None]], Awaitable[None]]
+    leave: Callable[[Callable[[dict[str, Any]], None]], Awaitable[None]]
+    username: str = ""  # the poller's own typing never wakes it
+
+    def live(self, event: Event, text: str) -> dict[str, Any]:
+        """A notification's event as a hub message (chat/cursor.py reads these)."""
+        return {
+            "room": self.key,
+            "kind": event["type"],
+            "seq": event.get(self.seq_key),
+            "text": text,
+        }
+
+
+def room_stream(room_id: int, state: Event, username: str) -> Stream:
+    hub = get_hub()
+    return Stream(
+        key=room_id,
+        seq_key="seq",
+        channel=notify_channel(room_id),
+        reread=lambda after: _reread(room_id, after, state),
+        join=lambda listener: hub.join(room_id, listener),
+        leave=lambda listener: hub.leave(room_id, listener),
+        username=username,
+    )
+
+
+def user_stream(user: Any) -> Stream:
+    hub = get_hub()
+
+    def reread(after: int) -> Answer | None:
+        caught = reads.user_catch_up(user, after)
+        return caught.answer(seq_key="user_seq") if caught.resync or caught.changes else None
+
+    return Stream(
+        key="user",
+        seq_key="user_seq",
+        channel=user_channel(user.pk),
+        reread=reread,
+        join=lambda listener: hub.join_user(user.pk, listener),
+        leave=lambda listener: hub.leave_user(user.pk, listener),
+    )
+
+
+def _in_thread(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    return database_sync_to_async(func, thread_sensitive=False)
+
+
+async def wait_hub(stream: Stream, after: int, timeout: float) -> Answer | None:
     loop = asyncio.get_running_loop()
     woken: asyncio.Future[tuple[Verdict, dict[str, Any]]] = loop.create_future()
     cursors = Cursors()
-    cursors.start(room_id, after)
+    cursors.start(stream.key, after)
 
     def listener(message: dict[str, Any]) -> None:
-        if woken.done() or (message["kind"] == "typing" and message.get("user") == username):
+        own_typing = message["kind"] == "typing" and message.get("user") == stream.username
+        if woken.done() or own_typing:
             return
         verdict = cursors.offer(message)
         if verdict is not Verdict.DROP:
             woken.set_result((verdict, message))
 
-    hub = get_hub()
-    await hub.join(room_id, listener)
+    await stream.join(listener)
     try:
         # Anything committed (or a room change) between the first read and joining the hub.
-        answer = await database_sync_to_async(_reread, thread_sensitive=False)(
-            room_id, after, state
-        )
+        answer = await _in_thread(stream.reread)(after)
         if answer is not None:
             return answer
         try:
@@ -95,16 +151,16 @@ async def wait_hub(
         except TimeoutError:
             return None
     finally:
-        await hub.leave(room_id, listener)
+        await stream.leave(listener)
     if verdict is Verdict.FILL:
-        return await database_sync_to_async(_reread, thread_sensitive=False)(room_id, after)
+        return await _in_thread(stream.reread)(after)
     # The usual case needs no database read: the event is the committed state.
-    return {"events": [json.loads(message["text"])], "seq": cursors.get(room_id)}
+    return {"events": [json.loads(message["text"])], stream.seq_key: cursors.get(stream.key)}
 
 
-def _listen(room_id: int, after: int, timeout: float, state: Event) -> Answer | None:
+def _listen(stream: Stream, after: int, timeout: float) -> Answer | None:
     """The database wait on PostgreSQL, in one thread and on its one connection (the one the
-    re-reads use): LISTEN on the room's channel, re-read, then wait for a NOTIFY
+    re-reads use): LISTEN on the stream's channel, re-read, then wait for a NOTIFY
     (chat.fanout.PostgresNotifyBackend). The next change's event, carried by the notification,
     is the answer with no read, as on the hub; an older one is ignored, a later one (something
     was missed) or one too large to carry is read from the database. Without any notification
@@ -112,61 +168,54 @@ def _listen(room_id: int, after: int, timeout: float, state: Event) -> Answer | 
     lost with a dropped connection)."""
     db_connection.ensure_connection()
     raw = db_connection.connection  # psycopg 3: notifications between waits are kept for notifies()
-    name = notify_channel(room_id)
+    name = stream.channel
     channel = db_connection.ops.quote_name(name)
     with db_connection.cursor() as cursor:
         cursor.execute(f"LISTEN {channel}")
     try:
         cursors = Cursors()
-        cursors.start(room_id, after)
+        cursors.start(stream.key, after)
         deadline = time.monotonic() + timeout
-        answer = _reread(room_id, after, state)  # what committed before LISTEN took effect
+        answer = stream.reread(after)  # what committed before LISTEN took effect
         while answer is None and (remaining := deadline - time.monotonic()) > 0:
             read = True  # after the fallback's interval, or a notification that needs one
             for notification in raw.notifies(
                 timeout=min(DB_POLL_INTERVAL, remaining), stop_after=1
             ):
                 if notification.channel != name:
-                    # Left on a reused connection by an earlier wait in another room: psycopg
-                    # keeps notifications between waits, and UNLISTEN does not drop them.
+                    # Left on a reused connection by an earlier wait on another stream:
+                    # psycopg keeps notifications between waits, and UNLISTEN does not drop them.
                     read = False
                     continue
-                verdict, event = _offer(cursors, room_id, notification.payload)
+                verdict, event = _offer(cursors, stream, notification.payload)
                 if verdict is Verdict.SEND:
-                    return {"events": [event], "seq": cursors.get(room_id)}
+                    return {"events": [event], stream.seq_key: cursors.get(stream.key)}
                 read = verdict is not Verdict.DROP
             if read:
-                answer = _reread(room_id, after, state)
+                answer = stream.reread(after)
         return answer
     finally:
         with db_connection.cursor() as cursor:
             cursor.execute(f"UNLISTEN {channel}")
 
 
-def _offer(cursors: Cursors, room_id: int, payload: str) -> tuple[Verdict, Event | None]:
+def _offer(cursors: Cursors, stream: Stream, payload: str) -> tuple[Verdict, Event | None]:
     """What a notification's payload (the event's text, or empty when it did not fit) means."""
     if not payload:
         return Verdict.FILL, None
     event = json.loads(payload)
-    live = {"room": room_id, "kind": event["type"], "seq": event.get("seq"), "text": payload}
-    return cursors.offer(live), event
+    return cursors.offer(stream.live(event, payload)), event
 
 
-async def wait_database(
-    room_id: int, after: int, timeout: float, username: str, state: Event
-) -> Answer | None:
+async def wait_database(stream: Stream, after: int, timeout: float) -> Answer | None:
     """Lambda's wait, where nothing runs between requests: woken by PostgreSQL's NOTIFY, with a
     re-read every DB_POLL_INTERVAL as the fallback (the only way on other databases)."""
     if db_connection.vendor == "postgresql":
-        return await database_sync_to_async(_listen, thread_sensitive=False)(
-            room_id, after, timeout, state
-        )
+        return await _in_thread(_listen)(stream, after, timeout)
     deadline = asyncio.get_running_loop().time() + timeout
     while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
         await asyncio.sleep(min(DB_POLL_INTERVAL, remaining))
-        answer = await database_sync_to_async(_reread, thread_sensitive=False)(
-            room_id, after, state
-        )
+        answer = await _in_thread(stream.reread)(after)
         if answer is not None:
             return answer
     return None
@@ -175,20 +224,35 @@ async def wait_database(
 WAITS = {"hub": wait_hub, "database": wait_database}
 
 
-async def poll(user: Any, slug: str, after_raw: Any, timeout_raw: Any) -> Answer:
+def _poll_args(user: Any, after_raw: Any, timeout_raw: Any) -> tuple[int, float]:
     if not user.is_authenticated:
         raise ChatError("unauthorized", "Log in first.")
     if after_raw is None:
         raise ChatError("bad_request", "Send `after`, the last seq you have.")
     after = cleaning.clean_cursor(after_raw, "after")
     cap = float(settings.CHAT_POLL_MAX_TIMEOUT)
-    timeout = cleaning.clean_seconds(timeout_raw, "timeout", cap=cap, default=cap)
+    return after, cleaning.clean_seconds(timeout_raw, "timeout", cap=cap, default=cap)
+
+
+async def poll_user(user: Any, after_raw: Any, timeout_raw: Any) -> Answer:
+    """`GET /api/me/poll`: the user's stream after `after` (its user_seq), as soon as there is
+    anything, else after up to `timeout` seconds an empty answer."""
+    after, timeout = _poll_args(user, after_raw, timeout_raw)
+    stream = user_stream(user)
+    answer = await _in_thread(stream.reread)(after)
+    if answer is None:
+        answer = await WAITS[settings.CHAT_POLL_WAIT](stream, after, timeout)
+    return answer if answer is not None else {"events": [], "user_seq": after}
+
+
+async def poll(user: Any, slug: str, after_raw: Any, timeout_raw: Any) -> Answer:
+    after, timeout = _poll_args(user, after_raw, timeout_raw)
     room_id, answer, seq, state, online = await database_sync_to_async(
         _open, thread_sensitive=False
     )(user, slug, after)
     if answer is None:
         wait = WAITS[settings.CHAT_POLL_WAIT]
-        answer = await wait(room_id, after, timeout, user.get_username(), state)
+        answer = await wait(room_stream(room_id, state, user.get_username()), after, timeout)
     if answer is None:
         answer = {"events": [], "seq": seq}
     # The room's state with every answer: a lock or rename while the client was away is not a
@@ -201,7 +265,8 @@ async def poll(user: Any, slug: str, after_raw: Any, timeout_raw: Any) -> Answer
 
 
 class PollConsumer(AsyncHttpConsumer):
-    """`GET /api/rooms/<slug>/poll` in the ASGI server, with no sync middleware on the way."""
+    """`GET /api/rooms/<slug>/poll` and `GET /api/me/poll` in the ASGI server, with no sync
+    middleware on the way."""
 
     channel_layer_alias = "__no_layer_per_request__"
 
@@ -222,11 +287,12 @@ class PollConsumer(AsyncHttpConsumer):
         # Undecodable bytes become U+FFFD, which no cursor or number accepts.
         raw = self.scope["query_string"].decode("utf-8", "replace")
         query = {k: v[-1] for k, v in parse_qs(raw).items()}
-        slug = self.scope["url_route"]["kwargs"]["slug"]
+        slug = self.scope["url_route"]["kwargs"].get("slug")
+        user = self.scope["user"]
         try:
-            return 200, await poll(
-                self.scope["user"], slug, query.get("after"), query.get("timeout")
-            )
+            if slug is None:  # /api/me/poll: the user's own stream
+                return 200, await poll_user(user, query.get("after"), query.get("timeout"))
+            return 200, await poll(user, slug, query.get("after"), query.get("timeout"))
         except ChatError as exc:
             return exc.status, {"error": exc.code, "detail": exc.detail}
         except Exception:

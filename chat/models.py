@@ -32,7 +32,18 @@ class RoomQuerySet(models.QuerySet["Room"]):
 
 
 class Room(models.Model):
+    ROOM = "room"
+    DM = "dm"
+    KINDS = [(ROOM, "room"), (DM, "direct messages")]
+
     slug = models.SlugField(max_length=50, unique=True, validators=[slug_validator])
+    # A direct-message conversation is a private room whose members are fixed at creation.
+    kind = models.CharField(
+        max_length=4, choices=KINDS, default=ROOM, db_default=ROOM, editable=False
+    )
+    # The conversation's member set (a hash of the sorted user ids, chat/dms.py): unique, so
+    # two people opening "the same" conversation at the same moment get one room.
+    dm_key = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
     title = models.CharField(max_length=100)
     private = models.BooleanField(default=False)
     locked = models.BooleanField(default=False)
@@ -66,16 +77,24 @@ class Room(models.Model):
         # Built from the id, never from user text: group names have a restricted alphabet.
         return f"room.{self.pk}"
 
-    def to_dict(self, unread: int | None = None) -> dict[str, Any]:
+    @property
+    def is_dm(self) -> bool:
+        return self.kind == Room.DM
+
+    def to_dict(self, unread: int | None = None, **extra: Any) -> dict[str, Any]:
+        """The room object of the API; `extra` adds what depends on the reader (a DM's title and
+        members, mention counts, the notification level)."""
         data: dict[str, Any] = {
             "slug": self.slug,
             "title": self.title,
+            "kind": self.kind,
             "private": self.private,
             "locked": self.locked,
             "seq": self.seq,
         }
         if unread is not None:
             data["unread"] = unread
+        data.update(extra)
         return data
 
 
@@ -87,6 +106,17 @@ class Membership(models.Model):
     joined = models.DateTimeField(auto_now_add=True)
     # The user's read cursor: only ever moves forward, so every device agrees on `unread`.
     read_seq = models.BigIntegerField(default=0)
+    # Which messages raise notify events (chat/notify.py); empty: the room kind's default.
+    ALL = "all"
+    MENTIONS = "mentions"
+    NONE = "none"
+    LEVELS = [(ALL, "every message"), (MENTIONS, "mentions only"), (NONE, "nothing")]
+    notify_level = models.CharField(
+        max_length=8, choices=LEVELS, blank=True, default="", db_default=""
+    )
+    # The room seq of the last notify event about this room on the user's stream: while it is
+    # past read_seq the user has been told, and further messages raise nothing (chat/notify.py).
+    notified_seq = models.BigIntegerField(default=0, db_default=0, editable=False)
 
     class Meta:
         constraints = [
@@ -96,6 +126,9 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.room}"
+
+    def level(self, room: Room) -> str:
+        return self.notify_level or (Membership.ALL if room.is_dm else Membership.MENTIONS)
 
 
 EVENT_FIELDS = (
@@ -111,6 +144,7 @@ EVENT_FIELDS = (
     "posted_seq",
     "seq",
     "attachment_id",
+    "mentions",
 )
 
 
@@ -208,6 +242,9 @@ class Message(models.Model):
     attachment = models.OneToOneField(
         Attachment, null=True, blank=True, on_delete=models.SET_NULL, related_name="message"
     )
+    # The usernames the body mentions who may read the room, and "room" for @room
+    # (chat/mentions.py); kept with the message so history shows them as the live event did.
+    mentions = models.JSONField(default=list, blank=True)
 
     objects = MessageQuerySet.as_manager()
 
@@ -250,6 +287,7 @@ MESSAGE_COLUMNS = (
     "edited",
     "deleted",
     "hidden",
+    "mentions",
     "attachment_id",
 )
 ATTACHMENT_COLUMNS = ("name", "size", "content_type", "thumbnail", "width", "height")
@@ -298,6 +336,7 @@ def message_event(
     edited: datetime | None,
     deleted: bool,
     hidden: bool,
+    mentions: list[str] | None = None,
     attachment_id: Any = None,
     *attachment: Any,
 ) -> dict[str, Any]:
@@ -323,6 +362,7 @@ def message_event(
         ),
         "edited": edited is not None,
         "deleted": deleted,
+        "mentions": [] if deleted else list(mentions or ()),
     }
 
 
@@ -518,3 +558,84 @@ class LoggedOutSession(models.Model):
 
     def __str__(self) -> str:
         return f"session logged out at {self.at:%Y-%m-%d %H:%M}"
+
+
+# --- the user's own stream (chat/notify.py): direct messages, mentions, invitations, unread counts
+
+
+class Inbox(models.Model):
+    """A user's stream counter: every notify event takes the next `seq` under a lock on this row,
+    in the transaction that stores it, so `user_seq` order is commit order, as in a room."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    seq = models.BigIntegerField(default=0)
+    # The email digest (chat/digest.py): every event up to here has been considered for email.
+    emailed_seq = models.BigIntegerField(default=0)
+    email_digests = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return f"inbox of {self.user_id} at {self.seq}"
+
+
+class UserEvent(models.Model):
+    """One event of a user's stream. What it says is read again when it is sent (the message's
+    current state, the room's current counts), so a replay is never staler than the live event."""
+
+    MENTION = "mention"
+    DM = "dm"
+    INVITE = "invite"
+    UNREAD = "unread"
+    KINDS = [
+        (MENTION, "mention"),
+        (DM, "direct message"),
+        (INVITE, "invitation"),
+        (UNREAD, "unread"),
+    ]
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_events"
+    )
+    seq = models.BigIntegerField()
+    kind = models.CharField(max_length=8, choices=KINDS)
+    room = models.ForeignKey(Room, null=True, on_delete=models.CASCADE, related_name="+")
+    message = models.ForeignKey(Message, null=True, on_delete=models.SET_NULL, related_name="+")
+    # The room seq the event is about (a message's posted_seq): read past it, it is read.
+    room_seq = models.BigIntegerField(default=0)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # Serves the resume read: one user's events after a cursor, in order.
+            models.UniqueConstraint(fields=["user", "seq"], name="userevent_user_seq"),
+        ]
+        indexes = [
+            # Serves the mention count of a room (user, room, kind, room_seq > read_seq).
+            models.Index(fields=["user", "room", "kind", "room_seq"], name="userevent_counts"),
+            # Serves the email digest's scan of what became old enough.
+            models.Index(fields=["created"], name="userevent_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.seq} for {self.user_id}"
+
+
+class Block(models.Model):
+    """`blocker` no longer hears from `blocked`: no 1:1 conversation, no notifications."""
+
+    blocker = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_blocks"
+    )
+    blocked = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_blocked_by"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["blocker", "blocked"], name="block_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.blocker_id} blocks {self.blocked_id}"

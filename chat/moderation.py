@@ -99,7 +99,7 @@ def erase_message(actor: Any, room: Room, message_id: Any, reason: Any = None) -
     every client (live or resuming) learns that it is gone. The audit row keeps who and why."""
     return _act_on_message(
         actor, room, message_id, reason, perm="delete_message", action="erase",
-        done=lambda m: m.deleted, body="", deleted=True, hidden=False,
+        done=lambda m: m.deleted, body="", deleted=True, hidden=False, mentions=[],
     )  # fmt: skip
 
 

@@ -296,6 +296,20 @@ def ping(conn: Connection, frame: Frame) -> list[Event]:
     return [events.pong()]
 
 
+def resume_user(conn: Connection, frame: Frame) -> list[Event]:
+    """Replay the user's own stream after `after` (a user_seq): `user_resumed`, then every event
+    after the cursor in order; or `user_resumed` with reason `resync` when it is too far behind.
+    Live events of the stream reach every connection of the user without this; it fills what a
+    connection missed while it was away."""
+    if "after" not in frame:
+        raise ChatError("bad_request", "Send `after`, the last user_seq you have.")
+    after = cleaning.clean_cursor(frame["after"], "after")
+    caught = reads.user_catch_up(conn.user, after)
+    if caught.resync:
+        return [events.user_resumed(caught.seq, resync=True)]
+    return [events.user_resumed(caught.seq), *caught.changes]
+
+
 ACTIONS: dict[str, Callable[[Connection, Frame], list[Event]]] = {
     "subscribe": subscribe,
     "unsubscribe": unsubscribe,
@@ -306,6 +320,7 @@ ACTIONS: dict[str, Callable[[Connection, Frame], list[Event]]] = {
     "read": read,
     "typing": typing,
     "ping": ping,
+    "resume_user": resume_user,
 }
 
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.contrib.auth import get_user_model
+from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce
 
 from chat import events
 from chat.errors import ChatError
 from chat.events import Event
-from chat.models import Membership, Message, Room
+from chat.models import Inbox, Membership, Message, Restriction, Room, UserEvent
 
 
 @dataclass
@@ -28,11 +30,12 @@ class CatchUp:
     resync: bool = False
     changes: list[Event] = field(default_factory=list)
 
-    def answer(self, key: str = "events") -> dict[str, Any]:
-        """The HTTP shape: `{key: [...], "seq": n}`, or `{"resync": true, "seq": n}`."""
+    def answer(self, key: str = "events", seq_key: str = "seq") -> dict[str, Any]:
+        """The HTTP shape: `{key: [...], "seq": n}`, or `{"resync": true, "seq": n}` (the user
+        stream says `user_seq`)."""
         if self.resync:
-            return {"resync": True, "seq": self.seq}
-        return {key: self.changes, "seq": self.seq}
+            return {"resync": True, seq_key: self.seq}
+        return {key: self.changes, seq_key: self.seq}
 
     def frames(self, slug: str) -> list[Event]:
         """The WebSocket shape after a gap: the changes, or a `subscribed` event that says resync."""
@@ -65,11 +68,19 @@ def history(room: Room, before: int | None, limit: int) -> dict[str, Any]:
 
 
 def visible_rooms(user: Any) -> list[dict[str, Any]]:
-    """The rooms list with unread counts, in two queries whatever the number of rooms."""
+    """The rooms list with unread and mention counts and the user's notification level; DMs
+    titled by the other people's names. A handful of queries whatever the number of rooms."""
     rooms = list(Room.objects.visible_to(user))
-    cursors = dict(
-        Membership.objects.filter(user=user, room__in=rooms).values_list("room_id", "read_seq")
+    memberships = {m.room_id: m for m in Membership.objects.filter(user=user, room__in=rooms)}
+    cursors = {room_id: m.read_seq for room_id, m in memberships.items()}
+    mentions = dict(
+        UserEvent.objects.filter(user=user, kind=UserEvent.MENTION, room__in=rooms)
+        .filter(room_seq__gt=Coalesce(_read_seq_of(user), Value(0)))
+        .values("room_id")
+        .annotate(n=Count("id"))
+        .values_list("room_id", "n")
     )
+    people = dm_members([room for room in rooms if room.is_dm])
     # Unread = messages by others posted after the read cursor, neither deleted nor hidden by a
     # moderator; counted per room in one query.
     unread_filter = Q()
@@ -84,4 +95,172 @@ def visible_rooms(user: Any) -> list[dict[str, Any]]:
             .annotate(n=Count("id"))
             .values_list("room_id", "n")
         )
-    return [room.to_dict(unread=counts.get(room.pk, 0)) for room in rooms]
+    listed = []
+    for room in rooms:
+        membership = memberships.get(room.pk) or Membership(notify_level="")
+        extra: dict[str, Any] = {
+            "mentions": mentions.get(room.pk, 0),
+            "notifications": membership.level(room),
+        }
+        if room.is_dm:
+            extra.update(dm_view(room, people.get(room.pk, []), user))
+        listed.append(room.to_dict(unread=counts.get(room.pk, 0), **extra))
+    return listed
+
+
+def _read_seq_of(user: Any) -> Subquery:
+    """The user's read cursor in the row's room (0 outside it), for counting per room."""
+    return Subquery(
+        Membership.objects.filter(room_id=OuterRef("room_id"), user=user).values("read_seq")[:1],
+        output_field=IntegerField(),
+    )
+
+
+# --- direct messages ---
+
+
+def dm_members(rooms: list[Room]) -> dict[int, list[str]]:
+    """The usernames of each DM's members, in one query."""
+    if not rooms:
+        return {}
+    name = f"user__{get_user_model().USERNAME_FIELD}"
+    people: dict[int, list[str]] = {}
+    rows = Membership.objects.filter(room__in=rooms).order_by(name).values_list("room_id", name)
+    for room_id, username in rows:
+        people.setdefault(room_id, []).append(username)
+    return people
+
+
+def dm_view(room: Room, members: list[str], user: Any) -> dict[str, Any]:
+    """A DM as its reader sees it: titled by the other people's names (one's own, alone)."""
+    others = [name for name in members if name != user.get_username()]
+    return {"title": ", ".join(others) or user.get_username(), "members": members}
+
+
+def room_view(room: Room, user: Any) -> dict[str, Any]:
+    """The room object of one room for its reader (the API's answers about one room)."""
+    extra: dict[str, Any] = {}
+    if room.is_dm:
+        extra = dm_view(room, dm_members([room]).get(room.pk, []), user)
+    return room.to_dict(**extra)
+
+
+# --- the user's stream (chat/notify.py writes it) ---
+
+
+def user_seq(user: Any) -> int:
+    """Where the user's stream is now (0 before its first event)."""
+    return Inbox.objects.filter(user=user).values_list("seq", flat=True).first() or 0
+
+
+def user_catch_up(user: Any, after: int) -> CatchUp:
+    """Every event of the user's stream after the cursor, or a resync when it is too far
+    behind (CHAT_RESUME_LIMIT events). A cursor ahead of the stream is refused."""
+    seq = user_seq(user)
+    if after > seq:
+        raise ChatError("bad_request", f"The cursor {after} is ahead of the stream ({seq}).")
+    if seq - after > settings.CHAT_RESUME_LIMIT:
+        return CatchUp(seq, resync=True)
+    if after == seq:
+        return CatchUp(seq)
+    rows = list(UserEvent.objects.filter(user=user, seq__gt=after, seq__lte=seq).order_by("seq"))
+    return CatchUp(seq, changes=notify_events(rows, check_access=True))
+
+
+def latest_user_events(user: Any, limit: int) -> dict[str, Any]:
+    """The newest `limit` events of the user's stream, oldest first, and where it is."""
+    seq = user_seq(user)
+    rows = list(UserEvent.objects.filter(user=user, seq__lte=seq).order_by("-seq")[:limit])
+    rows.reverse()
+    return {"events": notify_events(rows, check_access=True), "user_seq": seq}
+
+
+def counts(pairs: set[tuple[Any, int]]) -> dict[tuple[Any, int], tuple[int, int]]:
+    """(unread, mentions) for each (user, room): messages by others after the user's read
+    cursor, neither deleted nor hidden, and the mentions among them. One query per room."""
+    by_room: dict[int, set[Any]] = {}
+    for user_id, room_id in pairs:
+        by_room.setdefault(room_id, set()).add(user_id)
+    found: dict[tuple[Any, int], tuple[int, int]] = {}
+    for room_id, user_ids in by_room.items():
+        unread = (
+            Message.objects.filter(
+                room_id=room_id,
+                posted_seq__gt=OuterRef("read_seq"),
+                deleted=False,
+                hidden=False,
+            )
+            .exclude(author_id=OuterRef("user_id"))
+            .order_by()
+            .values("room_id")
+            .annotate(n=Count("id"))
+            .values("n")
+        )
+        mentioned = (
+            UserEvent.objects.filter(
+                user_id=OuterRef("user_id"),
+                room_id=room_id,
+                kind=UserEvent.MENTION,
+                room_seq__gt=OuterRef("read_seq"),
+            )
+            .order_by()
+            .values("room_id")
+            .annotate(n=Count("id"))
+            .values("n")
+        )
+        rows = (
+            Membership.objects.filter(room_id=room_id, user_id__in=user_ids)
+            .annotate(
+                u=Coalesce(Subquery(unread, output_field=IntegerField()), Value(0)),
+                m=Coalesce(Subquery(mentioned, output_field=IntegerField()), Value(0)),
+            )
+            .values_list("user_id", "u", "m")
+        )
+        for user_id, u, m in rows:
+            found[(user_id, room_id)] = (u, m)
+    return found
+
+
+def notify_events(rows: list[UserEvent], check_access: bool = False) -> list[Event]:
+    """The wire form of stored user events: the message's current state, the counts as of now.
+    With `check_access` (a replay), an event about a room its user may no longer read keeps its
+    place and says nothing (its user_seq, `room` null)."""
+    if not rows:
+        return []
+    room_ids = {row.room_id for row in rows if row.room_id is not None}
+    rooms = {room.pk: room for room in Room.objects.filter(pk__in=room_ids)}
+    readable: set[tuple[Any, int]] = {(row.user_id, row.room_id) for row in rows if row.room_id}
+    if check_access:
+        readable = set()
+        for user_id in {row.user_id for row in rows}:
+            readable |= {(user_id, pk) for pk in _readable_rooms(user_id, room_ids)}
+    by_message: dict[int, Event] = {}
+    for room_id in {row.room_id for row in rows if row.message_id is not None}:
+        ids = [row.message_id for row in rows if row.room_id == room_id and row.message_id]
+        for event in Message.objects.filter(pk__in=ids).events(rooms[room_id].slug):
+            by_message[event["id"]] = event
+    numbers = counts({pair for pair in readable if pair[1] in rooms})
+    built = []
+    for row in rows:
+        pair = (row.user_id, row.room_id)
+        room = rooms.get(row.room_id) if row.room_id is not None else None
+        if room is None or pair not in readable:
+            built.append(events.notify(row.seq, row.kind, None, 0, 0))
+            continue
+        unread, mentions = numbers.get(pair, (0, 0))
+        message = by_message.get(row.message_id) if row.message_id is not None else None
+        built.append(events.notify(row.seq, row.kind, room.slug, unread, mentions, message or None))
+    return built
+
+
+def _readable_rooms(user_id: Any, room_ids: set[int]) -> list[int]:
+    """Which of these rooms the user may read now: a member of the private ones, not banned."""
+    bans = Restriction.objects.active().filter(user_id=user_id, kind=Restriction.BAN)
+    if bans.filter(room__isnull=True).exists():
+        return []
+    visible = Room.objects.visible_to(get_user_model()(pk=user_id)).filter(pk__in=room_ids)
+    return list(
+        visible.exclude(pk__in=bans.filter(room__isnull=False).values("room_id")).values_list(
+            "pk", flat=True
+        )
+    )

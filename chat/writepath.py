@@ -16,7 +16,9 @@ This module imports no transport: live clients are reached only through the fan-
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,10 +29,10 @@ from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from chat import attachments, cleaning, events, fanout
-from chat.access import can_read, check_can_post, is_moderator, with_flags
+from chat import attachments, cleaning, events, fanout, notify
+from chat.access import blocked_in_dm, can_read, check_can_post, is_moderator, with_flags
 from chat.errors import ChatError
-from chat.models import Attachment, Membership, Message, Restriction, Room
+from chat.models import Attachment, Block, Membership, Message, Restriction, Room
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,11 @@ WITH next AS (
             WHERE r.user_id = %(author)s AND (r.room_id = %(room)s OR r.room_id IS NULL)
                 AND (r.until IS NULL OR r.until > %(created)s)
         )
+        -- So does a block by the other person of a 1:1 conversation.
+        AND NOT (%(one_to_one)s AND EXISTS (
+            SELECT 1 FROM {block} b JOIN {membership} bm ON bm.user_id = b.blocker_id
+            WHERE b.blocked_id = %(author)s AND bm.room_id = %(room)s
+        ))
     RETURNING seq
 ), joined AS (
     INSERT INTO {membership} (room_id, user_id, joined, read_seq)
@@ -113,15 +120,18 @@ WITH next AS (
     ON CONFLICT (room_id, user_id) DO NOTHING
 )
 INSERT INTO {message}
-    (room_id, author_id, body, client_id, created, deleted, posted_seq, seq, attachment_id)
+    (room_id, author_id, body, client_id, created, deleted, posted_seq, seq, attachment_id,
+     mentions)
 SELECT %(room)s, %(author)s, %(body)s, %(client_id)s, %(created)s, false, next.seq, next.seq,
-    %(attachment)s
+    %(attachment)s, %(mentions)s::jsonb
 FROM next
 RETURNING id, seq
 """
 
 
-def _insert_in_one_statement(message: Message, may_post_locked: bool, join: bool) -> None:
+def _insert_in_one_statement(
+    message: Message, may_post_locked: bool, join: bool, one_to_one: bool
+) -> None:
     """Take the seq, join a public room, and insert the message in one statement (PostgreSQL).
 
     The UPDATE locks the room row until the statement's transaction commits, so seq order is
@@ -135,9 +145,12 @@ def _insert_in_one_statement(message: Message, may_post_locked: bool, join: bool
         membership=Membership._meta.db_table,
         message=Message._meta.db_table,
         restriction=Restriction._meta.db_table,
+        block=Block._meta.db_table,
     )
     params = {
         "join": join,
+        "one_to_one": one_to_one,
+        "mentions": json.dumps(message.mentions),
         "room": message.room_id,
         "may_post_locked": may_post_locked,
         "author": message.author_id,
@@ -153,9 +166,11 @@ def _insert_in_one_statement(message: Message, may_post_locked: bool, join: bool
             cursor.execute(sql, params)
             row = cursor.fetchone()
     if row is None:
-        # Locked, banned or muted since the checks: say which, as the checks would have.
+        # Locked, banned, muted or blocked since the checks: say which, as the checks would have.
         if Restriction.objects.applying_to(message.author, message.room_id).exists():
             raise ChatError("forbidden", "You may not post in this room.")
+        if one_to_one:
+            raise ChatError("forbidden", "You cannot message this person.")
         raise ChatError("forbidden", "This room is locked.")
     message.pk, message.seq = row
     message.posted_seq = message.seq
@@ -210,14 +225,24 @@ def post_message(
         if not can_read(user, room):
             raise ChatError("not_found", f"There is no room {room.slug!r}.")
         _check_rate(user, room)
+        mentions = notify.find_mentions(user, room, body)
         message = Message(room=room, author=user, body=body, client_id=client_id)
+        message.mentions = mentions.names
         if attachment is not None:
             # The one-to-one column makes a second message with the same file fail to insert.
             message.attachment = attachments.for_message(user, room, attachment)
         may_post_locked = is_moderator(user, room)
         limited = bool(room.rate_limit) and not may_post_locked
+        # A mention or a DM is stored with the message, in its transaction: nothing acknowledged
+        # is lost. Other messages stay one statement (chat/notify.py says why).
+        tells = room.is_dm or bool(mentions)
         if connection.vendor == "postgresql" and not limited:
-            _insert_in_one_statement(message, may_post_locked, join=not room.private)
+            with transaction.atomic() if tells else nullcontext():
+                one_to_one = room.is_dm and _one_to_one(room)
+                _insert_in_one_statement(
+                    message, may_post_locked, join=not room.private, one_to_one=one_to_one
+                )
+                told = notify.on_post(message, mentions) if tells else set()
         else:
             with transaction.atomic():
                 # From here every other post to this room waits for our commit (the room row is
@@ -228,6 +253,8 @@ def post_message(
                     raise ChatError("forbidden", "This room is locked.")
                 if Restriction.objects.applying_to(user, room).exists():
                     raise ChatError("forbidden", "You may not post in this room.")
+                if blocked_in_dm(user, room):
+                    raise ChatError("forbidden", "You cannot message this person.")
                 if limited:
                     # Exact under the lock: two posts racing at the limit cannot both pass.
                     _check_rate(user, room)
@@ -235,6 +262,7 @@ def post_message(
                     Membership.objects.get_or_create(room=room, user=user)
                 message.posted_seq = message.seq = seq
                 message.save(force_insert=True)
+                told = notify.on_post(message, mentions) if tells else set()
     except (ChatError, IntegrityError) as error:
         # A retry of a message already stored gets the original, even if the room was locked
         # since, or if it raced the original (the unique (room, author, client_id) constraint
@@ -251,7 +279,21 @@ def post_message(
             raise ChatError("bad_request", "This attachment was already sent.") from None
         raise
     _publish_on_commit(message)
+    transaction.on_commit(lambda: _after_post(message, told))
     return Posted(message, created=True)
+
+
+def _one_to_one(room: Room) -> bool:
+    return Membership.objects.filter(room=room).count() == 2
+
+
+def _after_post(message: Message, told: set[Any]) -> None:
+    try:
+        notify.after_post(message, told)
+    except Exception:
+        # The message is committed and its ack must go: an `unread` not raised now is raised by
+        # the room's next message (notified_seq did not move).
+        log.exception("unread notifications for message %s failed", message.pk)
 
 
 def _own_message(user: Any, room: Room, message_id: Any) -> Message:
@@ -271,8 +313,11 @@ def room_message(room: Room, message_id: Any) -> Message:
     return message
 
 
-def change(message: Message, **fields: Any) -> Message:
-    """Apply a change to a message under the room lock; it takes the room's next seq."""
+def change(
+    message: Message, then: Callable[[Message], Any] | None = None, **fields: Any
+) -> Message:
+    """Apply a change to a message under the room lock; it takes the room's next seq. `then`
+    runs with the changed message in the same transaction."""
     with transaction.atomic():
         seq, _ = _take_seq(message.room)
         current = Message.objects.select_for_update().get(pk=message.pk)
@@ -291,6 +336,8 @@ def change(message: Message, **fields: Any) -> Message:
         current.save(update_fields=[*fields, "seq"])
         current.room = message.room
         current.author = message.author
+        if then is not None:
+            then(current)
         _publish_on_commit(current)
     return current
 
@@ -313,7 +360,24 @@ def edit_message(user: Any, room: Room, message_id: Any, body: Any) -> Message:
         raise ChatError("forbidden", "The edit window for this message has passed.")
     if message.body == body:
         return message
-    return change(message, body=body, edited=timezone.now())
+    mentions = notify.find_mentions(user, room, body)
+    # Only who is newly mentioned hears of it; the others were told when it was posted.
+    before = set(message.mentions or ())
+    new = notify.Mentions(
+        user_ids=[
+            pk
+            for name, pk in zip(mentions.names, mentions.user_ids, strict=False)
+            if name not in before
+        ],
+        room_wide=mentions.room_wide and notify.ROOM_WIDE not in before,
+    )
+    return change(
+        message,
+        then=(lambda current: notify.on_post(current, new, dm=False)) if new else None,
+        body=body,
+        edited=timezone.now(),
+        mentions=mentions.names,
+    )
 
 
 def delete_message(user: Any, room: Room, message_id: Any) -> Message:
@@ -323,7 +387,7 @@ def delete_message(user: Any, room: Room, message_id: Any) -> Message:
         return message  # a retried delete (its ack was lost): done already
     message = _own_message(user, room, message_id)
     # The author's delete removes the text; only the tombstone stays, so resume shows it gone.
-    return change(message, body="", deleted=True)
+    return change(message, body="", deleted=True, mentions=[])
 
 
 def mark_read(user: Any, room: Room, seq: Any) -> int:
@@ -337,7 +401,11 @@ def mark_read(user: Any, room: Room, seq: Any) -> int:
             return seq
     else:
         membership, _ = Membership.objects.get_or_create(room=room, user=user)
-    Membership.objects.filter(pk=membership.pk, read_seq__lt=seq).update(read_seq=seq)
+    moved = Membership.objects.filter(pk=membership.pk, read_seq__lt=seq).update(read_seq=seq)
+    if moved:
+        membership.room = room
+        # Read past a notification: the user's other devices clear their badge.
+        notify.after_read(membership, membership.read_seq, seq)
     return max(seq, membership.read_seq)
 
 

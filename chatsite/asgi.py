@@ -29,6 +29,7 @@ application = ProtocolTypeRouter(
                     "api/rooms/<slug:slug>/poll",
                     AuthMiddlewareStack(PollConsumer.as_asgi()),
                 ),
+                path("api/me/poll", AuthMiddlewareStack(PollConsumer.as_asgi())),
                 re_path(r"", django_http),
             ]
         ),

@@ -228,6 +228,10 @@ CHAT_FANOUT_BACKENDS = env_list("CHAT_FANOUT_BACKENDS", "chat.fanout.ChannelLaye
 CHAT_POLL_WAIT = env_str("CHAT_POLL_WAIT", "hub")
 if CHAT_POLL_WAIT not in ("hub", "database"):
     raise ImproperlyConfigured("CHAT_POLL_WAIT must be 'hub' or 'database'")
+# Direct messages: the most people a group conversation may add to its creator.
+CHAT_DM_MAX_OTHERS = env_int("CHAT_DM_MAX_OTHERS", 9, minimum=1)
+# Minutes a mention or DM stays unread before it goes out in the user's email digest.
+CHAT_EMAIL_DELAY = env_int("CHAT_EMAIL_DELAY", 10, minimum=1)
 CSRF_FAILURE_VIEW = "chat.api.csrf_failure"
 
 # --- Serverless (Zappa on Lambda; chat/serverless.py, chat/apigateway.py, zappa_settings.json) ---

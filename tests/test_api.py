@@ -185,12 +185,13 @@ def test_query_counts_are_pinned(as_alice: Client, alice: Any, bob: Any) -> None
         r = Room.objects.create(slug=f"r{i}", title=f"R{i}")
         for j in range(3):
             writepath.post_message(bob if j % 2 else alice, r, f"m{j}")
-    # session + user, then rooms, read cursors, unread counts: the same for 5 rooms or 50.
+    # session + user, the user stream's position, then rooms, read cursors, mention counts,
+    # unread counts: the same for 5 rooms or 50 (DMs add one, for their members).
     with CaptureQueriesContext(connection) as rooms_queries:
         rooms = as_alice.get("/api/rooms/").json()["rooms"]
     assert len(rooms) == 6
     assert {r["slug"]: r["unread"] for r in rooms}["r0"] == 1
-    assert len(rooms_queries) == 5
+    assert len(rooms_queries) == 7
     with CaptureQueriesContext(connection) as page_queries:
         page = as_alice.get("/api/rooms/r0/messages?limit=50").json()
     assert len(page["messages"]) == 3
