@@ -145,6 +145,21 @@ def room_view(room: Room, user: Any) -> dict[str, Any]:
     return room.to_dict(**extra)
 
 
+def find_users(prefix: str, limit: int) -> list[str]:
+    """Active users whose username starts with `prefix`, for autocompletion."""
+    users = get_user_model()
+    name = users.USERNAME_FIELD
+    rows = users.objects.filter(**{f"{name}__istartswith": prefix}, is_active=True)
+    return list(rows.order_by(name).values_list(name, flat=True)[:limit])
+
+
+def room_members(room: Room, limit: int = 500) -> list[str]:
+    """Who may be mentioned in the room, for autocompletion: its members."""
+    name = f"user__{get_user_model().USERNAME_FIELD}"
+    rows = Membership.objects.filter(room=room, user__is_active=True).order_by(name)
+    return list(rows.values_list(name, flat=True)[:limit])
+
+
 # --- the user's stream (chat/notify.py writes it) ---
 
 
