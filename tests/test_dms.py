@@ -77,7 +77,7 @@ def test_two_people_opening_it_at_once_get_one_room(alice: Any, bob: Any) -> Non
             barrier.wait()
             room, _ = dms.open_dm(user, [other])
             rooms.append(room.slug)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
         finally:
             connection.close()
@@ -298,7 +298,9 @@ def test_a_dm_notifies_every_other_member(alice: Any, bob: Any, carol: Any) -> N
     assert posted.message.mentions == []
 
 
-def test_an_edit_notifies_only_the_newly_mentioned(alice: Any, bob: Any, carol: Any, room: Room) -> None:
+def test_an_edit_notifies_only_the_newly_mentioned(
+    alice: Any, bob: Any, carol: Any, room: Room
+) -> None:
     posted = writepath.post_message(alice, room, "hi @bob")
     writepath.edit_message(alice, room, posted.message.pk, "hi @bob and @carol")
     assert [e["kind"] for e in stream(bob)] == ["mention"]
@@ -306,7 +308,9 @@ def test_an_edit_notifies_only_the_newly_mentioned(alice: Any, bob: Any, carol: 
     assert event["kind"] == "mention" and event["message"]["mentions"] == ["bob", "carol"]
 
 
-def test_a_replay_says_nothing_of_a_room_the_user_left(alice: Any, bob: Any, private_room: Room) -> None:
+def test_a_replay_says_nothing_of_a_room_the_user_left(
+    alice: Any, bob: Any, private_room: Room
+) -> None:
     writepath.post_message(alice, private_room, "@bob secret")
     Membership.objects.filter(room=private_room, user=bob).delete()
     (event,) = stream(bob)
