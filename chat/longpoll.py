@@ -93,21 +93,18 @@ class Stream:
 
 
 def room_stream(room_id: int, state: Event, username: str) -> Stream:
-    hub = get_hub()
     return Stream(
         key=room_id,
         seq_key="seq",
         channel=notify_channel(room_id),
         reread=lambda after: _reread(room_id, after, state),
-        join=lambda listener: hub.join(room_id, listener),
-        leave=lambda listener: hub.leave(room_id, listener),
+        join=lambda listener: get_hub().join(room_id, listener),
+        leave=lambda listener: get_hub().leave(room_id, listener),
         username=username,
     )
 
 
 def user_stream(user: Any) -> Stream:
-    hub = get_hub()
-
     def reread(after: int) -> Answer | None:
         caught = reads.user_catch_up(user, after)
         return caught.answer(seq_key="user_seq") if caught.resync or caught.changes else None
@@ -117,8 +114,8 @@ def user_stream(user: Any) -> Stream:
         seq_key="user_seq",
         channel=user_channel(user.pk),
         reread=reread,
-        join=lambda listener: hub.join_user(user.pk, listener),
-        leave=lambda listener: hub.leave_user(user.pk, listener),
+        join=lambda listener: get_hub().join_user(user.pk, listener),
+        leave=lambda listener: get_hub().leave_user(user.pk, listener),
     )
 
 

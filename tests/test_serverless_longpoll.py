@@ -35,7 +35,8 @@ def post_later(delay: float, user: Any, room: Room, body: str) -> threading.Thre
 def wait(room: Room) -> tuple[float, Any]:
     state = events.room_state(room.slug, room.locked, room.title)
     started = time.monotonic()
-    answer = asyncio.run(longpoll.wait_database(room.pk, room.seq, 10, "nobody", state))
+    stream = longpoll.room_stream(room.pk, state, "nobody")
+    answer = asyncio.run(longpoll.wait_database(stream, room.seq, 10))
     return time.monotonic() - started, answer
 
 
