@@ -1,6 +1,10 @@
 """Who may do what: every principal against every endpoint and action, with the expected answer
 for each cell, in a public and a private room.
 
+Rooms: a public room, a private room, and a direct-message conversation of alice and the member
+(nobody else may read it: not the room moderators, not site staff, who see a DM's messages only
+through reports).
+
 Principals: anonymous; an outsider (logged in, not a member of the private room); a member; a
 member muted in the room; a member banned from the room; the room's own moderator (site staff
 without any permission, as the admin wants them); a moderator of another room only (the same
@@ -36,10 +40,11 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image
 
-from chat import apigateway, attachments, fanout, serverless, tokens, writepath
+from chat import apigateway, attachments, dms, fanout, serverless, tokens, writepath
 from chat.models import (
     ApiConnection,
     Attachment,
+    Block,
     Membership,
     Message,
     ModerationAction,
@@ -55,7 +60,10 @@ pytestmark = pytest.mark.timeout(120)
 
 PRINCIPALS = ("anonymous", "outsider", "member", "muted", "banned", "roommod", "othermod", "staff")
 USERS = PRINCIPALS[1:]
-ROOMS = {"public": "general", "private": "secret"}
+ROOMS = {"public": "general", "private": "secret", "dm": "dm-matrix"}
+KIND = {"public": 0, "private": 1, "dm": 2}
+# In the DM only the member (and alice) may read; everyone else logged in gets not_found.
+DM_READ = (401, 404, 200, 404, 404, 404, 404, 404)
 # What site staff hold: the moderation permissions (chat/models.py Meta, chat/access.py
 # _require calls) and the view permissions the admin's lists need. Not the serverless
 # connections': looking at who is online is not moderation.
@@ -112,12 +120,16 @@ def build_world() -> World:
         slug="secret", title="Secret", private=True, created_by=users["alice"]
     )
     elsewhere = Room.objects.create(slug="elsewhere", title="Elsewhere")
+    dm, _ = dms.open_dm(users["alice"], ["member"])
+    Room.objects.filter(pk=dm.pk).update(slug="dm-matrix")
+    dm.slug = "dm-matrix"
     for name in ("alice", "member", "muted", "banned"):
         Membership.objects.create(room=secret, user=users[name])
     general.moderators.add(users["roommod"])
     secret.moderators.add(users["roommod"])
     elsewhere.moderators.add(users["othermod"])
-    world = World(users=users, rooms={"general": general, "secret": secret}, target={}, hidden={})
+    rooms = {"general": general, "secret": secret, "dm-matrix": dm}
+    world = World(users=users, rooms=rooms, target={}, hidden={})
     for slug, room in world.rooms.items():
         alice = users["alice"]
         world.target[slug] = writepath.post_message(alice, room, f"alice in {slug}").message.pk
@@ -127,6 +139,8 @@ def build_world() -> World:
         for name in USERS:
             if room.private and name in ("outsider", "othermod"):
                 continue  # they cannot post there (the cells check that they cannot)
+            if room.is_dm and name != "member":
+                continue
             posted = writepath.post_message(users[name], room, f"{name} in {slug}").message
             world.own[(name, slug)] = posted.pk
         mute = Restriction.objects.create(kind=Restriction.MUTE, user=users["muted"], room=room)
@@ -162,8 +176,11 @@ def snapshot() -> dict[str, Any]:
             )
         ),
         "memberships": list(
-            Membership.objects.order_by("pk").values_list("room_id", "user_id", "read_seq")
+            Membership.objects.order_by("pk").values_list(
+                "room_id", "user_id", "read_seq", "notify_level"
+            )
         ),
+        "blocks": list(Block.objects.order_by("pk").values_list("blocker_id", "blocked_id")),
         "restrictions": list(
             Restriction.objects.order_by("pk").values_list("pk", "kind", "user_id", "room_id")
         ),
@@ -206,74 +223,103 @@ ROOM_CELLS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "history": (
         (401, 200, 200, 200, 403, 200, 200, 200),
         (401, 404, 200, 200, 403, 200, 404, 200),
+        DM_READ,
     ),
     "resume": (
         (401, 200, 200, 200, 403, 200, 200, 200),
         (401, 404, 200, 200, 403, 200, 404, 200),
+        DM_READ,
     ),
     "post": (
         (401, 201, 201, 403, 403, 201, 201, 201),
         (401, 404, 201, 403, 403, 201, 404, 201),
+        (401, 404, 201, 404, 404, 404, 404, 404),
     ),
     "edit_own": (
         (401, 200, 200, 403, 403, 200, 200, 200),
         (401, 404, 200, 403, 403, 200, 404, 200),
+        (401, 404, 200, 404, 404, 404, 404, 404),
     ),
     "edit_other": (
         (401, 403, 403, 403, 403, 403, 403, 403),
         (401, 404, 403, 403, 403, 403, 404, 403),
+        (401, 404, 403, 404, 404, 404, 404, 404),
     ),
     "delete_own": (
         (401, 200, 200, 403, 403, 200, 200, 200),
         (401, 404, 200, 403, 403, 200, 404, 200),
+        (401, 404, 200, 404, 404, 404, 404, 404),
     ),
     "delete_other": (
         (401, 403, 403, 403, 403, 403, 403, 403),
         (401, 404, 403, 403, 403, 403, 404, 403),
+        (401, 404, 403, 404, 404, 404, 404, 404),
     ),
     "report": (
         (401, 201, 201, 201, 403, 201, 201, 201),
         (401, 404, 201, 201, 403, 201, 404, 201),
+        (401, 404, 201, 404, 404, 404, 404, 404),
     ),
     "hide": (
         (401, 403, 403, 403, 403, 200, 403, 200),
         (401, 404, 403, 403, 403, 200, 404, 200),
+        (401, 404, 403, 404, 404, 404, 404, 404),
     ),
     "restore": (
         (401, 403, 403, 403, 403, 200, 403, 200),
         (401, 404, 403, 403, 403, 200, 404, 200),
+        (401, 404, 403, 404, 404, 404, 404, 404),
     ),
     "erase": (
         (401, 403, 403, 403, 403, 200, 403, 200),
         (401, 404, 403, 403, 403, 200, 404, 200),
+        (401, 404, 403, 404, 404, 404, 404, 404),
     ),
     "moderate": (
         (401, 403, 403, 403, 403, 200, 403, 200),
         (401, 404, 403, 403, 403, 200, 404, 200),
+        (401, 404, 403, 404, 404, 404, 404, 404),
     ),
     "restrict": (
         (401, 403, 403, 403, 403, 201, 403, 201),
         (401, 404, 403, 403, 403, 201, 404, 201),
+        (401, 404, 403, 404, 404, 404, 404, 404),
     ),
     # Lifting names the restriction by id, not the room: no room lookup, so no 404 either.
     "lift": (
         (401, 403, 403, 403, 403, 204, 403, 204),
         (401, 403, 403, 403, 403, 204, 403, 204),
+        # Nobody moderates a DM: only site staff lift what applies in one.
+        (401, 403, 403, 403, 403, 403, 403, 204),
+    ),
+    # Choosing what a room notifies is for its members (a public room: anyone, who joins it).
+    "notifications": (
+        (401, 200, 200, 200, 403, 200, 200, 200),
+        (401, 404, 200, 200, 403, 403, 404, 403),
+        DM_READ,
+    ),
+    "members": (
+        (401, 200, 200, 200, 403, 200, 200, 200),
+        (401, 404, 200, 200, 403, 200, 404, 200),
+        DM_READ,
     ),
     "read": (
         (401, 204, 204, 204, 403, 204, 204, 204),
         (401, 404, 204, 204, 403, 204, 404, 204),
+        (401, 404, 204, 404, 404, 404, 404, 404),
     ),
     # A muted user may not post, so may not announce that they are typing either.
     "typing": (
         (401, 204, 204, 403, 403, 204, 204, 204),
         (401, 404, 204, 403, 403, 204, 404, 204),
+        (401, 404, 204, 404, 404, 404, 404, 404),
     ),
     # The admin's hide action answers with a redirect whoever runs it; what counts is the row.
-    "admin_hide": ((302,) * 8, (302,) * 8),
+    "admin_hide": ((302,) * 8, (302,) * 8, (302,) * 8),
 }
-# Cells of the admin_hide row that hide the message (the rest must leave it alone).
-ADMIN_HIDERS = {"roommod", "staff"}
+# Cells of the admin_hide row that hide the message (the rest must leave it alone); in a DM
+# nobody, since the admin does not list an unreported DM message.
+ADMIN_HIDERS = {"public": {"roommod", "staff"}, "private": {"roommod", "staff"}, "dm": set()}
 
 
 def room_request(world: World, action: str, principal: str, slug: str) -> tuple[str, str, Any]:
@@ -300,6 +346,8 @@ def room_request(world: World, action: str, principal: str, slug: str) -> tuple[
         "lift": ("delete", f"/api/moderation/restrictions/{world.mute[slug]}", {}),
         "read": ("post", f"/api/rooms/{slug}/read", {"seq": 1}),
         "typing": ("post", f"/api/rooms/{slug}/typing", None),
+        "notifications": ("post", f"/api/rooms/{slug}/notifications", {"level": "none"}),
+        "members": ("get", f"/api/rooms/{slug}/members", None),
         "admin_hide": ("admin", "/admin/chat/message/", None),
     }[action]
 
@@ -332,6 +380,10 @@ def check_allowed_write(world: World, action: str, principal: str, slug: str, an
         assert not Restriction.objects.filter(pk=world.mute[slug]).exists()
     elif action == "read":
         assert read_recorded(slug, user)
+    elif action == "notifications":
+        assert Membership.objects.get(room__slug=slug, user=user).notify_level == "none"
+    elif action == "members":
+        assert "alice" in answer.json()["members"]
 
 
 @pytest.mark.parametrize("kind", list(ROOMS))
@@ -339,7 +391,7 @@ def check_allowed_write(world: World, action: str, principal: str, slug: str, an
 @pytest.mark.parametrize("action", list(ROOM_CELLS))
 def test_room_endpoints(world: World, action: str, principal: str, kind: str) -> None:
     slug = ROOMS[kind]
-    expected = ROOM_CELLS[action][0 if kind == "public" else 1][PRINCIPALS.index(principal)]
+    expected = ROOM_CELLS[action][KIND[kind]][PRINCIPALS.index(principal)]
     client = client_for(world, principal)
     method, url, data = room_request(world, action, principal, slug)
     before = snapshot()
@@ -352,25 +404,29 @@ def test_room_endpoints(world: World, action: str, principal: str, kind: str) ->
     if expected >= 400:
         assert answer.json()["error"] == CODES[expected]
     if action == "admin_hide":
-        allowed = principal in ADMIN_HIDERS
+        allowed = principal in ADMIN_HIDERS[kind]
     else:
         allowed = expected < 400
     if allowed:
         check_allowed_write(world, action, principal, slug, answer)
-    if not allowed or action in ("history", "resume", "typing"):
+    if not allowed or action in ("history", "resume", "typing", "members"):
         assert snapshot() == before
 
 
 # Long-poll reads the room from another thread (an async view), so its cells need the world
 # committed; one answer each, at once, since the room has changes after 0.
-POLL_CELLS = ((401, 200, 200, 200, 403, 200, 200, 200), (401, 404, 200, 200, 403, 200, 404, 200))
+POLL_CELLS = (
+    (401, 200, 200, 200, 403, 200, 200, 200),
+    (401, 404, 200, 200, 403, 200, 404, 200),
+    DM_READ,
+)
 
 
 @pytest.mark.parametrize("kind", list(ROOMS))
 @pytest.mark.parametrize("principal", PRINCIPALS)
 def test_long_poll(committed_world: World, principal: str, kind: str) -> None:
     slug = ROOMS[kind]
-    expected = POLL_CELLS[0 if kind == "public" else 1][PRINCIPALS.index(principal)]
+    expected = POLL_CELLS[KIND[kind]][PRINCIPALS.index(principal)]
     client = client_for(committed_world, principal)
     answer = client.get(f"/api/rooms/{slug}/poll?after=0&timeout=0")
     assert answer.status_code == expected, shown(answer)
@@ -387,32 +443,38 @@ def test_long_poll(committed_world: World, principal: str, kind: str) -> None:
 POSTERS = {
     "public": {"outsider", "member", "roommod", "othermod", "staff"},
     "private": {"member", "roommod", "staff"},
+    "dm": {"member"},
 }
 ATTACHMENT_CELLS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "start": (
         (401, 201, 201, 403, 403, 201, 201, 201),
         (401, 404, 201, 403, 403, 201, 404, 201),
+        (401, 404, 201, 404, 404, 404, 404, 404),
     ),
     # The principal's own pending upload where they may post; elsewhere alice's, which nobody
     # else may see: not_found, so that a guessed id tells nothing.
     "upload": (
         (401, 201, 201, 404, 404, 201, 201, 201),
         (401, 404, 201, 404, 404, 201, 404, 201),
+        (401, 404, 201, 404, 404, 404, 404, 404),
     ),
     "complete": (
         (401, 200, 200, 404, 404, 200, 200, 200),
         (401, 404, 200, 404, 404, 200, 404, 200),
+        (401, 404, 200, 404, 404, 404, 404, 404),
     ),
-    "upload_other": ((401,) + (404,) * 7, (401,) + (404,) * 7),
-    "complete_other": ((401,) + (404,) * 7, (401,) + (404,) * 7),
+    "upload_other": ((401,) + (404,) * 7,) * 3,
+    "complete_other": ((401,) + (404,) * 7,) * 3,
     # Alice's image, sent in a message: whoever may read the room. A ban takes reading away.
     "download": (
         (401, 200, 200, 200, 404, 200, 200, 200),
         (401, 404, 200, 200, 404, 200, 404, 200),
+        (401, 404, 200, 404, 404, 404, 404, 404),
     ),
     "thumbnail": (
         (401, 200, 200, 200, 404, 200, 200, 200),
         (401, 404, 200, 200, 404, 200, 404, 200),
+        (401, 404, 200, 404, 404, 404, 404, 404),
     ),
 }
 
@@ -438,7 +500,7 @@ def test_attachment_endpoints(
     settings.MEDIA_ROOT = str(tmp_path)  # the files of this cell only, removed with it
     slug = ROOMS[kind]
     room, alice = world.rooms[slug], world.users["alice"]
-    expected = ATTACHMENT_CELLS[action][0 if kind == "public" else 1][PRINCIPALS.index(principal)]
+    expected = ATTACHMENT_CELLS[action][KIND[kind]][PRINCIPALS.index(principal)]
     image = attachments.complete(alice, uploaded(alice, room, "pic.png", png(), "image/png").pk)
     writepath.post_message(alice, room, "", attachment=str(image.pk))
     alices_pending = attachments.start_upload(alice, room, "hers.txt", 5, "text/plain")
@@ -493,6 +555,12 @@ SITE_CELLS: dict[str, tuple[int, ...]] = {
     # A site-wide mute is for site staff only; room moderators are refused, whatever their room.
     "restrict_site": (401, 403, 403, 403, 403, 403, 403, 201),
     "method": (405,) * 8,
+    # The member's conversation with alice exists already: the same room again.
+    "open_dm": (401, 201, 200, 201, 201, 201, 201, 201),
+    "blocks": (401, 200, 200, 200, 200, 200, 200, 200),
+    "block": (401, 201, 201, 201, 201, 201, 201, 201),
+    "users": (401, 200, 200, 200, 200, 200, 200, 200),
+    "my_notifications": (401, 200, 200, 200, 200, 200, 200, 200),
 }
 
 
@@ -511,6 +579,11 @@ def test_site_endpoints(world: World, action: str, principal: str) -> None:
         ),
         # The method check comes first: nobody learns anything else from a wrong method.
         "method": ("put", "/api/rooms/secret/messages", {}),
+        "open_dm": ("post", "/api/dms/", {"users": ["alice"]}),
+        "blocks": ("get", "/api/blocks/", None),
+        "block": ("post", "/api/blocks/alice", None),
+        "users": ("get", "/api/users?q=al", None),
+        "my_notifications": ("get", "/api/me/notifications?after=0", None),
     }[action]
     before = snapshot()
     answer = send(client_for(world, principal), method, url, data)
@@ -536,6 +609,28 @@ def test_site_endpoints(world: World, action: str, principal: str) -> None:
         assert tokens.user_for_token(answer.json()["token"]) == user
     elif action == "restrict_site":
         assert Restriction.objects.filter(user=world.users["alice"], room=None).exists()
+    elif action == "open_dm":
+        made = Room.objects.get(slug=answer.json()["slug"])
+        assert made.is_dm and set(made.memberships.values_list("user__username", flat=True)) == {
+            "alice",
+            principal,
+        }
+    elif action == "blocks":
+        assert answer.json() == {"blocked": []}
+    elif action == "block":
+        assert Block.objects.filter(blocker=user, blocked=world.users["alice"]).exists()
+    elif action == "users":
+        assert answer.json() == {"users": ["alice"]}
+    elif action == "my_notifications":
+        # One's own stream only: of alice's DM, the member heard; nobody else did.
+        rooms = {e["room"] for e in answer.json()["events"]}
+        assert ("dm-matrix" in rooms) == (principal == "member")
+
+
+def test_the_user_long_poll_is_ones_own(committed_world: World) -> None:
+    for principal in PRINCIPALS:
+        answer = client_for(committed_world, principal).get("/api/me/poll?after=0&timeout=0")
+        assert answer.status_code == (401 if principal == "anonymous" else 200), principal
 
 
 # --- the admin and the moderation dashboard ---
@@ -588,9 +683,20 @@ def test_admin_pages(world: World, page: str, principal: str) -> None:
         assert (
             sees
             == {
-                "roommod": {"general": True, "secret": True, "elsewhere": False},
-                "othermod": {"general": False, "secret": False, "elsewhere": True},
-                "staff": {"general": True, "secret": True, "elsewhere": True},
+                # Nobody sees an unreported DM message.
+                "roommod": {
+                    "general": True,
+                    "secret": True,
+                    "dm-matrix": False,
+                    "elsewhere": False,
+                },
+                "othermod": {
+                    "general": False,
+                    "secret": False,
+                    "dm-matrix": False,
+                    "elsewhere": True,
+                },
+                "staff": {"general": True, "secret": True, "dm-matrix": False, "elsewhere": True},
             }[principal]
         )
 
@@ -600,20 +706,26 @@ def test_admin_pages(world: World, page: str, principal: str) -> None:
 # One row per frame, in the order a connection sends them: the expected answer for each logged-in
 # principal ("ok" or the error code), public room then private room. Principals in USERS order:
 #   outsider, member, muted, banned, roommod, othermod, staff
+DM_WS = ("not_found", "ok", "not_found", "not_found", "not_found", "not_found", "not_found")
 READ_WS = (
     ("ok", "ok", "ok", "forbidden", "ok", "ok", "ok"),
     ("not_found", "ok", "ok", "forbidden", "ok", "not_found", "ok"),
+    DM_WS,
 )
 POST_WS = (
     ("ok", "ok", "forbidden", "forbidden", "ok", "ok", "ok"),
     ("not_found", "ok", "forbidden", "forbidden", "ok", "not_found", "ok"),
+    DM_WS,
 )
 OTHERS_WS = (
     ("forbidden",) * 7,
     ("not_found", "forbidden", "forbidden", "forbidden", "forbidden", "not_found", "forbidden"),
+    tuple("forbidden" if cell == "ok" else cell for cell in DM_WS),
 )
-WS_CELLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "ping": (("ok",) * 7, ("ok",) * 7),
+WS_CELLS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "ping": (("ok",) * 7,) * 3,
+    # Every user has their own stream, whatever the room.
+    "resume_user": (("ok",) * 7,) * 3,
     "subscribe": READ_WS,
     "typing": POST_WS,
     "read": READ_WS,
@@ -628,6 +740,7 @@ WS_CELLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # The reply an allowed frame gets (the others answer nothing, or only live events).
 WS_REPLIES = {
     "ping": "pong",
+    "resume_user": "user_resumed",
     "subscribe": "subscribed",
     "report": "ack",
     "sendmessage": "ack",
@@ -639,6 +752,7 @@ def ws_frame(world: World, step: str, principal: str, slug: str) -> dict[str, An
     target, own = world.target[slug], world.own_or_target(principal, slug)
     return {
         "ping": {"action": "ping"},
+        "resume_user": {"action": "resume_user", "after": 0},
         "subscribe": {"action": "subscribe", "room": slug},
         "typing": {"action": "typing", "room": slug},
         "read": {"action": "read", "room": slug, "seq": 1},
@@ -692,7 +806,7 @@ def judge(
 ) -> str | None:
     """A mismatch of one cell, described, or None."""
     slug = ROOMS[kind]
-    expected = WS_CELLS[step][0 if kind == "public" else 1][USERS.index(principal)]
+    expected = WS_CELLS[step][KIND[kind]][USERS.index(principal)]
     errors = [e["code"] for e in replies if e["type"] == "error"]
     types = {e["type"] for e in replies}
     cell = f"{principal} {step} in the {kind} room"
@@ -727,7 +841,7 @@ async def channels_replies(
         event = json.loads(await comm.receive_from(5))
         if event["type"] == "pong":
             return [*replies, event] if frame["action"] == "ping" else replies
-        if event["type"] not in ("presence", "typing", "message", "room"):
+        if event["type"] not in ("presence", "typing", "message", "room", "notify"):
             replies.append(event)
 
 
@@ -835,7 +949,8 @@ def test_serverless_actions(
         posts.sent.clear()
         frame = ws_event("$default", conn, body=json.dumps(ws_frame(world, step, principal, slug)))
         assert lambda_handler(frame) == {"statusCode": 200}
-        replies = [e for e in posts.to(conn) if e["type"] not in ("presence", "typing", "message")]
+        live = ("presence", "typing", "message", "notify")
+        replies = [e for e in posts.to(conn) if e["type"] not in live]
         mismatch = judge(world, step, principal, kind, replies, before)
         if mismatch:
             mismatches.append(mismatch)
