@@ -88,3 +88,44 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "is_moderator": access.is_moderator(request.user, room),
     }
     return render(request, "chat/room.html", context)
+
+
+# --- email digests: the unsubscribe link of every digest (chat/digest.py) ---
+# (Imported here, with the views that use them, to keep this section self-contained.)
+
+from django.middleware.csrf import CsrfViewMiddleware  # noqa: E402
+from django.views.decorators.csrf import csrf_exempt  # noqa: E402
+from django.views.decorators.http import require_http_methods  # noqa: E402
+
+from chat import digest  # noqa: E402
+
+
+def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
+    """The CSRF check the middleware skipped for email_unsubscribe (None: it passes)."""
+
+    def checked(request: HttpRequest) -> HttpResponse:  # not exempt: the middleware checks it
+        return HttpResponse()
+
+    return CsrfViewMiddleware(checked).process_view(request, checked, (), {})
+
+
+@csrf_exempt
+@require_http_methods(["GET", "HEAD", "POST"])
+def email_unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    """Works without logging in: the signed token names the user. GET asks (a link scanner that
+    follows the link unsubscribes nobody); POST unsubscribes. Mail clients' RFC 8058 one-click
+    POST carries no CSRF token, so only that exact form skips the check; any other POST (the
+    page's button) is checked as usual. The token is what authorises either."""
+    person = digest.user_for_token(token)
+    if person is None:
+        return render(request, "chat/unsubscribe.html", {"state": "invalid"}, status=400)
+    if request.method == "POST":
+        if not digest.is_one_click(request):
+            refused = _csrf_refusal(request)
+            if refused is not None:
+                return refused
+        digest.unsubscribe(person)
+        return render(request, "chat/unsubscribe.html", {"state": "done", "person": person})
+    return render(
+        request, "chat/unsubscribe.html", {"state": "ask", "person": person, "token": token}
+    )

@@ -232,6 +232,23 @@ if CHAT_POLL_WAIT not in ("hub", "database"):
 CHAT_DM_MAX_OTHERS = env_int("CHAT_DM_MAX_OTHERS", 9, minimum=1)
 # Minutes a mention or DM stays unread before it goes out in the user's email digest.
 CHAT_EMAIL_DELAY = env_int("CHAT_EMAIL_DELAY", 10, minimum=1)
+# The site's address as readers reach it (scheme and host, no trailing slash): digests link to
+# rooms and to their unsubscribe page with it, since a scheduled run has no request to ask.
+CHAT_SITE_URL = env_url("CHAT_SITE_URL", ("http", "https")).rstrip("/") or "http://127.0.0.1:8000"
+# Email (the digests): Django's console backend unless EMAIL_BACKEND says otherwise, e.g.
+# django.core.mail.backends.smtp.EmailBackend with the EMAIL_HOST settings below.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be true")
+# Seconds an SMTP call may take (Django's default waits forever, past any Lambda timeout).
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "chat@localhost")
 CSRF_FAILURE_VIEW = "chat.api.csrf_failure"
 
 # --- Serverless (Zappa on Lambda; chat/serverless.py, chat/apigateway.py, zappa_settings.json) ---

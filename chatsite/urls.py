@@ -9,6 +9,7 @@ urlpatterns = [
     path("signup/", views.signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("rooms/<slug:slug>/", views.room, name="room"),
+    path("email/unsubscribe/<str:token>", views.email_unsubscribe, name="email-unsubscribe"),
     path("admin/moderation/", chat_admin.dashboard, name="moderation-dashboard"),
     path("admin/", admin.site.urls),
     path("api/rooms/", api.rooms, name="api-rooms"),
