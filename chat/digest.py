@@ -278,7 +278,7 @@ def _build(
     if not rows:
         return None
     room_ids = {row.room_id for row in rows}
-    readable = set(reads._readable_rooms(user_id, room_ids))
+    readable = set(reads.readable_rooms(user_id, room_ids))
     memberships = {
         m.room_id: m for m in Membership.objects.filter(user_id=user_id, room_id__in=room_ids)
     }

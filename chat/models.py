@@ -613,8 +613,6 @@ class UserEvent(models.Model):
         indexes = [
             # Serves the mention count of a room (user, room, kind, room_seq > read_seq).
             models.Index(fields=["user", "room", "kind", "room_seq"], name="userevent_counts"),
-            # Serves the email digest's scan of what became old enough.
-            models.Index(fields=["created"], name="userevent_created"),
         ]
 
     def __str__(self) -> str:

@@ -248,7 +248,7 @@ def notify_events(rows: list[UserEvent], check_access: bool = False) -> list[Eve
     if check_access:
         readable = set()
         for user_id in {row.user_id for row in rows}:
-            readable |= {(user_id, pk) for pk in _readable_rooms(user_id, room_ids)}
+            readable |= {(user_id, pk) for pk in readable_rooms(user_id, room_ids)}
     by_message: dict[int, Event] = {}
     for room_id in {row.room_id for row in rows if row.message_id is not None}:
         ids = [row.message_id for row in rows if row.room_id == room_id and row.message_id]
@@ -268,7 +268,7 @@ def notify_events(rows: list[UserEvent], check_access: bool = False) -> list[Eve
     return built
 
 
-def _readable_rooms(user_id: Any, room_ids: set[int]) -> list[int]:
+def readable_rooms(user_id: Any, room_ids: Any) -> list[int]:
     """Which of these rooms the user may read now: a member of the private ones, not banned."""
     bans = Restriction.objects.active().filter(user_id=user_id, kind=Restriction.BAN)
     if bans.filter(room__isnull=True).exists():

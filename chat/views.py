@@ -11,10 +11,13 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.http import Http404, HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
 
-from chat import access, cleaning, reads, writepath
+from chat import access, cleaning, digest, reads, writepath
 from chat.errors import ChatError
 
 PAGE_SIZE = 50
@@ -91,13 +94,6 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 # --- email digests: the unsubscribe link of every digest (chat/digest.py) ---
-# (Imported here, with the views that use them, to keep this section self-contained.)
-
-from django.middleware.csrf import CsrfViewMiddleware  # noqa: E402
-from django.views.decorators.csrf import csrf_exempt  # noqa: E402
-from django.views.decorators.http import require_http_methods  # noqa: E402
-
-from chat import digest  # noqa: E402
 
 
 def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
