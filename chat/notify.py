@@ -175,35 +175,36 @@ def _blockers(user: Any) -> Any:
 
 
 def on_post(message: Message, mentions: Mentions, dm: bool = True) -> set[Any]:
-    """In the message's transaction: a `mention` event for each user it mentions, a `dm` event
-    for each other member of a DM, unless their level in the room is `none` or they blocked the
-    author. Returns whom it told (after_post leaves them out)."""
+    """In the message's transaction: a `mention` event for each user it mentions (everyone in
+    the room for `@room`), a `dm` event for each other member of a DM whose level there is
+    `all` (the default), unless their level in the room is `none` or they blocked the author.
+    Returns whom it told (after_post leaves them out)."""
     room = message.room
-    targets: dict[Any, str] = {}
     members = Membership.objects.filter(room=room).exclude(user_id=message.author_id)
-    members = members.exclude(user_id__in=_blockers(message.author))
+    targets: dict[Any, str] = {}
+    if room.is_dm and dm:
+        hearing = members.filter(notify_level__in=["", Membership.ALL])
+        targets.update(dict.fromkeys(hearing.values_list("user_id", flat=True), UserEvent.DM))
     if mentions.room_wide:
         targets.update(dict.fromkeys(members.values_list("user_id", flat=True), UserEvent.MENTION))
-    if room.is_dm and dm:
-        for user_id in members.values_list("user_id", flat=True):
-            targets.setdefault(user_id, UserEvent.DM)
     for user_id in mentions.user_ids:
         if user_id != message.author_id:
             targets[user_id] = UserEvent.MENTION
-    if mentions.user_ids and not mentions.room_wide:
-        # Mentioned users who blocked the author, or hear nothing from this room, are not told.
-        quiet = set(_blockers(message.author).values_list("blocker_id", flat=True))
-        quiet |= set(
-            members.filter(user_id__in=mentions.user_ids, notify_level=Membership.NONE).values_list(
-                "user_id", flat=True
-            )
+    if not targets:
+        return set()
+    # Who blocked the author, or hears nothing from this room, is not told.
+    quiet = set(
+        _blockers(message.author)
+        .filter(blocker_id__in=targets)
+        .values_list("blocker_id", flat=True)
+    )
+    quiet |= set(
+        members.filter(user_id__in=targets, notify_level=Membership.NONE).values_list(
+            "user_id", flat=True
         )
-        for user_id in quiet:
-            targets.pop(user_id, None)
-    else:
-        silenced = members.filter(notify_level=Membership.NONE).values_list("user_id", flat=True)
-        for user_id in silenced:
-            targets.pop(user_id, None)
+    )
+    for user_id in quiet:
+        targets.pop(user_id, None)
     if not targets:
         return set()
     if not room.private:
@@ -232,10 +233,8 @@ def on_post(message: Message, mentions: Mentions, dm: bool = True) -> set[Any]:
 def after_post(message: Message, told: set[Any]) -> None:
     """After the message committed: an `unread` event for each member who had nothing unread in
     the room and is not looking, and for each member whose level is `all` (see the module's
-    docstring for why only these)."""
+    docstring for why only these). In a DM, those at level `all` were told already (`told`)."""
     room = message.room
-    if room.is_dm:
-        return  # every other member was told in the message's transaction
     try:
         looking = presence.users(room.pk)
     except Exception:

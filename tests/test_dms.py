@@ -351,3 +351,22 @@ def test_user_seq_is_gap_free_under_concurrent_writers(db: Any) -> None:
     second = notify._take_seqs([u.pk for u in users])
     assert set(first.values()) == {1} and set(second.values()) == {2}
     assert Inbox.objects.filter(seq=2).count() == 3
+
+
+def test_a_blocker_is_not_told_even_when_named_beside_at_room(
+    alice: Any, bob: Any, moderator: Any, room: Room
+) -> None:
+    writepath.mark_read(bob, room, 0)
+    Block.objects.create(blocker=bob, blocked=moderator)
+    writepath.post_message(moderator, room, "@room and @bob")
+    assert not stream(bob)
+
+
+def test_a_dm_at_level_mentions_raises_unread_not_dm(alice: Any, bob: Any) -> None:
+    room, _ = dms.open_dm(alice, ["bob"])
+    notify.set_level(bob, room, "mentions")
+    writepath.post_message(alice, room, "one")
+    writepath.post_message(alice, room, "two")
+    assert [e["kind"] for e in stream(bob)] == ["unread"]
+    writepath.post_message(alice, room, "@bob three")
+    assert [e["kind"] for e in stream(bob)] == ["unread", "mention"]
