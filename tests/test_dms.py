@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 
-from chat import dms, notify, reads, writepath
+from chat import dms, moderation, notify, reads, writepath
 from chat.errors import ChatError
 from chat.models import Block, Inbox, Membership, Message, Room, UserEvent
 
@@ -370,3 +371,40 @@ def test_a_dm_at_level_mentions_raises_unread_not_dm(alice: Any, bob: Any) -> No
     assert [e["kind"] for e in stream(bob)] == ["unread"]
     writepath.post_message(alice, room, "@bob three")
     assert [e["kind"] for e in stream(bob)] == ["unread", "mention"]
+
+
+def test_site_moderators_see_a_dm_message_only_once_reported(
+    alice: Any, bob: Any, moderator: Any
+) -> None:
+    room, _ = dms.open_dm(alice, ["bob"])
+    quiet = writepath.post_message(alice, room, "between us").message
+    rude = writepath.post_message(alice, room, "something rude").message
+    staff = login(moderator)
+    moderator.user_permissions.add(
+        *Permission.objects.filter(
+            codename__in=["view_message", "hide_message", "view_room", "view_membership"]
+        )
+    )
+    listing = staff.get("/admin/chat/message/").content.decode()
+    assert "between us" not in listing and "something rude" not in listing
+    assert room.slug not in staff.get("/admin/chat/room/").content.decode()
+    assert room.slug not in staff.get("/admin/chat/membership/").content.decode()
+    moderation.report_message(bob, room, rude.pk, "rude")
+    listing = staff.get("/admin/chat/message/").content.decode()
+    assert "something rude" in listing and "between us" not in listing
+    answer = staff.post(
+        "/admin/chat/message/", {"action": "hide", "_selected_action": [rude.pk, quiet.pk]}
+    )
+    assert answer.status_code == 302
+    assert Message.objects.get(pk=rude.pk).hidden
+    assert not Message.objects.get(pk=quiet.pk).hidden  # not listed, so not acted on
+
+
+def test_a_block_in_a_group_dm_stops_notifications_not_posts(
+    alice: Any, bob: Any, carol: Any
+) -> None:
+    room, _ = dms.open_dm(alice, ["bob", "carol"])
+    Block.objects.create(blocker=bob, blocked=alice)
+    writepath.post_message(alice, room, "hi all")
+    assert not stream(bob)
+    assert [e["kind"] for e in stream(carol)] == ["dm"]
