@@ -145,6 +145,24 @@ def room_view(room: Room, user: Any) -> dict[str, Any]:
     return room.to_dict(**extra)
 
 
+# --- people ---
+
+
+def find_users(prefix: str, limit: int) -> list[str]:
+    """Active users whose username starts with `prefix` (case-insensitive), in name order."""
+    users = get_user_model()
+    name = users.USERNAME_FIELD
+    rows = users.objects.filter(is_active=True, **{f"{name}__istartswith": prefix})
+    return list(rows.order_by(name).values_list(name, flat=True)[:limit])
+
+
+def room_members(room: Room) -> list[str]:
+    """The usernames of the room's active members, in name order."""
+    name = f"user__{get_user_model().USERNAME_FIELD}"
+    rows = Membership.objects.filter(room=room, user__is_active=True)
+    return list(rows.order_by(name).values_list(name, flat=True))
+
+
 # --- the user's stream (chat/notify.py writes it) ---
 
 
