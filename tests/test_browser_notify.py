@@ -258,3 +258,29 @@ def test_the_notification_level_is_set_from_the_room_header(
     writepath.post_message(alice, other, "two", "l2")
     expect(badge).to_have_text("2")  # level "all": every message counts
     expect(badge).to_have_attribute("aria-label", "2 unread")
+
+
+def test_the_composer_completes_the_names_of_the_rooms_people(
+    sessions: Any, alice: Any, bob: Any, carol: Any, room: Room
+) -> None:
+    Membership.objects.create(room=room, user=bob)
+    Membership.objects.create(room=room, user=carol)
+    a, b = sessions(alice), sessions(bob)
+    a.open("general")
+    b.open("general")
+    expect(a.badge).to_have_text("Live")
+    box = a.page.locator("#composer-body")
+    box.press_sequentially("thanks @b")
+    expect(a.page.locator("#composer [role=option]")).to_have_text(["bob"])
+    box.press("Enter")  # takes the name, does not send
+    expect(box).to_have_value("thanks @bob ")
+    box.press_sequentially("and @room-less <b>folks</b>")
+    box.press("Enter")
+    sent = b.page.locator("#messages .message", has_text="thanks @bob")
+    expect(sent).to_have_class(re.compile(r"\bmentions-me\b"))
+    expect(sent.locator("mark.mention")).to_have_text(["@bob"])
+    expect(sent.locator(".body")).to_have_text("thanks @bob and @room-less <b>folks</b>")
+    assert sent.locator(".body b").count() == 0
+    mine = a.page.locator("#messages .message.mine", has_text="thanks @bob")
+    expect(mine.locator("mark.mention")).to_have_text(["@bob"])
+    expect(mine).not_to_have_class(re.compile(r"\bmentions-me\b"))
