@@ -74,6 +74,12 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         before_seq = None
     page = reads.history(room, before_seq, PAGE_SIZE)
     oldest = min((m["seq"] for m in page["messages"]), default=None)
+    rooms = reads.visible_rooms(request.user)
+    # The reader's own view of this room: a DM is titled by the other people's names, and the
+    # header's notification control starts at the reader's level.
+    listed = next((r for r in rooms if r["slug"] == room.slug), None)
+    if listed is None:  # a moderator reading a private room they are not a member of
+        listed = {**reads.room_view(room, request.user), "notifications": "mentions"}
     context = {
         "room": room,
         # Not "messages": that name is the messages framework's, which base.html shows as flashes.
@@ -81,7 +87,9 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "has_more": page["has_more"],
         "older_url": f"{reverse('room', args=[room.slug])}?before={oldest}" if oldest else None,
         "client_id": uuid.uuid4().hex,
-        "rooms": reads.visible_rooms(request.user),
+        "rooms": rooms,
+        "title": listed["title"],
+        "level": listed["notifications"],
         "is_latest": before_seq is None,
         "max_body": settings.CHAT_MAX_BODY,
         "edit_window": settings.CHAT_EDIT_WINDOW,

@@ -34,7 +34,7 @@ from playwright.sync_api import (
 )
 
 from chat import moderation, writepath
-from chat.models import Attachment, Message, Report, Room
+from chat.models import Attachment, Membership, Message, Report, Room
 from tests.conftest import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -51,9 +51,8 @@ ARGS = [
     "--disable-sync",
 ]
 FAST = "?ws_timeout=2000&probe_min=300&probe_max=1500&poll_timeout=5&rooms_poll=1000"
-# The rooms list also carries `locked`: polled this rarely, only the room events can act. A lock
-# published while a long-poll is between two requests comes with a later answer: short polls
-# keep that within a test's wait.
+# A lock published while a long-poll is between two requests comes with a later answer: short
+# polls keep that within a test's wait.
 NO_ROOMS_POLL = FAST.replace("rooms_poll=1000", "rooms_poll=600000").replace(
     "poll_timeout=5", "poll_timeout=2"
 )
@@ -367,6 +366,8 @@ def test_unread_counts_in_the_sidebar_update_live(
     sessions: Any, alice: Any, bob: Any, room: Room
 ) -> None:
     other = Room.objects.create(slug="random", title="Random")
+    # Level "all": the badge counts every message (at "mentions", only mentions; see sidebar.js).
+    Membership.objects.create(room=other, user=bob, notify_level="all")
     b = sessions(bob)
     b.open("general")
     expect(b.badge).to_have_text("Live")
@@ -379,8 +380,8 @@ def test_unread_counts_in_the_sidebar_update_live(
     writepath.post_message(alice, room, "in general", "g1")
     expect(b.message("in general")).to_have_count(1)
     expect(b.page.locator('#room-list li[data-slug="general"] .unread')).to_be_hidden()
-    # The rooms page keeps its counts current the same way.
-    b.page.goto(f"{b.server.url}/?rooms_poll=500")
+    # The rooms page keeps its counts current the same way (long-polling the user's stream).
+    b.page.goto(f"{b.server.url}/?poll_timeout=5")
     unread = b.page.locator('#room-list li[data-slug="random"] .unread')
     expect(unread).to_have_text("2")
     writepath.post_message(alice, other, "and one more", "r3")
@@ -571,10 +572,12 @@ def test_the_rooms_list_catches_a_missed_room_event(
 
     b = sessions(bob)
     b.page.route_web_socket(re.compile(r"/ws/"), route)
-    b.open("general")  # FAST: the rooms list every second
+    b.open("general")
     expect(b.badge).to_have_text("Live")
     expect(b.page.locator("#online-list")).to_contain_text("bob")
     moderation.moderate_room(moderator, room, {"locked": True, "title": "Quiet please"})
+    # Coming back to the tab reads the rooms list again (what no stream carries).
+    b.page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
     expect(b.page.locator("#composer-body")).to_be_disabled()
     expect(b.page.locator("#locked-notice")).to_be_visible()
     expect(b.page.locator("#room-title .room-title-text")).to_have_text("Quiet please")

@@ -14,6 +14,9 @@
 // switches to long-polling; WebSocket is then probed in the background (exponential backoff, full
 // jitter) and the channel upgrades back as soon as a probe answers. On every connection or switch
 // each open room is resumed from its cursor, and the outbox (outbox.js) sends what waits.
+//
+// The user's own stream (userstream.js) rides on the same connection: a socket receives it
+// without subscribing and resumes it with `resume_user`; long-polling adds one loop for it.
 
 import { Rooms } from "./cursors.js";
 import { Api, failure } from "./http.js";
@@ -22,10 +25,12 @@ import { Outbox, newClientId } from "./outbox.js";
 import { Socket } from "./socket.js";
 import { DEFAULT_TIMINGS, jitter } from "./timing.js";
 import { Uploads } from "./uploads.js";
+import { UserStream } from "./userstream.js";
 
 export class Channel extends EventTarget {
-  // options: tokenUrl, roomsUrl (the /api/rooms/ prefix), attachmentsUrl, completeUrl (see
-  // uploads.js), csrfToken, user, timings (see timing.js), forcePoll
+  // options: tokenUrl, roomsUrl (the /api/rooms/ prefix), userPollUrl (/api/me/poll),
+  // attachmentsUrl, completeUrl (see uploads.js), csrfToken, user, timings (see timing.js),
+  // forcePoll
   constructor(options) {
     super();
     this.options = options;
@@ -57,6 +62,15 @@ export class Channel extends EventTarget {
       onTrouble: () => this._setState("reconnecting"),
       emit,
     });
+    // Emits "rooms" (the rooms list, at start and after a resync) and "notify".
+    this.user = new UserStream({
+      api: this.api,
+      pollUrl: options.userPollUrl,
+      timings: this.t,
+      send: (frame) => this._ready() && this.socket.send(frame),
+      polling: () => this.mode === "poll" && this.state !== "offline",
+      emit,
+    });
     this.outbox = new Outbox({
       user: options.user,
       timings: this.t,
@@ -79,6 +93,7 @@ export class Channel extends EventTarget {
     this.started = true;
     window.addEventListener("online", () => this._online());
     window.addEventListener("offline", () => this._offline());
+    this.user.load();
     if (navigator.onLine === false) {
       this._setState("offline");
       return;
@@ -190,6 +205,7 @@ export class Channel extends EventTarget {
     for (const name of Object.keys(this.timers)) this._clear(name);
     this.outbox.pause();
     this.poll.stopAll();
+    this.user.stop();
     if (this.socket) this.socket.drop();
   }
 
@@ -251,14 +267,17 @@ export class Channel extends EventTarget {
     this._clear("probe");
     this._clear("reconnect");
     this.poll.stopAll();
+    this.user.stop();
     this._setState("live");
     for (const slug of this.rooms.slugs()) this._subscribe(slug);
+    this.user.resume();
     this._emit("connected", { mode: "ws" });
   }
 
   _closed(socket, probe) {
     if (this.socket === socket) this.socket = null;
     this.outbox.socketClosed(socket);
+    this.user.socketClosed();
     // A report, edit or delete sent on this socket gets no answer now: the user hears so at once.
     for (const [clientId, waiting] of this.requests) {
       if (waiting.socket !== socket) continue;
@@ -345,6 +364,12 @@ export class Channel extends EventTarget {
         if (event.client_id) this.outbox.failed(event.client_id, event);
         else this._emit("error", event);
         break;
+      case "notify":
+        this.user.deliver(event);
+        break;
+      case "user_resumed":
+        this.user.resumed(event);
+        break;
       case "pong":
         break;
       default:
@@ -361,6 +386,7 @@ export class Channel extends EventTarget {
     this._setState("fallback");
     this._emit("connected", { mode: "poll" });
     for (const slug of this.rooms.slugs()) this.poll.start(slug);
+    this.user.poll();
     this.probes = 0;
     if (!this.options.forcePoll) this._failed(true);
   }

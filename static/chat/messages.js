@@ -10,6 +10,7 @@
 
 import { ownActions, reportButton, scheduleEditExpiry, syncChangeControls } from "./actions.js";
 import { attachmentNode, button, el, humanSize, localTime } from "./dom.js";
+import { bodyNodes, mentionsMe } from "./mentions.js";
 
 const PAGE = 50;
 
@@ -99,12 +100,22 @@ function render(record) {
   const pending = record.change && !event.deleted ? record.change : null;
   li.className =
     "message" + (mine ? " mine" : "") + (event.deleted ? " deleted" : "") + (pending ? " changing" : "");
+  // Someone else's message that mentions the reader (or says @room) stands out.
+  if (!mine && !event.deleted && mentionsMe(event, view.me)) li.classList.add("mentions-me");
   li.dataset.seq = event.seq;
   li.dataset.state = "sent";
   if (pending) li.dataset.change = pending.kind;
   else delete li.dataset.change;
   const meta = el("div", "meta");
-  meta.append(el("span", "author", event.author));
+  if (mine) {
+    meta.append(el("span", "author", event.author));
+  } else {
+    // The name is the way to a direct conversation with its author (dms.js).
+    const author = button(event.author, "author link-button");
+    author.title = `Message ${event.author}`;
+    author.dataset.dmUser = event.author;
+    meta.append(author);
+  }
   const [short, long] = localTime(event.created);
   const time = el("time", null, short);
   time.dateTime = event.created;
@@ -122,9 +133,11 @@ function render(record) {
     parts.push(record.editor);
   } else if (event.deleted || event.body || !event.attachment || pending) {
     // A message may be only a file; an empty body then takes no room.
-    let text = event.deleted ? "message deleted" : event.body;
-    if (pending && pending.kind === "edit") text = pending.body;
-    parts.push(el("div", "body", text));
+    const body = el("div", "body");
+    if (event.deleted) body.textContent = "message deleted";
+    else if (pending && pending.kind === "edit") body.textContent = pending.body;
+    else body.append(...bodyNodes(event.body, event.mentions, view.me));
+    parts.push(body);
   }
   if (event.attachment && !event.deleted) parts.push(attachmentNode(event.attachment));
   if (!mine && !event.deleted) {
@@ -156,7 +169,7 @@ function keepFocus(li, replace) {
   }
   const key = active.dataset.key;
   const again =
-    (key && li.querySelector(`[data-key="${key}"]:not(:disabled)`)) || li.querySelector(".meta button:not(:disabled)");
+    (key && li.querySelector(`[data-key="${key}"]:not(:disabled)`)) || li.querySelector(".meta button:not(:disabled):not(.author)");
   if (again) {
     again.focus({ preventScroll: true });
   } else {

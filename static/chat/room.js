@@ -1,15 +1,21 @@
 // The room page's entry module. It connects the channel (channel.js) to the message list
-// (messages.js), the message actions (actions.js), the composer (composer.js) and the rooms list
-// (sidebar.js), and shows what belongs to the room as a whole: the connection badge, who is
-// online and who is typing, the lock and the title, and how far the user has read.
+// (messages.js), the message actions (actions.js), the composer (composer.js, with @mentions from
+// mentions.js), the rooms list and its badges (sidebar.js, fed by the user's stream), the title
+// and system notifications (notify.js) and direct messages (dms.js), and shows what belongs to
+// the room as a whole: the connection badge, who is online and who is typing, the lock and the
+// title, and how far the user has read.
 // URLs and limits come from the data-* attributes of #chat, filled by the template.
 
 import { initActions } from "./actions.js";
 import { Channel } from "./channel.js";
 import { startComposer } from "./composer.js";
+import { messageButton, startDms } from "./dms.js";
 import { el } from "./dom.js";
+import { csrfToken } from "./http.js";
+import { startMentionSuggestions } from "./mentions.js";
 import { acked, isAtBottom, loadOlder, redraw, redrawOwn, reload, showOutgoing, startList, upsert } from "./messages.js";
-import { startRoomsToggle, startSidebar } from "./sidebar.js";
+import { Alerts, startLevelControl } from "./notify.js";
+import { RoomsList, startRoomsToggle } from "./sidebar.js";
 
 const BADGES = {
   connecting: ["Connecting…", "Opening a connection"],
@@ -21,7 +27,7 @@ const BADGES = {
 
 // Timings other than the defaults (timing.js) come from the query string (tests use short ones):
 // ?ws_timeout=1500&ws_failures=2&probe_min=500&probe_max=2000&poll_timeout=10&heartbeat=30000
-//  &pong_timeout=10000&ack_timeout=10000&retry_min=1000&rooms_poll=30000&transport=poll
+//  &pong_timeout=10000&ack_timeout=10000&retry_min=1000&transport=poll
 function settings() {
   const query = new URLSearchParams(location.search);
   const names = {
@@ -34,7 +40,6 @@ function settings() {
     pongTimeout: "pong_timeout",
     ackTimeout: "ack_timeout",
     retryMin: "retry_min",
-    roomsPoll: "rooms_poll",
   };
   const timings = {};
   for (const [key, name] of Object.entries(names)) {
@@ -50,6 +55,7 @@ class RoomView {
     this.root = root;
     this.slug = root.dataset.room;
     this.me = root.dataset.user;
+    this.dm = root.dataset.kind === "dm";
     this.moderator = root.dataset.moderator === "true";
     // Posting, editing and deleting are refused alike in a locked room (moderators excepted).
     this.blocked = root.dataset.locked === "true" && !this.moderator;
@@ -60,9 +66,11 @@ class RoomView {
     this.typists = new Map(); // username -> timer
     this.readSeq = 0;
     this.settings = settings();
+    this.online = [];
     this.channel = new Channel({
       tokenUrl: root.dataset.apiToken,
       roomsUrl: root.dataset.apiRooms,
+      userPollUrl: root.dataset.apiUserPoll,
       attachmentsUrl: root.dataset.apiAttachments,
       completeUrl: root.dataset.apiAttachmentComplete,
       csrfToken: document.querySelector("#composer [name=csrfmiddlewaretoken]").value,
@@ -96,17 +104,18 @@ class RoomView {
       hasMore: root.dataset.hasMore === "true",
     });
     this.composer = startComposer({ root, channel: this.channel, slug: this.slug });
-    this.sidebar = startSidebar({
-      list: document.getElementById("room-list"),
+    startMentionSuggestions({
+      input: document.getElementById("composer-body"),
       channel: this.channel,
-      current: this.slug,
-      roomUrl: root.dataset.roomUrl,
-      interval: this.settings.timings.roomsPoll,
-      // The rooms list carries `locked` and `title` too: it catches a `room` event this page
-      // missed (they are not resumed), unless a live one arrived after the list was asked for.
-      onCurrent: (room, askedAt) => {
-        if (askedAt > this.roomStateAt) this.applyRoom(room);
-      },
+      slug: this.slug,
+      me: this.me,
+      online: () => this.online,
+    });
+    this.startNotifications();
+    startDms({
+      urls: { dms: root.dataset.apiDms, users: root.dataset.apiUsers, room: root.dataset.roomUrl },
+      csrf: () => this.channel.api.csrf(),
+      me: this.me,
     });
     startRoomsToggle();
     this.bindChannel();
@@ -115,6 +124,59 @@ class RoomView {
     this.channel.open(this.slug, Number(root.dataset.seq));
     this.channel.start();
     this.markRead();
+  }
+
+  startNotifications() {
+    const root = this.root;
+    const reading = () => document.visibilityState === "visible";
+    this.rooms = new RoomsList({
+      lists: { room: document.getElementById("room-list"), dm: document.getElementById("dm-list") },
+      roomUrl: root.dataset.roomUrl,
+      current: this.slug,
+      isReading: reading,
+      onChange: () => this.alerts && this.alerts.updateTitle(),
+    });
+    this.alerts = new Alerts({
+      list: this.rooms,
+      roomUrl: root.dataset.roomUrl,
+      current: this.slug,
+      title: document.title,
+    });
+    this.level = startLevelControl({
+      select: document.getElementById("notify-level"),
+      url: root.dataset.apiNotifications,
+      csrf: () => csrfToken(this.channel.api.csrfFallback),
+      list: this.rooms,
+      slug: this.slug,
+    });
+    const c = this.channel;
+    c.addEventListener("rooms", (e) => {
+      const { rooms, askedAt } = e.detail;
+      this.rooms.show(rooms);
+      const current = rooms.find((room) => room.slug === this.slug);
+      if (current && this.level) this.level.sync(this.rooms.get(this.slug));
+      // The list carries `locked` and `title` too: it catches a `room` event this page missed
+      // (they are not resumed), unless a live one arrived after the list was asked for.
+      if (current && askedAt > this.roomStateAt) this.applyRoom(current);
+      this.alerts.updateTitle();
+    });
+    c.addEventListener("notify", (e) => {
+      const event = e.detail;
+      // The open room, looked at, is being read: its counts are about to be zero anyway.
+      if (event.room === this.slug && reading()) this.rooms.read(this.slug);
+      else if (!this.rooms.apply(event)) c.user.load(); // a conversation this page has not listed
+      this.alerts.notify(event);
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (!reading()) {
+        this.alerts.updateTitle();
+        return;
+      }
+      this.rooms.read(this.slug);
+      // Back to the tab: the list again, for what no stream carries (other rooms' titles, a
+      // lock this page missed). Not a poll: once per return.
+      c.user.load();
+    });
   }
 
   bindChannel() {
@@ -195,10 +257,13 @@ class RoomView {
   showPresence(users) {
     const list = document.getElementById("online-list");
     const sorted = [...new Set(users)].sort();
+    this.online = sorted;
     list.replaceChildren(
       ...sorted.map((name) => {
         const li = el("li", name === this.me ? "me" : null);
-        li.append(el("span", "dot"), el("span", null, name));
+        li.append(el("span", "dot"), el("span", "name", name));
+        const dm = messageButton(name, this.me);
+        if (dm) li.append(" ", dm);
         return li;
       }),
     );
@@ -209,14 +274,18 @@ class RoomView {
     count.hidden = false;
   }
 
-  applyRoom({ locked, title }) {
+  applyRoom({ locked, title, kind }) {
     if (typeof locked === "boolean") this.setLocked(locked);
-    if (!title) return;
+    // A DM's stored title names everyone; its reader's title (the rooms list's) names the others.
+    if (!title || (this.dm && kind !== "dm")) return;
     this.root.querySelector(".room-title-text").textContent = title;
-    document.title = title;
+    this.alerts.setTitle(title);
     this.scroller.setAttribute("aria-label", `Messages in ${title}`);
-    const name = document.querySelector(`#room-list li[data-slug="${CSS.escape(this.slug)}"] .room-name`);
-    if (name) name.textContent = title;
+    const entry = this.rooms.get(this.slug);
+    if (entry) {
+      entry.title = title;
+      this.rooms.render(entry);
+    }
   }
 
   // The server refuses posts to a locked room except from its moderators (and site staff), so

@@ -1,94 +1,167 @@
-// The rooms list: unread counts kept current by polling GET /api/rooms/, and on a phone the
-// button that shows and hides the list over the room.
+// The rooms list and the direct messages under it, with their badges, and on a phone the button
+// that shows and hides the list over the room.
 //
-// Why polling and not a subscription per room: subscribing the socket to every room in the list
-// would push every message of every room to every open tab (cost grows with rooms × traffic) and
-// would list the user as online in rooms they are not looking at. The rooms list is two queries
-// whatever the number of rooms, so asking for it every 30 s while the tab is visible (and at once
-// when it becomes visible again or reconnects) is cheap and bounded. A per-user notification
-// channel would make this push-based; the protocol does not have one yet.
+// The counts come from the user's stream (userstream.js): the rooms list once, then `notify`
+// events, each carrying the room's current `unread` and `mentions`, pushed to every tab and
+// device of the user, so a read on one clears the badge on the others. Nothing polls the list.
+//
+// What a badge says follows the room's notification level, as Slack does:
+//   all (the default in DMs)       the unread count;
+//   mentions (the default in rooms) the mention count; unread messages without a mention only make
+//                                   the name bold, with a dot. The server raises an event for such
+//                                   a room at its first unread message and when it is read, not at
+//                                   every message, so a count of them would not stay current;
+//   none                           nothing.
+// The room that is open in a visible tab shows no badge: it is being read.
 
-import { getJson } from "./http.js";
+import { el } from "./dom.js";
 
-const DEFAULT_INTERVAL = 30000;
-
-// onCurrent(room, askedAt): the current room's entry, with the performance.now() at which it was
-// asked for, so the page can tell it from state that arrived live in the meantime.
-export function startSidebar({ list, apiUrl, channel, current, roomUrl, interval, onCurrent }) {
-  if (!list) return null;
-  const every = interval || DEFAULT_INTERVAL;
-  let timer = null;
-  let inflight = false;
-
-  async function fetchRooms() {
-    return (await (channel ? channel.get("") : getJson(apiUrl))).rooms;
+export class RoomsList {
+  // lists: {room, dm} (<ul>s; dm may be absent); roomUrl: the room page's URL with "room-slug";
+  // current: the open room's slug, or null; isReading(): whether the open room is being looked at.
+  // onChange(): any count changed (for the tab title).
+  constructor({ lists, roomUrl, current, isReading, onChange }) {
+    this.lists = lists;
+    this.roomUrl = roomUrl;
+    this.current = current;
+    this.isReading = isReading || (() => false);
+    this.onChange = onChange || (() => {});
+    this.rooms = new Map(); // slug -> {slug, title, kind, level, unread, mentions, members}
+    // What the page was rendered with, until the list arrives.
+    for (const li of this.items()) {
+      const d = li.dataset;
+      this.rooms.set(d.slug, {
+        slug: d.slug,
+        title: li.querySelector(".room-name").textContent,
+        kind: d.kind || "room",
+        level: d.level || (d.kind === "dm" ? "all" : "mentions"),
+        unread: Number(d.unread) || 0,
+        mentions: Number(d.mentions) || 0,
+        members: null,
+      });
+    }
+    this.renderAll();
   }
 
-  function item(room) {
-    let li = list.querySelector(`li[data-slug="${CSS.escape(room.slug)}"]`);
-    if (li) return li;
-    if (!roomUrl) return null;
-    li = document.createElement("li");
+  items() {
+    return Object.values(this.lists)
+      .filter(Boolean)
+      .flatMap((ul) => [...ul.querySelectorAll("li[data-slug]")]);
+  }
+
+  get(slug) {
+    return this.rooms.get(slug);
+  }
+
+  // The whole list from GET /api/rooms/: every count is current.
+  show(rooms) {
+    for (const room of rooms) {
+      this.rooms.set(room.slug, {
+        slug: room.slug,
+        title: room.title,
+        kind: room.kind || "room",
+        level: room.notifications || (room.kind === "dm" ? "all" : "mentions"),
+        unread: room.unread || 0,
+        mentions: room.mentions || 0,
+        members: room.members || null,
+      });
+    }
+    this.renderAll();
+  }
+
+  // A `notify` event; false when its room is not in the list (a new conversation: read it again).
+  apply(event) {
+    const room = event.room && this.rooms.get(event.room);
+    if (!room) return !event.room;
+    if (typeof event.unread === "number") room.unread = event.unread;
+    if (typeof event.mentions === "number") room.mentions = event.mentions;
+    this.render(room);
+    this.onChange();
+    return true;
+  }
+
+  setLevel(slug, level) {
+    const room = this.rooms.get(slug);
+    if (!room) return;
+    room.level = level;
+    this.render(room);
+    this.onChange();
+  }
+
+  // The open room is read: its counts go (the server's event with them follows, or not, when
+  // nothing had been notified).
+  read(slug) {
+    const room = this.rooms.get(slug);
+    if (!room || (!room.unread && !room.mentions)) return;
+    room.unread = 0;
+    room.mentions = 0;
+    this.render(room);
+    this.onChange();
+  }
+
+  // The number a room's badge shows (0: none) and whether it has unread activity at all.
+  badge(room) {
+    if (room.slug === this.current && this.isReading()) return { count: 0, active: false, label: "" };
+    if (room.level === "none") return { count: 0, active: false, label: "" };
+    if (room.kind === "dm" || room.level === "all") {
+      return { count: room.unread, active: room.unread > 0, label: `${room.unread} unread` };
+    }
+    const label = room.mentions === 1 ? "1 mention" : `${room.mentions} mentions`;
+    return { count: room.mentions, active: room.unread > 0 || room.mentions > 0, label };
+  }
+
+  // What the tab title counts: the sum of the badges (the open room's too while the tab is hidden).
+  total() {
+    let sum = 0;
+    for (const room of this.rooms.values()) sum += this.badge(room).count;
+    return sum;
+  }
+
+  renderAll() {
+    for (const room of this.rooms.values()) this.render(room);
+  }
+
+  item(room) {
+    const selector = `li[data-slug="${CSS.escape(room.slug)}"]`;
+    const list = (room.kind === "dm" && this.lists.dm) || this.lists.room;
+    let li = list.querySelector(selector);
+    if (li || !this.roomUrl) return li;
+    li = el("li");
     li.dataset.slug = room.slug;
-    const a = document.createElement("a");
-    a.href = roomUrl.replace("room-slug", room.slug);
-    const name = document.createElement("span");
-    name.className = "room-name";
-    name.textContent = room.title;
-    const unread = document.createElement("span");
-    unread.className = "unread";
+    const a = el("a");
+    a.href = this.roomUrl.replace("room-slug", room.slug);
+    const unread = el("span", "unread");
     unread.hidden = true;
-    a.append(name, unread);
+    a.append(el("span", "room-name", room.title), unread);
     li.append(a);
-    list.append(li);
+    // In slug order, as the server lists them.
+    const after = [...list.querySelectorAll("li[data-slug]")].find((other) => other.dataset.slug > room.slug);
+    list.insertBefore(li, after || null);
+    const empty = list.querySelector(".empty");
+    if (empty) empty.remove();
     return li;
   }
 
-  function show(rooms, askedAt) {
-    for (const room of rooms) {
-      if (room.slug === current && onCurrent) onCurrent(room, askedAt);
-      const li = item(room);
-      if (!li) continue;
-      const name = li.querySelector(".room-name");
-      if (name && room.title && name.textContent !== room.title) name.textContent = room.title;
-      const badge = li.querySelector(".unread");
-      if (!badge) continue;
-      const count = room.slug === current ? 0 : room.unread;
+  render(room) {
+    const li = this.item(room);
+    if (!li) return;
+    li.dataset.kind = room.kind;
+    li.dataset.level = room.level;
+    const name = li.querySelector(".room-name");
+    if (name && room.title && name.textContent !== room.title) name.textContent = room.title;
+    const { count, active, label } = this.badge(room);
+    const badge = li.querySelector(".unread");
+    if (badge) {
       badge.textContent = count > 99 ? "99+" : String(count);
-      badge.setAttribute("aria-label", `${count} unread`);
+      badge.setAttribute("aria-label", label);
       badge.hidden = count === 0;
-      li.classList.toggle("has-unread", count > 0);
+      badge.classList.toggle("mention", room.kind !== "dm" && room.level === "mentions");
     }
+    li.classList.toggle("has-unread", active);
+    // Unread without a number to show: a dot, and a word for screen readers.
+    li.classList.toggle("has-activity", active && count === 0);
+    li.classList.toggle("muted-room", room.level === "none");
   }
-
-  async function refresh() {
-    if (inflight || document.visibilityState !== "visible") return;
-    if (channel && channel.state === "offline") return;
-    inflight = true;
-    const askedAt = performance.now();
-    try {
-      show(await fetchRooms(), askedAt);
-    } catch (err) {
-      // The next tick tries again; the counts just stay as they were.
-    } finally {
-      inflight = false;
-    }
-  }
-
-  function schedule() {
-    clearTimeout(timer);
-    timer = setTimeout(async () => {
-      await refresh();
-      schedule();
-    }, every);
-  }
-
-  document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "visible") refresh();
-  });
-  if (channel) channel.addEventListener("connected", () => refresh());
-  schedule();
-  return { refresh };
 }
 
 // On a phone the list is hidden behind a button in the room's header.
@@ -114,13 +187,6 @@ export function startRoomsToggle() {
     }
   });
   document.addEventListener("click", (e) => {
-    if (sidebar.classList.contains("open") && !sidebar.contains(e.target)) set(false);
+    if (sidebar.classList.contains("open") && !sidebar.contains(e.target) && !e.target.closest("dialog")) set(false);
   });
-}
-
-// The rooms index page: the same live counts, no channel.
-const index = document.getElementById("room-list");
-if (index && index.dataset.api && !document.getElementById("chat")) {
-  const interval = Number(new URLSearchParams(location.search).get("rooms_poll")) || undefined;
-  startSidebar({ list: index, apiUrl: index.dataset.api, roomUrl: index.dataset.roomUrl, interval });
 }
