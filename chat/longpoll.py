@@ -46,7 +46,7 @@ def _open(user: Any, slug: str, after: int) -> tuple[int, Answer | None, int, Ev
     """Check access, mark the poller present, and answer at once if anything is newer."""
     room = access.get_room(user, slug)
     presence.join(room.pk, room.slug, f"poll-{user.pk}", user.get_username())
-    state = events.room_state(room.slug, room.locked, room.title)
+    state = events.room_state(room.slug, room.locked, reads.title_for(room, user))
     # Who is online goes with every answer too: a poller woken by nothing else would otherwise
     # learn the list only when someone arrives or leaves.
     online = events.presence(room.slug, presence.users(room.pk))
@@ -62,7 +62,9 @@ def _reread(room_id: int, after: int, state: Event | None = None) -> Answer | No
     caught = reads.catch_up(room, after, room.seq)
     if caught.resync:
         return caught.answer()
-    now = events.room_state(room.slug, room.locked, room.title)
+    # A DM's title is its reader's (the other people's names), and nothing renames a DM.
+    title = state["title"] if state is not None and room.is_dm else room.title
+    now = events.room_state(room.slug, room.locked, title)
     if state is not None and now != state:
         caught.changes.append(now)
     return caught.answer() if caught.changes else None

@@ -223,7 +223,7 @@ def subscribe(conn: Connection, frame: Frame) -> list[Event]:
         raise
     # The room's state as of now: a lock, unlock or rename missed while away is not a message, so
     # no cursor replays it; the current state replaces whatever the client had.
-    replies.append(events.room_state(room.slug, room.locked, room.title))
+    replies.append(events.room_state(room.slug, room.locked, reads.title_for(room, conn.user)))
     # A join that changes the list is announced to everyone, this connection included; otherwise
     # the subscriber still needs the current list once.
     if not presence.join(room.pk, room.slug, conn.conn_id, conn.user.get_username()):

@@ -83,11 +83,14 @@ def visible_rooms(user: Any) -> list[dict[str, Any]]:
     people = dm_members([room for room in rooms if room.is_dm])
     # Unread = messages by others posted after the read cursor, neither deleted nor hidden by a
     # moderator; counted per room in one query.
+    # Rooms the user never joined (public ones) count nothing: no notification ever comes for
+    # them, so a count would only go stale; joining (reading, posting, being mentioned) starts it.
     unread_filter = Q()
     for room in rooms:
-        unread_filter |= Q(room_id=room.pk, posted_seq__gt=cursors.get(room.pk, 0))
+        if room.pk in cursors:
+            unread_filter |= Q(room_id=room.pk, posted_seq__gt=cursors[room.pk])
     counts: dict[int, int] = {}
-    if rooms:
+    if cursors:
         counts = dict(
             Message.objects.filter(unread_filter, deleted=False, hidden=False)
             .exclude(author=user)
@@ -135,6 +138,13 @@ def dm_view(room: Room, members: list[str], user: Any) -> dict[str, Any]:
     """A DM as its reader sees it: titled by the other people's names (one's own, alone)."""
     others = [name for name in members if name != user.get_username()]
     return {"title": ", ".join(others) or user.get_username(), "members": members}
+
+
+def title_for(room: Room, user: Any) -> str:
+    """The room's title as this reader sees it (a DM: the other people's names)."""
+    if not room.is_dm:
+        return room.title
+    return dm_view(room, dm_members([room]).get(room.pk, []), user)["title"]
 
 
 def room_view(room: Room, user: Any) -> dict[str, Any]:

@@ -410,3 +410,24 @@ def test_a_block_in_a_group_dm_stops_notifications_not_posts(
     writepath.post_message(alice, room, "hi all")
     assert not stream(bob)
     assert [e["kind"] for e in stream(carol)] == ["dm"]
+
+
+def test_a_dm_is_titled_for_its_reader_on_subscribe_and_poll(alice: Any, bob: Any) -> None:
+    room, _ = dms.open_dm(alice, ["bob"])
+    page = login(bob).get(f"/api/rooms/{room.slug}/poll?after=0&timeout=0").json()
+    assert page["room"]["title"] == "alice"
+    assert reads.title_for(Room.objects.get(pk=room.pk), alice) == "bob"
+
+
+def test_a_public_room_never_joined_counts_nothing(alice: Any, bob: Any, room: Room) -> None:
+    writepath.post_message(alice, room, "hello")
+    (general,) = [
+        r for r in login(bob).get("/api/rooms/").json()["rooms"] if r["slug"] == "general"
+    ]
+    assert general["unread"] == 0
+    writepath.mark_read(bob, room, 0)
+    writepath.post_message(alice, room, "again")
+    (general,) = [
+        r for r in login(bob).get("/api/rooms/").json()["rooms"] if r["slug"] == "general"
+    ]
+    assert general["unread"] == 2
