@@ -9,6 +9,19 @@ the sender's time.time(); each client checks that it receives every message of i
 in seq order, from its subscribe cursor to the room's last acknowledged seq.
 
     .venv/bin/python bench/fanout.py [--rooms 4] [--clients 10] [--rates 8,1] [--seconds 10] [--runs 3]
+
+With --notify, the per-user stream (chat/notify.py) instead, on the chat target only: one room of
+--members members (default 200), of whom --open (default 10) have it open (subscribed) and each send
+--rate messages/s (default 1); every other member is connected (one WebSocket each, subscribed to
+nothing) and hears only its own stream. Rounds alternate "on" (each message mentions the next closed
+member, round-robin, and the first message raises one `unread` per closed member) and "off" (the
+same bodies with `~` for `@`, closed members at level `none`: no notify event at all), each on a
+fresh server. Checked: every room event once and in order at every subscriber; every closed member's
+stream from its Inbox position before the run to the one after, gap-free and without duplicates; and
+every acknowledged mention at its member. Budget: room-event deliveries/s "on" ≥ 80% of "off" in the
+same round (median of the rounds), and zero loss in both.
+
+    .venv/bin/python bench/fanout.py --notify [--members 200] [--open 10] [--rate 1] [--seconds 15] [--runs 3]
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -326,6 +340,541 @@ def row(label: str, r: dict[str, Any]) -> list[Any]:
     return out
 
 
+# --- the user's stream: one large room, most of its members with it closed (--notify) ---
+
+NOTIFY_ROOM = "bench-nfy"
+NOTIFY_USER = "bench-nfy{}"
+
+
+@dataclass
+class Member:
+    """One member's connection: a sender has the room open; the others hear only their stream."""
+
+    idx: int
+    name: str
+    url: str
+    sender: bool
+    stream_start: int = 0
+    sub_seq: int | None = None
+    sent: int = 0
+    first_send: float = 0.0
+    acks: dict[str, int] = field(default_factory=dict)
+    seqs: list[int] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    last_receipt: float = 0.0
+    # What this sender's messages mention: client_id -> the mentioned member's index.
+    mentions_sent: dict[str, int] = field(default_factory=dict)
+    # The user's stream as received.
+    user_seqs: list[int] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=dict)
+    mentioned_in: set[str] = field(default_factory=set)
+    notify_latencies: list[float] = field(default_factory=list)
+    unread_at: list[float] = field(default_factory=list)
+    last_notify: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def max_seq(self) -> int:
+        return max(self.seqs) if self.seqs else (self.sub_seq or 0)
+
+    @property
+    def max_user_seq(self) -> int:
+        return max(self.user_seqs) if self.user_seqs else self.stream_start
+
+
+def sent_at(body: str, default: float) -> float:
+    try:
+        return float(body.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return default
+
+
+async def member_reader(m: Member, ws: Any, ready: asyncio.Event) -> None:
+    loads = json.loads
+    async for text in ws:
+        now = time.time()
+        event = loads(text)
+        kind = event.get("type")
+        if kind == "message":
+            m.seqs.append(event["seq"])
+            m.latencies.append((now - sent_at(event["body"], now)) * 1000)
+            m.last_receipt = now
+        elif kind == "notify":
+            m.user_seqs.append(event["user_seq"])
+            what = event.get("kind", "?")
+            m.kinds[what] = m.kinds.get(what, 0) + 1
+            m.last_notify = now
+            message = event.get("message")
+            if what == "mention" and message:
+                m.mentioned_in.add(message.get("client_id"))
+                m.notify_latencies.append((now - sent_at(message.get("body", ""), now)) * 1000)
+            elif what == "unread":
+                m.unread_at.append(now)
+        elif kind == "ack":
+            m.acks[event["client_id"]] = event["seq"]
+        elif kind == "subscribed":
+            m.sub_seq = event["seq"]
+            ready.set()
+        elif kind == "pong":
+            ready.set()
+        elif kind == "error":
+            m.errors.append(event.get("code", "?"))
+
+
+async def run_member(
+    m: Member,
+    closed: list[Member],
+    senders: int,
+    on: bool,
+    rate: float,
+    tag: str,
+    ready_q: asyncio.Queue[int],
+    go: asyncio.Event,
+    times: dict[str, float],
+    done_q: asyncio.Queue[int],
+    finish: asyncio.Event,
+    compression: str | None,
+) -> None:
+    from websockets.asyncio.client import connect
+
+    async with connect(
+        m.url, open_timeout=60, ping_interval=None, max_size=2**20, compression=compression
+    ) as ws:
+        ready = asyncio.Event()
+        read_task = asyncio.create_task(member_reader(m, ws, ready))
+        if not m.sender:
+            # A socket's frames run after its connect handler, which joins the user's stream:
+            # the pong says the stream is live.
+            await ws.send(json.dumps({"action": "ping"}))
+        await asyncio.wait_for(ready.wait(), 60)
+        await ready_q.put(m.idx)
+        await go.wait()
+        if m.sender:
+            t_start, t_end = times["start"], times["end"]
+            phase = random.uniform(0.001, 1 / rate)
+            mark = "@" if on else "~"  # the same length: "off" mentions nobody
+            n = 0
+            while True:
+                at = t_start + phase + n / rate
+                if at >= t_end:
+                    break
+                delay = at - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                target = closed[(m.idx + n * senders) % len(closed)]
+                client_id = f"{tag}-{m.idx}-{n}"
+                if on:
+                    m.mentions_sent[client_id] = target.idx
+                now = time.time()
+                m.first_send = m.first_send or now
+                body = f"{mark}{target.name} bench {m.idx}/{n}:{now:.6f}"
+                await ws.send(
+                    json.dumps({"action": "sendmessage", "body": body, "client_id": client_id})
+                )
+                m.sent += 1
+                n += 1
+            await done_q.put(m.idx)
+        await finish.wait()
+        read_task.cancel()
+
+
+def stream_positions(user_ids: dict[str, Any]) -> dict[str, int]:
+    """Each user's stream position (Inbox.seq; 0 before their first event), by username."""
+    from django.db import connection
+
+    from chat.models import Inbox
+
+    try:
+        seqs = dict(Inbox.objects.filter(user_id__in=user_ids.values()).values_list("user", "seq"))
+        return {name: seqs.get(pk, 0) for name, pk in user_ids.items()}
+    finally:
+        connection.close()  # called from a worker thread of the load's event loop
+
+
+async def notify_load(
+    members: list[Member],
+    user_ids: dict[str, Any],
+    on: bool,
+    rate: float,
+    seconds: float,
+    drain: float,
+    compression: str | None,
+    pid: int,
+) -> dict[str, Any]:
+    senders = [m for m in members if m.sender]
+    closed = [m for m in members if not m.sender]
+    ready_q: asyncio.Queue[int] = asyncio.Queue()
+    done_q: asyncio.Queue[int] = asyncio.Queue()
+    go, finish = asyncio.Event(), asyncio.Event()
+    times: dict[str, float] = {}
+    tag = uuid.uuid4().hex[:10]
+    tasks = []
+    for m in members:
+        tasks.append(
+            asyncio.create_task(
+                run_member(
+                    m,
+                    closed,
+                    len(senders),
+                    on,
+                    rate,
+                    tag,
+                    ready_q,
+                    go,
+                    times,
+                    done_q,
+                    finish,
+                    compression,
+                )
+            )
+        )
+        await asyncio.sleep(0.005)  # do not stampede the accept path
+    for _ in members:
+        await asyncio.wait_for(ready_q.get(), 120)
+    await asyncio.sleep(0.5)  # let presence announcements settle
+    cpu0, scpu0 = common.self_cpu_seconds(), common.cpu_seconds(pid)
+    times["start"] = time.time() + 0.2
+    times["end"] = times["start"] + seconds
+    go.set()
+    for _ in senders:
+        await done_q.get()
+    send_end = time.time()
+    # Drain: every send acknowledged, every subscriber at the room's last seq, every stream at
+    # its stored position (read once the acks are in: a message's notify events are stored
+    # before its ack goes out).
+    final_stream: dict[str, int] = {}
+    deadline = time.time() + drain
+    while time.time() < deadline:
+        if all(len(m.acks) >= m.sent for m in senders):
+            final_room = max((s for m in senders for s in m.acks.values()), default=0)
+            if all(m.max_seq >= final_room for m in senders):
+                final_stream = await asyncio.to_thread(stream_positions, user_ids)
+                if all(m.max_user_seq >= final_stream[m.name] for m in members):
+                    break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # late duplicates would arrive now
+    wall = time.time() - times["start"]
+    cpu1, scpu1 = common.self_cpu_seconds(), common.cpu_seconds(pid)
+    final_stream = await asyncio.to_thread(stream_positions, user_ids)
+    load1 = os.getloadavg()[0]
+    finish.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    # The room's events, at its subscribers.
+    final_room = max((s for m in senders for s in m.acks.values()), default=0)
+    lost = dup = ooo = delivered = unacked = 0
+    lats: list[float] = []
+    last_room = 0.0
+    for m in senders:
+        expected = set(range((m.sub_seq or 0) + 1, final_room + 1))
+        got = set(m.seqs)
+        delivered += len(m.seqs)
+        lost += len(expected - got)
+        dup += len(m.seqs) - len(got)
+        ooo += out_of_order(m.seqs)
+        unacked += m.sent - len(m.acks)
+        lats.extend(m.latencies)
+        last_room = max(last_room, m.last_receipt)
+    # The users' streams, at every member (a sender looks at the room: it should hear nothing).
+    s_lost = s_dup = s_ooo = notified = 0
+    kinds: dict[str, int] = {}
+    for m in members:
+        expected = set(range(m.stream_start + 1, final_stream.get(m.name, 0) + 1))
+        got = set(m.user_seqs)
+        notified += len(m.user_seqs)
+        s_lost += len(expected - got)
+        s_dup += len(m.user_seqs) - len(got)
+        s_ooo += out_of_order(m.user_seqs)
+        for what, count in m.kinds.items():
+            kinds[what] = kinds.get(what, 0) + count
+    by_idx = {m.idx: m for m in members}
+    mentions_acked = mentions_missing = 0
+    for m in senders:
+        for client_id, target in m.mentions_sent.items():
+            if client_id in m.acks:
+                mentions_acked += 1
+                mentions_missing += client_id not in by_idx[target].mentioned_in
+    first_send = min((m.first_send for m in senders if m.first_send), default=times["start"])
+    n_lats = [x for m in members for x in m.notify_latencies]
+    u_lats = [(t - first_send) * 1000 for m in members for t in m.unread_at]
+    last_any = max([last_room, *(m.last_notify for m in members)])
+    span_room = max(1e-9, last_room - times["start"])
+    span_all = max(1e-9, last_any - times["start"])
+    errors: dict[str, int] = {}
+    for m in members:
+        for code in m.errors:
+            errors[code] = errors.get(code, 0) + 1
+    sent = sum(m.sent for m in senders)
+    return {
+        "notify": "on" if on else "off",
+        "sent": sent,
+        "room_delivered": delivered,
+        "room_demanded": sent * len(senders),
+        "room_per_s": delivered / span_room,
+        "notify_delivered": notified,
+        "notify_per_s": notified / span_all,
+        "total_per_s": (delivered + notified) / span_all,
+        "room_p50": common.percentile(lats, 50),
+        "room_p99": common.percentile(lats, 99),
+        "notify_p50": common.percentile(n_lats, 50),
+        "notify_p99": common.percentile(n_lats, 99),
+        "unread_p99": common.percentile(u_lats, 99),
+        "kinds": kinds,
+        "mentions": kinds.get("mention", 0),
+        "unread": kinds.get("unread", 0),
+        "sender_notify": sum(len(m.user_seqs) for m in senders),
+        "mentions_acked": mentions_acked,
+        "mentions_missing": mentions_missing,
+        "lost": lost,
+        "duplicated": dup,
+        "out_of_order": ooo,
+        "unacked": unacked,
+        "stream_lost": s_lost,
+        "stream_duplicated": s_dup,
+        "stream_out_of_order": s_ooo,
+        # "off" must raise nothing: a notify event there means the reference is not one.
+        "unexpected_notify": 0 if on else notified,
+        "drain_s": max(0.0, last_any - send_end),
+        "errors": errors,
+        "server_cpu": (scpu1 - scpu0) / wall,
+        "gen_cpu": (cpu1 - cpu0) / wall,
+        "load1": load1,
+    }
+
+
+def out_of_order(seqs: list[int]) -> int:
+    count, high = 0, -1
+    for s in seqs:
+        if s < high:
+            count += 1
+        high = max(high, s)
+    return count
+
+
+def notify_members(count: int) -> tuple[int, dict[str, Any]]:
+    """The bench users and their room, every one of them a member (made once, kept)."""
+    from django.contrib.auth import get_user_model
+
+    from chat.models import Membership, Room
+
+    User = get_user_model()
+    names = [NOTIFY_USER.format(i) for i in range(count)]
+    have = set(User.objects.filter(username__in=names).values_list("username", flat=True))
+    User.objects.bulk_create([User(username=n, password="!") for n in names if n not in have])
+    ids = dict(User.objects.filter(username__in=names).values_list("username", "pk"))
+    room, _ = Room.objects.get_or_create(slug=NOTIFY_ROOM, defaults={"title": "Bench notify"})
+    Membership.objects.bulk_create(
+        [Membership(room=room, user_id=ids[n], read_seq=room.seq) for n in names],
+        ignore_conflicts=True,
+    )
+    return room.pk, {n: ids[n] for n in names}
+
+
+def notify_reset(room_id: int, user_ids: dict[str, Any], senders: int, on: bool) -> None:
+    """Before a run: every member has read the room (so the run's first message raises one
+    `unread` per closed member), at the level of the mode (closed members `none` when off)."""
+    from chat.models import Membership, Room
+
+    room = Room.objects.get(pk=room_id)
+    names = list(user_ids)
+    memberships = Membership.objects.filter(room=room)
+    memberships.update(read_seq=room.seq, notify_level="")
+    if not on:
+        closed = [user_ids[n] for n in names[senders:]]
+        memberships.filter(user_id__in=closed).update(notify_level=Membership.NONE)
+
+
+def one_notify_run(on: bool, args: argparse.Namespace) -> dict[str, Any]:
+    from django.contrib.auth import get_user_model
+
+    from chat.tokens import make_token
+
+    env = common.bench_env(**dict(kv.split("=", 1) for kv in args.server_env))
+    if args.server_root:
+        env["BENCH_SERVER_ROOT"] = args.server_root
+    room_id, user_ids = notify_members(args.members)
+    notify_reset(room_id, user_ids, args.open, on)
+    starts = stream_positions(user_ids)
+    users = get_user_model().objects.in_bulk(list(user_ids.values()))
+    with common.Server.uvicorn(env) as server:
+        members = []
+        for i, (name, pk) in enumerate(user_ids.items()):
+            sender = i < args.open
+            url = f"{server.ws_url}?token={make_token(users[pk])}"
+            if sender:
+                url += f"&room={NOTIFY_ROOM}"
+            members.append(Member(i, name, url, sender, stream_start=starts[name]))
+        compression = None if args.no_compression else "deflate"
+        return asyncio.run(
+            notify_load(
+                members,
+                user_ids,
+                on,
+                args.rate,
+                args.seconds,
+                args.drain,
+                compression,
+                server.pid,
+            )
+        )
+
+
+NOTIFY_COLUMNS = [
+    ("room/s", "room_per_s", 0),
+    ("notify/s", "notify_per_s", 1),
+    ("total/s", "total_per_s", 0),
+    ("room p50", "room_p50", 1),
+    ("room p99", "room_p99", 1),
+    ("ntfy p50", "notify_p50", 1),
+    ("ntfy p99", "notify_p99", 1),
+    ("unread p99", "unread_p99", 1),
+    ("mention", "mentions", 0),
+    ("unread", "unread", 0),
+    ("lost", "lost", 0),
+    ("dup+ooo", "room_dup_ooo", 0),
+    ("unacked", "unacked", 0),
+    ("s.lost", "stream_lost", 0),
+    ("s.dup+ooo", "stream_dup_ooo", 0),
+    ("m.miss", "mentions_missing", 0),
+    ("srv CPU", "server_cpu", 2),
+    ("gen CPU", "gen_cpu", 2),
+    ("load1", "load1", 2),
+]
+# Counts of what went wrong: the worst run, not the median.
+NOTIFY_FAULTS = (
+    "lost",
+    "duplicated",
+    "out_of_order",
+    "unacked",
+    "stream_lost",
+    "stream_duplicated",
+    "stream_out_of_order",
+    "mentions_missing",
+    "unexpected_notify",
+)
+
+
+def notify_row(label: str, r: dict[str, Any]) -> list[Any]:
+    r = {
+        **r,
+        "room_dup_ooo": r["duplicated"] + r["out_of_order"],
+        "stream_dup_ooo": r["stream_duplicated"] + r["stream_out_of_order"],
+    }
+    out: list[Any] = [label]
+    for _, key, digits in NOTIFY_COLUMNS:
+        v = r[key]
+        if isinstance(v, float):
+            v = "-" if v != v else f"{v:,.{digits}f}"
+        out.append(v)
+    return out
+
+
+def notify_main(args: argparse.Namespace) -> int:
+    seconds = args.seconds
+    closed = args.members - args.open
+    demanded = args.open * args.rate * args.open
+    print(
+        f"notify: 1 room of {args.members} members, {args.open} with it open sending "
+        f"{args.rate:g} msg/s each ({demanded:,.0f} room deliveries/s demanded), {closed} with "
+        f"only their stream; {seconds:g} s per run, {args.runs} rounds of on/off, "
+        f"compression {'off' if args.no_compression else 'deflate'}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        flush=True,
+    )
+    t0 = time.monotonic()
+    results: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for rnd in range(args.runs):
+        # Alternate which goes first, so that neither always runs on a warmer machine.
+        for mode in ("on", "off") if rnd % 2 == 0 else ("off", "on"):
+            r = one_notify_run(mode == "on", args)
+            results[mode].append(r)
+            print(
+                f"  round {rnd + 1} {mode}: room {r['room_per_s']:,.0f}/s p99 "
+                f"{r['room_p99']:.1f} ms; notify {r['notify_delivered']} "
+                f"({r['kinds']}) p99 {r['notify_p99']:.1f} ms; mentions "
+                f"{r['mentions_acked'] - r['mentions_missing']}/{r['mentions_acked']}; "
+                f"faults {sum(r[k] for k in NOTIFY_FAULTS)}, errors {r['errors']}; "
+                f"load {r['load1']:.2f}",
+                flush=True,
+            )
+    med: dict[str, dict[str, float]] = {}
+    rows = []
+    for mode, runs in results.items():
+        for i, r in enumerate(runs):
+            rows.append(notify_row(f"{mode} run {i + 1}", r))
+        med[mode] = {key: common.median(r[key] for r in runs) for key in runs[0] if key in KEYS}
+        for key in NOTIFY_FAULTS:
+            med[mode][key] = max(r[key] for r in runs)
+        rows.append(notify_row(f"{mode} MEDIAN (faults: max)", med[mode]))
+    print()
+    print(
+        f"{args.members} members, {args.open} open x {args.rate:g} msg/s, {closed} closed; "
+        "latencies in ms (notify: mentions, from the body's send time; unread: from the run's "
+        "first send, an upper bound)"
+    )
+    print(common.table(["run", *(c[0] for c in NOTIFY_COLUMNS)], rows))
+    paired = [
+        on["room_per_s"] / off["room_per_s"]
+        for on, off in zip(results["on"], results["off"], strict=True)
+    ]
+    paired_p99 = [
+        on["room_p99"] / off["room_p99"]
+        for on, off in zip(results["on"], results["off"], strict=True)
+    ]
+    ratio = common.median(paired)
+    ratio_p99 = common.median(paired_p99)
+    faults = {mode: sum(med[mode][k] for k in NOTIFY_FAULTS) for mode in med}
+    print(
+        f"on/off, median of the rounds' ratios: room deliveries/s {ratio:.3f} "
+        f"({', '.join(f'{x:.3f}' for x in paired)}), room p99 {ratio_p99:.2f} "
+        f"({', '.join(f'{x:.2f}' for x in paired_p99)})"
+    )
+    print(
+        f"p99 ms: room on {med['on']['room_p99']:.1f}, off {med['off']['room_p99']:.1f}; "
+        f"notify (mentions) on {med['on']['notify_p99']:.1f}; unread on "
+        f"{med['on']['unread_p99']:.1f} (upper bound); faults (worst run) on {faults['on']:g}, "
+        f"off {faults['off']:g}; took {time.monotonic() - t0:.0f} s"
+    )
+    budgets = [
+        common.budget(
+            "fanout notify: room deliveries/s, on as % of off (same round)",
+            100 * ratio,
+            80,
+            "min",
+            "%",
+        ),
+        common.budget(
+            "fanout notify: room+stream lost/dup/ooo/unacked/missed, on and off (worst)",
+            faults["on"] + faults["off"],
+            0,
+            "max",
+            "",
+        ),
+    ]
+    print()
+    common.print_budgets(budgets)
+    summary = {
+        "medians": med,
+        "ratio_room_per_s": ratio,
+        "ratio_room_p99": ratio_p99,
+        "paired_room_per_s": paired,
+        "paired_room_p99": paired_p99,
+    }
+    common.write_json(args.json, {"budgets": budgets, "summary": summary, "runs": results})
+    return 0 if all(b["ok"] for b in budgets) else 1
+
+
+KEYS = {key for _, key, _ in NOTIFY_COLUMNS} | {
+    "sent",
+    "room_delivered",
+    "room_demanded",
+    "notify_delivered",
+    "mentions_acked",
+    "sender_notify",
+    "drain_s",
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -333,7 +882,7 @@ def main() -> int:
     ap.add_argument("--rooms", type=int, default=4)
     ap.add_argument("--clients", type=int, default=10, help="clients per room")
     ap.add_argument("--rates", default="8,1", help="messages/s per client, comma-separated")
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, help="seconds of sending per run (10; --notify: 15)")
     ap.add_argument("--drain", type=float, default=15.0, help="max seconds to wait for stragglers")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--targets", default="chat,baseline")
@@ -347,12 +896,20 @@ def main() -> int:
     ap.add_argument(
         "--profile", help="py-spy output for the chat server (.svg flamegraph or .txt raw)"
     )
+    ap.add_argument("--notify", action="store_true", help="the user-stream scenario (see above)")
+    ap.add_argument("--members", type=int, default=200, help="--notify: the room's members")
+    ap.add_argument("--open", type=int, default=10, help="--notify: members with it open")
+    ap.add_argument("--rate", type=float, default=1.0, help="--notify: msg/s per open member")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.seconds is None:
+        args.seconds = 15.0 if args.notify else 10.0
 
     nofile = common.raise_nofile()
     common.ensure_database()
     common.setup_django()
+    if args.notify:
+        return notify_main(args)
     rates = [float(x) for x in args.rates.split(",")]
     targets = args.targets.split(",")
     print(

@@ -1,6 +1,6 @@
 """Run the benchmarks in sequence and print a budget summary (`make bench`).
 
-    .venv/bin/python bench/run.py                      # history, fanout, longpoll; 3 runs each
+    .venv/bin/python bench/run.py                      # every benchmark below; 3 runs each
     .venv/bin/python bench/run.py --quick              # 1 run each, shorter, fewer requests
     .venv/bin/python bench/run.py --only fanout,longpoll
     .venv/bin/python bench/run.py --runs 5
@@ -27,13 +27,14 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = (
     "history",
     "fanout",
+    "fanout_notify",
     "longpoll",
     "longpoll_serverless",
     "serverless_fanout",
     "cold_start",
 )
 # Benchmarks that are another script with other arguments.
-SOURCES = {"longpoll_serverless": "longpoll"}
+SOURCES = {"longpoll_serverless": "longpoll", "fanout_notify": "fanout"}
 # These print their own figures and budgets (no --json file of budgets).
 PLAIN = ("serverless_fanout", "cold_start")
 
@@ -52,6 +53,9 @@ def main() -> int:
     extra = {
         "history": ["--runs", str(runs)] + (["--seconds", "3"] if args.quick else []),
         "fanout": ["--runs", str(runs)] + (["--seconds", "5"] if args.quick else []),
+        # The user's stream: 200 members, 10 with the room open, rounds of notifications on/off.
+        "fanout_notify": ["--notify", "--runs", str(runs)]
+        + (["--seconds", "5"] if args.quick else []),
         "longpoll": ["--runs", str(runs)],
         # The same script on the local gateway (Lambda's LISTEN/NOTIFY wait), 100 waiters.
         "longpoll_serverless": ["--serverless", "--waiters", "100", "--runs", str(runs)],
