@@ -43,6 +43,7 @@ from django.db.models.functions import Greatest
 
 from chat import access, fanout, presence, reads
 from chat.errors import ChatError
+from chat.events import Event
 from chat.models import Block, Inbox, Membership, Message, Restriction, Room, UserEvent
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,13 @@ def _take_seqs(user_ids: Iterable[Any]) -> dict[Any, int]:
     return {field_.to_python(user_id): seq for user_id, seq in rows}
 
 
-def store(entries: list[tuple[Any, str, Room | None, Message | None, int]]) -> list[UserEvent]:
+def store(
+    entries: list[tuple[Any, str, Room | None, Message | None, int]],
+    known: dict[int, Event] | None = None,
+) -> list[UserEvent]:
     """Store notify events (user id, kind, room, message, room seq) in the caller's transaction,
-    each with its user's next user_seq, and publish them once it commits."""
+    each with its user's next user_seq, and publish them once it commits (`known`: message
+    events the caller has built already, so that publishing need not read them back)."""
     if not entries:
         return []
     seqs = _take_seqs(user_id for user_id, *_ in entries)
@@ -156,14 +161,14 @@ def store(entries: list[tuple[Any, str, Room | None, Message | None, int]]) -> l
         )
         seqs[user_id] += 1  # a second event for the same user in this call (never today)
     UserEvent.objects.bulk_create(rows)
-    transaction.on_commit(lambda: publish(rows))
+    transaction.on_commit(lambda: publish(rows, known))
     return rows
 
 
-def publish(rows: list[UserEvent]) -> None:
+def publish(rows: list[UserEvent], known: dict[int, Event] | None = None) -> None:
     """Committed events to every connection of their users, with counts as of now."""
     try:
-        for row, event in zip(rows, reads.notify_events(rows), strict=True):
+        for row, event in zip(rows, reads.notify_events(rows, known=known), strict=True):
             fanout.notify_user(row.user_id, event)
     except Exception:
         # Live push is best effort: the events are stored, and clients resume from their cursor.
@@ -174,13 +179,25 @@ def _blockers(user: Any) -> Any:
     return Block.objects.filter(blocked=user).values("blocker_id")
 
 
-def on_post(message: Message, mentions: Mentions, dm: bool = True) -> set[Any]:
-    """In the message's transaction: a `mention` event for each user it mentions (everyone in
-    the room for `@room`), a `dm` event for each other member of a DM whose level there is
-    `all` (the default), unless their level in the room is `none` or they blocked the author.
-    Returns whom it told (after_post leaves them out)."""
-    room = message.room
-    members = Membership.objects.filter(room=room).exclude(user_id=message.author_id)
+@dataclass
+class Plan:
+    """Who a message will notify, decided before the room lock is taken (chat.writepath holds
+    it for as few round trips as it can): kind per user id, and who is not yet a member."""
+
+    targets: dict[Any, str] = field(default_factory=dict)
+    joining: list[Any] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.targets)
+
+
+def plan(room: Room, author: Any, mentions: Mentions, dm: bool = True) -> Plan:
+    """A `mention` for each user the message mentions (everyone in the room for `@room`), a `dm`
+    for each other member of a DM whose level there is `all` (the default); nobody whose level
+    in the room is `none` or who blocked the author."""
+    if not (mentions or (room.is_dm and dm)):
+        return Plan()
+    members = Membership.objects.filter(room=room).exclude(user_id=author.pk)
     targets: dict[Any, str] = {}
     if room.is_dm and dm:
         hearing = members.filter(notify_level__in=["", Membership.ALL])
@@ -188,46 +205,46 @@ def on_post(message: Message, mentions: Mentions, dm: bool = True) -> set[Any]:
     if mentions.room_wide:
         targets.update(dict.fromkeys(members.values_list("user_id", flat=True), UserEvent.MENTION))
     for user_id in mentions.user_ids:
-        if user_id != message.author_id:
+        if user_id != author.pk:
             targets[user_id] = UserEvent.MENTION
     if not targets:
-        return set()
-    # Who blocked the author, or hears nothing from this room, is not told.
+        return Plan()
     quiet = set(
-        _blockers(message.author)
-        .filter(blocker_id__in=targets)
-        .values_list("blocker_id", flat=True)
+        _blockers(author).filter(blocker_id__in=targets).values_list("blocker_id", flat=True)
     )
-    quiet |= set(
-        members.filter(user_id__in=targets, notify_level=Membership.NONE).values_list(
-            "user_id", flat=True
-        )
-    )
+    rows = members.filter(user_id__in=targets).values_list("user_id", "notify_level")
+    levels = dict(rows)
+    quiet |= {user_id for user_id, level in levels.items() if level == Membership.NONE}
     for user_id in quiet:
         targets.pop(user_id, None)
-    if not targets:
+    # A mentioned reader of a public room becomes a member (as reading it would).
+    joining = [] if room.private else [user_id for user_id in targets if user_id not in levels]
+    return Plan(targets, joining)
+
+
+def on_post(message: Message, planned: Plan) -> set[Any]:
+    """In the message's transaction (its seq known): store what `plan()` decided. Returns whom
+    it told (after_post leaves them out)."""
+    if not planned:
         return set()
-    if not room.private:
-        # A mentioned reader of a public room becomes a member (as reading it would), from here.
-        existing = set(members.filter(user_id__in=targets).values_list("user_id", flat=True))
+    room, seq = message.room, message.posted_seq
+    if planned.joining:
         Membership.objects.bulk_create(
             [
-                Membership(room=room, user_id=user_id, read_seq=message.posted_seq - 1)
-                for user_id in targets
-                if user_id not in existing
+                Membership(room=room, user_id=user_id, read_seq=seq - 1)
+                for user_id in planned.joining
             ],
             ignore_conflicts=True,
         )
-    Membership.objects.filter(room=room, user_id__in=targets).update(
-        notified_seq=Greatest(F("notified_seq"), message.posted_seq)
+    Membership.objects.filter(room=room, user_id__in=planned.targets).update(
+        notified_seq=Greatest(F("notified_seq"), seq)
     )
-    store(
-        [
-            (user_id, kind, room, message, message.posted_seq)
-            for user_id, kind in sorted(targets.items(), key=lambda item: str(item[0]))
-        ]
-    )
-    return set(targets)
+    entries = [
+        (user_id, kind, room, message, seq)
+        for user_id, kind in sorted(planned.targets.items(), key=lambda item: str(item[0]))
+    ]
+    store(entries, known={message.pk: message.to_event()})
+    return set(planned.targets)
 
 
 def after_post(message: Message, told: set[Any]) -> None:

@@ -246,10 +246,12 @@ def counts(pairs: set[tuple[Any, int]]) -> dict[tuple[Any, int], tuple[int, int]
     return found
 
 
-def notify_events(rows: list[UserEvent], check_access: bool = False) -> list[Event]:
+def notify_events(
+    rows: list[UserEvent], check_access: bool = False, known: dict[int, Event] | None = None
+) -> list[Event]:
     """The wire form of stored user events: the message's current state, the counts as of now.
     With `check_access` (a replay), an event about a room its user may no longer read keeps its
-    place and says nothing (its user_seq, `room` null)."""
+    place and says nothing (its user_seq, `room` null). `known`: message events already built."""
     if not rows:
         return []
     room_ids = {row.room_id for row in rows if row.room_id is not None}
@@ -259,9 +261,15 @@ def notify_events(rows: list[UserEvent], check_access: bool = False) -> list[Eve
         readable = set()
         for user_id in {row.user_id for row in rows}:
             readable |= {(user_id, pk) for pk in readable_rooms(user_id, room_ids)}
-    by_message: dict[int, Event] = {}
-    for room_id in {row.room_id for row in rows if row.message_id is not None}:
-        ids = [row.message_id for row in rows if row.room_id == room_id and row.message_id]
+    by_message: dict[int, Event] = dict(known or {})
+    for room_id in {row.room_id for row in rows if row.message_id not in by_message}:
+        ids = [
+            row.message_id
+            for row in rows
+            if row.room_id == room_id and row.message_id and row.message_id not in by_message
+        ]
+        if not ids:
+            continue
         for event in Message.objects.filter(pk__in=ids).events(rooms[room_id].slug):
             by_message[event["id"]] = event
     numbers = counts({pair for pair in readable if pair[1] in rooms})

@@ -234,15 +234,18 @@ def post_message(
         may_post_locked = is_moderator(user, room)
         limited = bool(room.rate_limit) and not may_post_locked
         # A mention or a DM is stored with the message, in its transaction: nothing acknowledged
-        # is lost. Other messages stay one statement (chat/notify.py says why).
-        tells = room.is_dm or bool(mentions)
+        # is lost. Who to tell is decided before the room lock; other messages stay one
+        # statement (chat/notify.py says why).
+        planned = notify.plan(room, user, mentions)
         if connection.vendor == "postgresql" and not limited:
-            with transaction.atomic() if tells else nullcontext():
-                one_to_one = room.is_dm and _one_to_one(room)
+            one_to_one = room.is_dm and _one_to_one(room)
+            with transaction.atomic() if planned else nullcontext():
                 _insert_in_one_statement(
                     message, may_post_locked, join=not room.private, one_to_one=one_to_one
                 )
-                told = notify.on_post(message, mentions) if tells else set()
+                # Registered first: the room's event goes out before its notifications.
+                _publish_on_commit(message)
+                told = notify.on_post(message, planned)
         else:
             with transaction.atomic():
                 # From here every other post to this room waits for our commit (the room row is
@@ -262,7 +265,8 @@ def post_message(
                     Membership.objects.get_or_create(room=room, user=user)
                 message.posted_seq = message.seq = seq
                 message.save(force_insert=True)
-                told = notify.on_post(message, mentions) if tells else set()
+                _publish_on_commit(message)
+                told = notify.on_post(message, planned)
     except (ChatError, IntegrityError) as error:
         # A retry of a message already stored gets the original, even if the room was locked
         # since, or if it raced the original (the unique (room, author, client_id) constraint
@@ -278,7 +282,6 @@ def post_message(
         if attachment is not None and isinstance(error, IntegrityError):
             raise ChatError("bad_request", "This attachment was already sent.") from None
         raise
-    _publish_on_commit(message)
     transaction.on_commit(lambda: _after_post(message, told))
     return Posted(message, created=True)
 
@@ -336,9 +339,9 @@ def change(
         current.save(update_fields=[*fields, "seq"])
         current.room = message.room
         current.author = message.author
+        _publish_on_commit(current)  # first: the room's event goes out before notifications
         if then is not None:
             then(current)
-        _publish_on_commit(current)
     return current
 
 
@@ -371,9 +374,10 @@ def edit_message(user: Any, room: Room, message_id: Any, body: Any) -> Message:
         ],
         room_wide=mentions.room_wide and notify.ROOM_WIDE not in before,
     )
+    planned = notify.plan(room, user, new, dm=False)
     return change(
         message,
-        then=(lambda current: notify.on_post(current, new, dm=False)) if new else None,
+        then=(lambda current: notify.on_post(current, planned)) if planned else None,
         body=body,
         edited=timezone.now(),
         mentions=mentions.names,
