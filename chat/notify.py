@@ -190,20 +190,21 @@ def on_post(message: Message, mentions: Mentions, dm: bool = True) -> set[Any]:
     for user_id in mentions.user_ids:
         if user_id != message.author_id:
             targets[user_id] = UserEvent.MENTION
-    if mentions.user_ids and not mentions.room_wide:
-        # Mentioned users who blocked the author, or hear nothing from this room, are not told.
-        quiet = set(_blockers(message.author).values_list("blocker_id", flat=True))
-        quiet |= set(
-            members.filter(user_id__in=mentions.user_ids, notify_level=Membership.NONE).values_list(
-                "user_id", flat=True
-            )
+    # Whoever blocked the author, or hears nothing from this room, is not told, however they
+    # got here (a name next to `@room`, a DM member beside someone mentioned). Both reads are
+    # bounded by the targets, not by the room's size.
+    quiet = set(
+        Block.objects.filter(blocked=message.author, blocker_id__in=list(targets)).values_list(
+            "blocker_id", flat=True
         )
-        for user_id in quiet:
-            targets.pop(user_id, None)
-    else:
-        silenced = members.filter(notify_level=Membership.NONE).values_list("user_id", flat=True)
-        for user_id in silenced:
-            targets.pop(user_id, None)
+    )
+    quiet |= set(
+        members.filter(user_id__in=list(targets), notify_level=Membership.NONE).values_list(
+            "user_id", flat=True
+        )
+    )
+    for user_id in quiet:
+        targets.pop(user_id, None)
     if not targets:
         return set()
     if not room.private:
