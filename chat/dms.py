@@ -82,8 +82,11 @@ def open_dm(user: Any, usernames: Any) -> tuple[Room, bool]:
 
 
 def block(user: Any, username: Any) -> bool:
-    """Block someone; True if they were not blocked already."""
+    """Block someone; True if they were not blocked already. A deactivated account is
+    `not_found`, as in open_dm: the answer must not tell it from a name nobody has."""
     other = access.find_user(username)
+    if not other.is_active:
+        raise ChatError("not_found", "There is no such user.")
     if other.pk == user.pk:
         raise ChatError("bad_request", "You cannot block yourself.")
     _, created = Block.objects.get_or_create(blocker=user, blocked=other)
@@ -91,8 +94,12 @@ def block(user: Any, username: Any) -> bool:
 
 
 def unblock(user: Any, username: Any) -> None:
+    """Lift a block. A deactivated account the user never blocked is `not_found` (as in block());
+    one they did block can still be lifted, since they already know the name."""
     other = access.find_user(username)
-    Block.objects.filter(blocker=user, blocked=other).delete()
+    deleted, _ = Block.objects.filter(blocker=user, blocked=other).delete()
+    if not deleted and not other.is_active:
+        raise ChatError("not_found", "There is no such user.")
 
 
 def blocked(user: Any) -> list[str]:
