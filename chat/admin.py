@@ -35,6 +35,7 @@ from chat.models import (
     Membership,
     Message,
     ModerationAction,
+    Reaction,
     Report,
     Restriction,
     Room,
@@ -546,3 +547,16 @@ class UserEventAdmin(ReadOnly, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).filter(Q(room__isnull=True) | NOT_DM)
+
+
+@admin.register(Reaction)
+class ReactionAdmin(ReadOnly, admin.ModelAdmin):
+    """Who reacted with what (users toggle reactions in the chat; staff only look), DMs aside."""
+
+    list_display = ["emoji", "user", "message", "created"]
+    list_select_related = ["user", "message__room"]
+    search_fields = ["user__username"]
+    readonly_fields = ["emoji", "user", "message", "created"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).filter(message__room__kind=Room.ROOM)

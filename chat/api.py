@@ -205,7 +205,12 @@ def messages(request: HttpRequest, slug: str) -> HttpResponse:
     if request.method == "POST":
         data = json_body(request)
         posted = writepath.post_message(
-            request.user, room, data.get("body"), data.get("client_id"), data.get("attachment")
+            request.user,
+            room,
+            data.get("body"),
+            data.get("client_id"),
+            data.get("attachment"),
+            data.get("reply_to"),
         )
         return JsonResponse(posted.message.to_event(), status=201 if posted.created else 200)
     after = query_int(request, "after")
@@ -233,6 +238,14 @@ def report(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
     data = json_body(request)
     made = moderation.report_message(request.user, room, message_id, data.get("reason"))
     return JsonResponse({"id": made.pk, "message": made.message_id}, status=201)
+
+
+@api("POST")
+def reactions(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
+    """Toggle the user's reaction `{"emoji"}`; the answer is the message event after it."""
+    room = access.get_room(request.user, slug)
+    changed = writepath.react(request.user, room, message_id, json_body(request).get("emoji"))
+    return JsonResponse(changed.to_event())
 
 
 # --- moderation (site staff with the Django permission, or the room's own moderators) ---

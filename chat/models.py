@@ -145,6 +145,9 @@ EVENT_FIELDS = (
     "seq",
     "attachment_id",
     "mentions",
+    "html",
+    "reactions",
+    "reply_to_id",
 )
 
 
@@ -169,10 +172,14 @@ class MessageQuerySet(models.QuerySet["Message"]):
 
     def with_author(self) -> MessageQuerySet:
         # Only what to_event() reads: building whole users and rooms was most of a page's time.
-        return self.select_related("author", "room", "attachment").only(
+        return self.select_related("author", "room", "attachment", "reply_to__author").only(
             *EVENT_FIELDS,
             "room__slug",
             "author__username",
+            "reply_to__body",
+            "reply_to__deleted",
+            "reply_to__hidden",
+            "reply_to__author__username",
             *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS),
         )
 
@@ -245,6 +252,17 @@ class Message(models.Model):
     # The usernames the body mentions who may read the room, and "room" for @room
     # (chat/mentions.py); kept with the message so history shows them as the live event did.
     mentions = models.JSONField(default=list, blank=True)
+    # The body drawn as sanitized HTML (chat/formatting.py), rendered when the body is written:
+    # events are serialised far more often than bodies change.
+    html = models.TextField(blank=True, default="", db_default="")
+    # The message this one answers, in the same room; its excerpt is read with the event, so a
+    # parent deleted or hidden since shows as such.
+    reply_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
+    )
+    # The summary of the Reaction rows, `[{"emoji", "count", "users"}]` in first-reacted order,
+    # rewritten under the room lock with every toggle: events read it without a join or a count.
+    reactions = models.JSONField(default=list, blank=True)
 
     objects = MessageQuerySet.as_manager()
 
@@ -274,8 +292,34 @@ class Message(models.Model):
     def to_event(self) -> dict[str, Any]:
         """The `message` event: the full current state of this message, the one wire format."""
         values = [getattr(self, name) for name in MESSAGE_COLUMNS]
+        parent = self.reply_to if self.reply_to_id else None
+        reply = (
+            (parent.pk, parent.author.get_username(), parent.body, parent.deleted, parent.hidden)
+            if parent is not None
+            else (None,) * len(REPLY_COLUMNS)
+        )
         files = self.attachment.columns() if self.attachment_id else ()
-        return message_event(self.room.slug, self.author.get_username(), *values, *files)
+        return message_event(self.room.slug, self.author.get_username(), *values, *reply, *files)
+
+
+class Reaction(models.Model):
+    """One user's reaction to one message: the source of truth behind Message.reactions."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reaction_rows")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reactions"
+    )
+    emoji = models.CharField(max_length=32)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # Serves the toggle (does this user have this reaction?) and makes a double add fail.
+            models.UniqueConstraint(fields=["message", "user", "emoji"], name="reaction_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.emoji} by {self.user_id} on {self.message_id}"
 
 
 MESSAGE_COLUMNS = (
@@ -288,11 +332,43 @@ MESSAGE_COLUMNS = (
     "deleted",
     "hidden",
     "mentions",
+    "html",
+    "reactions",
     "attachment_id",
+)
+REPLY_COLUMNS = (
+    "reply_to_id",
+    "reply_to__author__username",
+    "reply_to__body",
+    "reply_to__deleted",
+    "reply_to__hidden",
 )
 ATTACHMENT_COLUMNS = ("name", "size", "content_type", "thumbnail", "width", "height")
 # A message event's columns in one row: MessageQuerySet.events reads them with values_list.
-EVENT_COLUMNS = (*MESSAGE_COLUMNS, *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS))
+EVENT_COLUMNS = (
+    *MESSAGE_COLUMNS,
+    *REPLY_COLUMNS,
+    *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS),
+)
+EXCERPT_LENGTH = 100
+# What a reply shows of a parent whose text is gone: the two are told apart, never the text.
+DELETED_EXCERPT = "message deleted"
+HIDDEN_EXCERPT = "removed by a moderator"
+
+
+def reply_event(
+    pk: int | None, author: str | None, body: str | None, deleted: bool, hidden: bool
+) -> dict[str, Any] | None:
+    if pk is None:
+        return None
+    if hidden:
+        excerpt = HIDDEN_EXCERPT
+    elif deleted:
+        excerpt = DELETED_EXCERPT
+    else:
+        text = " ".join((body or "").split())
+        excerpt = text if len(text) <= EXCERPT_LENGTH else text[: EXCERPT_LENGTH - 1] + "…"
+    return {"id": pk, "author": author, "excerpt": excerpt, "deleted": bool(deleted or hidden)}
 
 
 def attachment_url(pk: Any, thumbnail: bool = False) -> str:
@@ -336,16 +412,27 @@ def message_event(
     edited: datetime | None,
     deleted: bool,
     hidden: bool,
-    mentions: list[str] | None = None,
-    attachment_id: Any = None,
+    mentions: list[str] | None,
+    html: str,
+    reactions: list[dict[str, Any]] | None,
+    attachment_id: Any,
+    reply_id: int | None,
+    reply_author: str | None,
+    reply_body: str | None,
+    reply_deleted: bool,
+    reply_hidden: bool,
     *attachment: Any,
 ) -> dict[str, Any]:
     """The one serializer of `message` events (Message.to_event and MessageQuerySet.events).
 
-    A message hidden by a moderator goes out exactly as a deleted one (clients already show that as
-    removed), so the wire format does not change and neither its text nor its file leaves the
-    server."""
+    A message hidden by a moderator goes out as a deleted one, with `hidden` to say who removed
+    it: neither its text, its file nor its reactions leave the server."""
     deleted = deleted or hidden
+    if not deleted and body and not html:
+        # Written before bodies were rendered on write (migration 0009 adds the column empty).
+        from chat.formatting import render
+
+        html = render(body, mentions or ())
     return {
         "type": "message",
         "room": room,
@@ -362,7 +449,11 @@ def message_event(
         ),
         "edited": edited is not None,
         "deleted": deleted,
+        "hidden": hidden,
         "mentions": [] if deleted else list(mentions or ()),
+        "html": "" if deleted else html,
+        "reply_to": reply_event(reply_id, reply_author, reply_body, reply_deleted, reply_hidden),
+        "reactions": [] if deleted else list(reactions or ()),
     }
 
 

@@ -246,7 +246,9 @@ def sendmessage(conn: Connection, frame: Frame) -> list[Event]:
     room = _room(conn, frame, default=True)
     attachment = frame.get("attachment")
     body = _body(frame, optional=attachment is not None)
-    posted = writepath.post_message(conn.user, room, body, frame.get("client_id"), attachment)
+    posted = writepath.post_message(
+        conn.user, room, body, frame.get("client_id"), attachment, frame.get("reply_to")
+    )
     return [posted.ack()]
 
 
@@ -278,6 +280,14 @@ def report(conn: Connection, frame: Frame) -> list[Event]:
     client_id = cleaning.clean_client_id(frame.get("client_id"))
     report = moderation.report_message(conn.user, room, frame.get("id"), frame.get("reason"))
     return [events.ack(client_id, room.slug, room.seq, report.message_id)]
+
+
+def react(conn: Connection, frame: Frame) -> list[Event]:
+    # The changed message goes to every subscriber; a client_id asks for an ack as edits do.
+    client_id = cleaning.clean_client_id(frame.get("client_id"))
+    room = _room(conn, frame)
+    changed = writepath.react(conn.user, room, frame.get("id"), frame.get("emoji"))
+    return _change_ack(client_id, room, changed)
 
 
 def read(conn: Connection, frame: Frame) -> list[Event]:
@@ -317,6 +327,7 @@ ACTIONS: dict[str, Callable[[Connection, Frame], list[Event]]] = {
     "editmessage": editmessage,
     "deletemessage": deletemessage,
     "report": report,
+    "react": react,
     "read": read,
     "typing": typing,
     "ping": ping,

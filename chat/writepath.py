@@ -29,10 +29,10 @@ from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from chat import attachments, cleaning, events, fanout, notify
+from chat import attachments, cleaning, emoji, events, fanout, formatting, notify
 from chat.access import blocked_in_dm, can_read, check_can_post, is_moderator, with_flags
 from chat.errors import ChatError
-from chat.models import Attachment, Block, Membership, Message, Restriction, Room
+from chat.models import Attachment, Block, Membership, Message, Reaction, Restriction, Room
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,9 @@ WITH next AS (
 )
 INSERT INTO {message}
     (room_id, author_id, body, client_id, created, deleted, posted_seq, seq, attachment_id,
-     mentions)
+     mentions, html, reply_to_id, reactions)
 SELECT %(room)s, %(author)s, %(body)s, %(client_id)s, %(created)s, false, next.seq, next.seq,
-    %(attachment)s, %(mentions)s::jsonb
+    %(attachment)s, %(mentions)s::jsonb, %(html)s, %(reply_to)s, '[]'::jsonb
 FROM next
 RETURNING id, seq
 """
@@ -158,6 +158,8 @@ def _insert_in_one_statement(
         "client_id": message.client_id,
         "created": message.created,
         "attachment": message.attachment_id,
+        "html": message.html,
+        "reply_to": message.reply_to_id,
     }
     # Inside a caller's transaction, a savepoint keeps a duplicate client_id from breaking it;
     # in autocommit (every transport) the statement is its own transaction.
@@ -209,12 +211,38 @@ def _same_post(existing: Message, body: str, attachment: Any) -> bool:
     return existing.body == body and str(existing.attachment_id or "") == str(attachment or "")
 
 
+def _reply_target(room: Room, reply_to: Any) -> Message | None:
+    """The message a new one answers: one in the same room that still shows its text. Any other
+    id (unknown, in another room, one the reader cannot see) gets the same answer, so ids of other
+    rooms' messages do not leak."""
+    if reply_to is None:
+        return None
+    pk = cleaning.clean_id(reply_to, "reply_to")
+    parent = (
+        Message.objects.select_related("author")
+        .only("id", "room_id", "body", "deleted", "hidden", "author__username")
+        .filter(room=room, pk=pk)
+        .first()
+    )
+    if parent is None:
+        raise ChatError("bad_request", "`reply_to` names no message in this room.")
+    if parent.deleted or parent.hidden:
+        raise ChatError("bad_request", "`reply_to` names a message that was removed.")
+    return parent
+
+
 def post_message(
-    user: Any, room: Room, body: Any, client_id: Any = None, attachment: Any = None
+    user: Any,
+    room: Room,
+    body: Any,
+    client_id: Any = None,
+    attachment: Any = None,
+    reply_to: Any = None,
 ) -> Posted:
     """Post a message, with the id of a ready upload as its attachment if given (the body may then
-    be empty). A retry (same author, room and `client_id`) returns the original and changes
-    nothing; the same key with a different body is a `conflict`, never a silent success."""
+    be empty), and the id of the message it answers. A retry (same author, room and `client_id`)
+    returns the original and changes nothing; the same key with a different body is a
+    `conflict`, never a silent success."""
     client_id = cleaning.clean_client_id(client_id)
     try:
         body = cleaning.clean_body(
@@ -225,9 +253,12 @@ def post_message(
         if not can_read(user, room):
             raise ChatError("not_found", f"There is no room {room.slug!r}.")
         _check_rate(user, room)
+        parent = _reply_target(room, reply_to)
         mentions = notify.find_mentions(user, room, body)
         message = Message(room=room, author=user, body=body, client_id=client_id)
         message.mentions = mentions.names
+        message.html = formatting.render(body, mentions.names)
+        message.reply_to = parent
         if attachment is not None:
             # The one-to-one column makes a second message with the same file fail to insert.
             message.attachment = attachments.for_message(user, room, attachment)
@@ -339,6 +370,7 @@ def change(
         current.save(update_fields=[*fields, "seq"])
         current.room = message.room
         current.author = message.author
+        current.reply_to = message.reply_to
         _publish_on_commit(current)  # first: the room's event goes out before notifications
         if then is not None:
             then(current)
@@ -379,6 +411,7 @@ def edit_message(user: Any, room: Room, message_id: Any, body: Any) -> Message:
         message,
         then=(lambda current: notify.on_post(current, planned)) if planned else None,
         body=body,
+        html=formatting.render(body, mentions.names),
         edited=timezone.now(),
         mentions=mentions.names,
     )
@@ -391,7 +424,69 @@ def delete_message(user: Any, room: Room, message_id: Any) -> Message:
         return message  # a retried delete (its ack was lost): done already
     message = _own_message(user, room, message_id)
     # The author's delete removes the text; only the tombstone stays, so resume shows it gone.
-    return change(message, body="", deleted=True, mentions=[])
+    return change(message, body="", html="", deleted=True, mentions=[])
+
+
+# --- reactions ---
+
+# How many names a reaction's summary carries; the count says how many reacted in all.
+REACTION_USERS = 3
+
+
+def _reaction_summary(message: Message) -> list[dict[str, Any]]:
+    """Message.reactions from the rows: each emoji in the order it was first used."""
+    rows = (
+        Reaction.objects.filter(message=message)
+        .order_by("created", "pk")
+        .values_list("emoji", "user__username")
+    )
+    summary: dict[str, dict[str, Any]] = {}
+    for glyph, username in rows:
+        entry = summary.setdefault(glyph, {"emoji": glyph, "count": 0, "users": []})
+        entry["count"] += 1
+        if len(entry["users"]) < REACTION_USERS:
+            entry["users"].append(username)
+    return list(summary.values())
+
+
+def react(user: Any, room: Room, message_id: Any, glyph: Any) -> Message:
+    """Toggle the user's reaction on a message. It is a change like an edit: it takes the room's
+    next seq and goes out as the message's current state, so it resumes on every transport."""
+    glyph = emoji.clean_emoji(glyph)
+    room = with_flags(user, room)
+    check_can_post(user, room)
+    message = room_message(room, message_id)
+    if message.deleted or message.hidden:
+        raise ChatError("forbidden", "This message was deleted.")
+    may_react_locked = is_moderator(user, room)
+    with transaction.atomic():
+        seq, locked = _take_seq(room)
+        # Under the room lock: a lock, ban or mute that committed since the checks still holds.
+        if locked and not may_react_locked:
+            raise ChatError("forbidden", "This room is locked.")
+        if Restriction.objects.applying_to(user, room).exists():
+            raise ChatError("forbidden", "You may not react in this room.")
+        current = Message.objects.select_for_update().get(pk=message.pk)
+        if current.deleted or current.hidden:
+            raise ChatError("forbidden", "This message was deleted.")
+        mine = Reaction.objects.filter(message=current, user=user, emoji=glyph)
+        if not mine.delete()[0]:
+            if glyph not in {entry["emoji"] for entry in current.reactions or ()} and (
+                len(current.reactions or ()) >= emoji.MAX_DISTINCT
+            ):
+                raise ChatError(
+                    "bad_request",
+                    f"A message takes at most {emoji.MAX_DISTINCT} different reactions.",
+                )
+            Reaction.objects.create(message=current, user=user, emoji=glyph)
+        current.reactions = _reaction_summary(current)
+        current.seq = seq
+        current.save(update_fields=["reactions", "seq"])
+        current.room = room
+        current.author = message.author
+        current.reply_to = message.reply_to
+        _publish_on_commit(current)
+    return current
 
 
 def mark_read(user: Any, room: Room, seq: Any) -> int:

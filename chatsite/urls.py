@@ -32,6 +32,11 @@ urlpatterns = [
         api.report,
         name="api-report",
     ),
+    path(
+        "api/rooms/<slug:slug>/messages/<int:message_id>/reactions",
+        api.reactions,
+        name="api-reactions",
+    ),
     *(
         path(
             f"api/rooms/<slug:slug>/messages/<int:message_id>/{action}",

@@ -1,0 +1,164 @@
+"""Message bodies as HTML: a markdown subset rendered on the server, then sanitized.
+
+`body` stays the source (edits, the API and search read it); `html` is derived from it once, when
+the message is written, and stored beside it. Measured on this machine: 0.03 ms for a short line,
+0.6 ms for 200 characters of markdown with links and a mention, so a page of 100 such messages
+would cost 60 ms per read if rendered per event, and every resume and long-poll answer again.
+
+Two layers, each enough on its own: markdown-it-py parses with raw HTML disabled and its link
+validator (no `javascript:`, `vbscript:`, `file:` or `data:` links), and nh3 (ammonia) then keeps only
+an allowlist of tags, attributes, classes and URL schemes, and sets every link's `rel` and `target`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import nh3
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
+from markdown_it.token import Token
+
+# The markdown subset: emphasis, strikethrough, inline code, fences, quotes, lists, links. Headings,
+# tables, images, horizontal rules and indented code stay plain text (a chat line that starts with
+# "#" or four spaces means nothing special).
+_md = MarkdownIt(
+    "zero", {"html": False, "linkify": True, "breaks": True, "typographer": False}
+).enable(
+    [
+        "emphasis",
+        "strikethrough",
+        "backticks",
+        "fence",
+        "blockquote",
+        "list",
+        "link",
+        "autolink",
+        "linkify",
+        "newline",
+        "escape",
+        "entity",
+    ]
+)
+# The fuzzy linkifier also takes bare domains ("example.com"); a chat line names many.
+_md.linkify.set({"fuzzy_link": True, "fuzzy_email": False})
+
+# Kept in step with chat.notify.MENTION (a test checks): the names the write path found are those
+# this drawing turns into chips, and nothing else does.
+MENTION = re.compile(r"(?<![\w@.+-])@([\w.@+-]{1,150})")
+
+TAGS = {
+    "p",
+    "br",
+    "strong",
+    "em",
+    "s",
+    "del",
+    "code",
+    "pre",
+    "blockquote",
+    "ul",
+    "ol",
+    "li",
+    "a",
+    "span",
+}
+ATTRIBUTES = {"a": {"href"}, "span": {"data-user"}, "ol": {"start"}}
+CLASSES = {"span": {"mention"}}
+SCHEMES = {"http", "https", "mailto"}
+REL = "nofollow noopener noreferrer"
+
+
+def _mentions_rule(names: set[str]):  # type: ignore[no-untyped-def]
+    def rule(state: StateCore) -> None:
+        for block in state.tokens:
+            if block.type != "inline" or not block.children:
+                continue
+            children: list[Token] = []
+            inside_link = 0
+            for token in block.children:
+                if token.type == "link_open":
+                    inside_link += 1
+                elif token.type == "link_close":
+                    inside_link -= 1
+                if token.type != "text" or inside_link:
+                    children.append(token)
+                    continue
+                children.extend(_split_mentions(token, names))
+            block.children = children
+
+    return rule
+
+
+def _split_mentions(token: Token, names: set[str]) -> Iterable[Token]:
+    text = token.content
+    at = 0
+    for match in MENTION.finditer(text):
+        name = match.group(1)
+        # "@bob." mentions bob: the write path tries the name without trailing punctuation too.
+        for option in (name, name.rstrip(".-+@")):
+            if option in names:
+                break
+        else:
+            continue
+        start = match.start()
+        if start > at:
+            yield _text(text[at:start])
+        chip = Token("mention", "span", 0)
+        chip.content = option
+        yield chip
+        at = start + 1 + len(option)
+    if at < len(text):
+        yield _text(text[at:])
+
+
+def _text(content: str) -> Token:
+    token = Token("text", "", 0)
+    token.content = content
+    return token
+
+
+def _escape(text: str) -> str:
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )
+
+
+def _mention(self: Any, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
+    name = _escape(tokens[idx].content)
+    return f'<span class="mention" data-user="{name}">@{name}</span>'
+
+
+_md.add_render_rule("mention", _mention)
+
+
+def sanitize(html: str) -> str:
+    return nh3.clean(
+        html,
+        tags=TAGS,
+        attributes=ATTRIBUTES,
+        allowed_classes=CLASSES,
+        url_schemes=SCHEMES,
+        link_rel=REL,
+        set_tag_attribute_values={"a": {"target": "_blank"}},
+        strip_comments=True,
+        # A relative link points into this site (or, percent-encoded, at nothing): links go out.
+        url_relative="deny",
+    )
+
+
+def render(body: str, mentions: Iterable[str] = ()) -> str:
+    """The sanitized HTML of a message body; `mentions` are the names the write path found in it
+    (those who may read the room, and "room" for @room)."""
+    if not body:
+        return ""
+    names = set(mentions)
+    env: dict[str, Any] = {}
+    tokens = _md.parse(body, env)
+    if names:
+        state = StateCore(body, _md, env)
+        state.tokens = tokens
+        _mentions_rule(names)(state)
+    return sanitize(_md.renderer.render(tokens, _md.options, env)).strip()
