@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (the matrix fixtures are imported by name and taken as arguments)
 """Who may react and reply, on every transport: the JSON API, Channels and the Lambda handler.
 
 The same world as tests/faults/test_authz_matrix.py (its principals, rooms and messages); each
@@ -168,8 +169,8 @@ async def test_channels(committed_world: World, principal: str, kind: str) -> No
 @pytest.mark.parametrize("principal", USERS)
 def test_the_lambda_handler(
     world: World,
-    lambda_handler: Callable[[dict[str, Any]], Any],  # noqa: F811
-    posts: Posts,  # noqa: F811
+    lambda_handler: Callable[[dict[str, Any]], Any],
+    posts: Posts,
     principal: str,
     kind: str,
 ) -> None:
