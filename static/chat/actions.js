@@ -39,6 +39,56 @@ export function ownActions(record) {
   return box;
 }
 
+// The reactions under a message: one toggle per emoji (pressed when the reader is among those who
+// reacted), and a button that opens the quick picker. The server's answer redraws the message.
+const QUICK = ["👍", "❤️", "😂", "🎉", "😮", "😢", "👀", "🙏"];
+
+export function reactionBar(record) {
+  const bar = el("div", "reactions");
+  for (const reaction of record.event.reactions || []) {
+    const mine = reaction.users.includes(ctx.me);
+    const toggle = button(`${reaction.emoji} ${reaction.count}`, "reaction" + (mine ? " mine" : ""), null, `react-${reaction.emoji}`);
+    toggle.setAttribute("aria-pressed", String(mine));
+    const others = reaction.count - reaction.users.length;
+    toggle.title = reaction.users.join(", ") + (others > 0 ? ` and ${others} more` : "");
+    toggle.disabled = ctx.isBlocked();
+    toggle.addEventListener("click", () => react(record, reaction.emoji));
+    bar.append(toggle);
+  }
+  const add = button("☺+", "reaction add-reaction", "Add a reaction", "react-add");
+  add.disabled = ctx.isBlocked();
+  add.setAttribute("aria-expanded", String(record.picking));
+  add.addEventListener("click", () => {
+    record.picking = !record.picking;
+    ctx.redraw(record);
+  });
+  bar.append(add);
+  if (record.picking) {
+    const picker = el("span", "reaction-picker");
+    for (const emoji of QUICK) {
+      const pick = button(emoji, "reaction-choice", `React with ${emoji}`, `pick-${emoji}`);
+      pick.addEventListener("click", () => {
+        record.picking = false;
+        react(record, emoji);
+      });
+      picker.append(pick);
+    }
+    bar.append(picker);
+  }
+  return bar;
+}
+
+async function react(record, emoji) {
+  try {
+    const answer = await ctx.channel.react(ctx.slug, record.id, emoji);
+    if (answer && answer.type === "message") ctx.settle(answer);
+    record.note = null;
+  } catch (err) {
+    record.note = changeNote(record, "No reaction", err || {});
+  }
+  ctx.redraw(record);
+}
+
 // The Edit button goes when the window closes, with no event to say so.
 export function scheduleEditExpiry(record) {
   clearTimeout(record.expiry);

@@ -158,6 +158,12 @@ export class Channel extends EventTarget {
     return this._overHttp("DELETE", `${slug}/messages/${id}`);
   }
 
+  // Toggle one's reaction; resolves like edit (an ack, or the message event over HTTP).
+  react(slug, id, emoji) {
+    if (this._ready()) return this._request({ action: "react", room: slug, id, emoji });
+    return this._overHttp("POST", `${slug}/messages/${id}/reactions`, { emoji });
+  }
+
   typing(slug) {
     if (this._ready()) this.socket.send({ action: "typing", room: slug });
     else if (this.state === "fallback") this.api.send("POST", this.api.url(`${slug}/typing`), {}).catch(() => {});

@@ -8,9 +8,47 @@
 // is what they are drawn from. History pages come in here too: older ones as the reader scrolls
 // up, the latest one again after a resync.
 
-import { ownActions, reportButton, scheduleEditExpiry, syncChangeControls } from "./actions.js";
+import { ownActions, reactionBar, reportButton, scheduleEditExpiry, syncChangeControls } from "./actions.js";
 import { attachmentNode, button, el, humanSize, localTime } from "./dom.js";
 import { bodyNodes, mentionsMe } from "./mentions.js";
+import { richNodes } from "./richtext.js";
+
+// Consecutive messages of one author within this long read as one block under one name and time.
+const GROUP_GAP = 5 * 60 * 1000;
+
+// Today's messages show the time only, in the reader's own clock (12- or 24-hour, as their locale
+// has it); the day itself is the separator above its first message.
+function shortTime(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return ["", ""];
+  return [date.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" }), date.toLocaleString()];
+}
+
+function dayLabel(date) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (date.toDateString() === today.toDateString()) return "Today";
+  if (date.toDateString() === yesterday.toDateString()) return "Yesterday";
+  const options = { weekday: "long", month: "long", day: "numeric" };
+  if (date.getFullYear() !== today.getFullYear()) options.year = "numeric";
+  return date.toLocaleDateString([], options);
+}
+
+// A message's place in a run: the first of a new day carries the day's label, one that follows
+// the same author closely drops its name and time.
+function regroup(li) {
+  if (!li || !li.classList.contains("message") || !li.dataset.created) return;
+  const created = new Date(li.dataset.created);
+  let prev = li.previousElementSibling;
+  while (prev && !prev.dataset.created) prev = prev.previousElementSibling;
+  const prevDate = prev ? new Date(prev.dataset.created) : null;
+  const newDay = !prevDate || prevDate.toDateString() !== created.toDateString();
+  if (newDay) li.dataset.day = dayLabel(created);
+  else delete li.dataset.day;
+  const grouped =
+    !newDay && prev.dataset.author === li.dataset.author && created - prevDate < GROUP_GAP && !prev.classList.contains("pending");
+  li.classList.toggle("grouped", grouped);
+}
 
 const PAGE = 50;
 
@@ -28,6 +66,7 @@ let view = null; // what startList was given
 function newRecord(id, li) {
   li.dataset.id = id;
   return {
+    picking: false, // whether the reaction picker is open
     id,
     li,
     event: null, // the latest copy from the server
@@ -104,19 +143,23 @@ function render(record) {
   if (!mine && !event.deleted && mentionsMe(event, view.me)) li.classList.add("mentions-me");
   li.dataset.seq = event.seq;
   li.dataset.state = "sent";
+  li.dataset.author = event.author;
+  li.dataset.created = event.created;
   if (pending) li.dataset.change = pending.kind;
   else delete li.dataset.change;
   const meta = el("div", "meta");
   if (mine) {
     meta.append(el("span", "author", event.author));
+    meta.lastChild.dir = "auto";
   } else {
     // The name is the way to a direct conversation with its author (dms.js).
     const author = button(event.author, "author link-button");
     author.title = `Message ${event.author}`;
     author.dataset.dmUser = event.author;
+    author.dir = "auto";
     meta.append(author);
   }
-  const [short, long] = localTime(event.created);
+  const [short, long] = shortTime(event.created);
   const time = el("time", null, short);
   time.dateTime = event.created;
   time.title = long;
@@ -124,22 +167,27 @@ function render(record) {
   if (event.edited && !event.deleted) meta.append(el("span", "edited", "edited"));
   if (pending) {
     meta.append(el("span", "state", pending.kind === "edit" ? "Saving…" : "Deleting…"));
-  } else {
+  } else if (mine) {
+    // Delivery state means something only to whoever sent it.
     meta.append(el("span", "state", "✓"));
     meta.lastChild.setAttribute("aria-label", "sent");
   }
   const parts = [meta];
+  if (event.reply_to && !event.deleted) parts.push(replyQuote(event.reply_to));
   if (record.editor) {
     parts.push(record.editor);
   } else if (event.deleted || event.body || !event.attachment || pending) {
     // A message may be only a file; an empty body then takes no room.
     const body = el("div", "body");
-    if (event.deleted) body.textContent = "message deleted";
+    body.dir = "auto";
+    if (event.deleted) body.textContent = event.hidden ? "removed by a moderator" : "message deleted";
     else if (pending && pending.kind === "edit") body.textContent = pending.body;
+    else if (event.html) body.append(...richNodes(event.html, view.me));
     else body.append(...bodyNodes(event.body, event.mentions, view.me));
     parts.push(body);
   }
   if (event.attachment && !event.deleted) parts.push(attachmentNode(event.attachment));
+  if (!event.deleted) parts.push(reactionBar(record));
   if (!mine && !event.deleted) {
     meta.append(reportButton(record));
     if (record.report) parts.push(record.report); // a report being written survives an edit
@@ -154,6 +202,29 @@ function render(record) {
   syncChangeControls(record);
   keepFocus(li, () => li.replaceChildren(...parts));
   scheduleEditExpiry(record);
+  regroup(li); // the class list was just set again
+  if (event.deleted) settleQuotes(event);
+}
+
+// What a reply shows of the message it answers (the server's excerpt: never a removed text).
+function replyQuote(reply) {
+  const quote = el("div", "reply-quote" + (reply.deleted ? " removed" : ""));
+  quote.dataset.replyTo = reply.id;
+  const who = el("span", "reply-author", reply.author || "");
+  who.dir = "auto";
+  const text = el("span", "reply-excerpt", reply.excerpt);
+  text.dir = "auto";
+  quote.append(who, " ", text);
+  return quote;
+}
+
+// A message deleted or hidden here: replies to it on this page stop quoting its text at once
+// (their own events still carry the excerpt they were read with).
+function settleQuotes(event) {
+  for (const quote of view.list.querySelectorAll(`.reply-quote[data-reply-to="${event.id}"]`)) {
+    quote.classList.add("removed");
+    quote.querySelector(".reply-excerpt").textContent = event.hidden ? "removed by a moderator" : "message deleted";
+  }
 }
 
 // Redrawing replaces a message's nodes: whoever was typing in its editor or report form, or was
@@ -189,6 +260,8 @@ function place(record) {
   const before = next ? next.li : unacked.values().next().value || view.list.querySelector(".empty");
   const li = record.li;
   if (li.parentNode !== view.list || li.nextElementSibling !== before) view.list.insertBefore(li, before);
+  regroup(li);
+  regroup(li.nextElementSibling);
 }
 
 export function showOutgoing(item) {
