@@ -252,7 +252,8 @@ function changed(event, kind, body, answer) {
   // The event came first (or the change changed nothing): it is the server's copy.
   if (!answer || answer.seq <= event.seq) return event;
   const seq = answer.seq;
-  if (kind === "edit") return { ...event, seq, body, edited: event.edited || new Date().toISOString() };
+  // The old html no longer matches the body: plain text until the server's rendering comes.
+  if (kind === "edit") return { ...event, seq, body, html: "", edited: event.edited || new Date().toISOString() };
   return { ...event, seq, body: "", deleted: true, attachment: null };
 }
 
