@@ -29,6 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 def world(db: Any) -> World:
     return build_world()
 
+
 # Reading a room's messages in any shape is what history allows (the matrix's "history" row).
 READ = (
     (401, 200, 200, 200, 403, 200, 200, 200),
