@@ -460,3 +460,31 @@ def test_the_room_page_opens_at_a_message(as_alice: Client, numbered: list[Messa
     # A bad value opens the latest page, as a bad ?before= does.
     latest = as_alice.get("/rooms/general/?around=%D9%A1").content.decode()
     assert 'data-latest="true"' in latest
+
+
+def test_the_fallback_reads_the_same_syntax(
+    as_alice: Client, talk: dict[str, Message], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What SQLite runs (substring matches), exercised here by making search think it is not on
+    PostgreSQL: the same answers for the same syntax on this data."""
+
+    class Elsewhere:
+        vendor = "sqlite"
+
+    monkeypatch.setattr(search, "connection", Elsewhere())
+    assert bodies(find(as_alice, q="PLAN release")) == ["The release plan is ready"]
+    assert bodies(find(as_alice, q='"release plan"')) == ["The release plan is ready"]
+    assert bodies(find(as_alice, q="release -secret -notes")) == ["The release plan is ready"]
+    assert bodies(find(as_alice, q="pizza or notes")) == [
+        "Lunch plan: pizza or sushi",
+        "Please review the release notes",
+    ]
+
+
+def test_the_parser_reads_websearch_syntax() -> None:
+    parsed = search.parse('sad "Fat  Cat" or -rat dog "unclosed phrase')
+    assert [[(c.words, c.negated) for c in group] for group in parsed.groups] == [
+        [(["sad"], False), (["fat", "cat"], False)],
+        [(["rat"], True), (["dog"], False), (["unclosed", "phrase"], False)],
+    ]
+    assert parsed.terms == {"sad", "fat", "cat", "dog", "unclosed", "phrase"}
