@@ -110,6 +110,9 @@ def fill(n: int) -> tuple[list[Any], Any, float]:
                 "n": n,
             },
         )
+        # The foreign keys are deferred: checked now, since an index cannot be built on a table
+        # with checks pending.
+        cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for statement in migration.FORWARD[1:]:
             cur.execute(statement)
         Room.objects.filter(pk__in=[r.pk for r in rooms]).update(seq=per_room)
