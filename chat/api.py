@@ -38,6 +38,7 @@ from chat import (
     tokens,
     writepath,
 )
+from chat import search as chat_search
 from chat.errors import ChatError
 from chat.models import Restriction
 
@@ -171,6 +172,20 @@ def notifications(request: HttpRequest, slug: str) -> HttpResponse:
     return JsonResponse({"room": room.slug, "level": level})
 
 
+@api("GET")
+def search(request: HttpRequest) -> HttpResponse:
+    """`?q=<text>&room=<slug>&author=<username>&limit=<n>&before=<id>` (chat/search.py)."""
+    found = chat_search.search(
+        request.user,
+        request.GET.get("q"),
+        room=request.GET.get("room"),
+        author=request.GET.get("author"),
+        limit=request.GET.get("limit"),
+        before=request.GET.get("before"),
+    )
+    return JsonResponse(found)
+
+
 # --- the user's own stream ---
 
 
@@ -217,6 +232,13 @@ def messages(request: HttpRequest, slug: str) -> HttpResponse:
     if after is not None:
         return JsonResponse(reads.catch_up(room, after, room.seq).answer("messages"))
     limit = cleaning.clean_limit(request.GET.get("limit"), "limit", 1, 100, default=50)
+    # Opening a room at one message (a search hit, a quoted reply), and scrolling down from it.
+    around = query_int(request, "around")
+    if around is not None:
+        return JsonResponse(reads.around(room, around, limit))
+    newer_than = query_int(request, "newer_than")
+    if newer_than is not None:
+        return JsonResponse(reads.newer(room, newer_than, limit))
     return JsonResponse(reads.history(room, query_int(request, "before"), limit))
 
 

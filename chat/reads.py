@@ -67,6 +67,75 @@ def history(room: Room, before: int | None, limit: int) -> dict[str, Any]:
     return {"messages": page, "has_more": has_more}
 
 
+def around(room: Room, seq: int, limit: int) -> dict[str, Any]:
+    """The page of about `limit` messages around one, oldest first: a search hit or a quoted
+    reply opens the room there. `seq` is any seq the message has held (its current `seq`, as
+    events carry it, or the one it was posted at): each seq names at most one message. A seq
+    that names none (an edit since superseded) centres the page on that position. Half the page
+    is older than the anchor and half newer; near either end the other side fills it.
+
+    `older` and `newer` are positions (posted seqs) to page on with `before=` and
+    `newer_than=`: exact, so the pages neither overlap nor leave a hole."""
+    if seq > room.seq:
+        raise ChatError("bad_request", f"`around` {seq} is ahead of the room ({room.seq}).")
+    found = (
+        Message.objects.for_room(room)
+        .filter(Q(seq=seq) | Q(posted_seq=seq))
+        .values_list("pk", "posted_seq")
+        .first()
+    )
+    anchor, position = found if found is not None else (None, seq)
+    rows = Message.objects.for_room(room)
+    older = list(
+        rows.filter(posted_seq__lte=position)
+        .order_by("-posted_seq")
+        .values_list("posted_seq", flat=True)[: limit + 1]
+    )
+    newer = list(
+        rows.filter(posted_seq__gt=position)
+        .order_by("posted_seq")
+        .values_list("posted_seq", flat=True)[: limit + 1]
+    )
+    take_new = min(len(newer), limit // 2)
+    take_old = min(len(older), limit - take_new)
+    take_new = min(len(newer), limit - take_old)
+    shown = sorted(older[:take_old] + newer[:take_new])
+    page = []
+    if shown:
+        span = rows.filter(posted_seq__gte=shown[0], posted_seq__lte=shown[-1])
+        page = span.order_by("posted_seq").events(room.slug)
+    return {
+        "messages": page,
+        "anchor": anchor,
+        "has_older": len(older) > take_old,
+        "has_newer": len(newer) > take_new,
+        "has_more": len(older) > take_old,
+        "older": shown[0] if shown else position + 1,
+        "newer": shown[-1] if shown else position,
+    }
+
+
+def newer(room: Room, position: int, limit: int) -> dict[str, Any]:
+    """The `limit` messages posted first after a position, oldest first (scrolling down from a
+    page opened with `around`); `newer` is where the next such page starts."""
+    rows = Message.objects.for_room(room)
+    seqs = list(
+        rows.filter(posted_seq__gt=position)
+        .order_by("posted_seq")
+        .values_list("posted_seq", flat=True)[: limit + 1]
+    )
+    shown = seqs[:limit]
+    page = []
+    if shown:
+        span = rows.filter(posted_seq__gte=shown[0], posted_seq__lte=shown[-1])
+        page = span.order_by("posted_seq").events(room.slug)
+    return {
+        "messages": page,
+        "has_newer": len(seqs) > limit,
+        "newer": shown[-1] if shown else position,
+    }
+
+
 def visible_rooms(user: Any) -> list[dict[str, Any]]:
     """The rooms list with unread and mention counts and the user's notification level; DMs
     titled by the other people's names. A handful of queries whatever the number of rooms."""

@@ -4,6 +4,7 @@ live client on top of the room page."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages as flash
@@ -74,6 +75,10 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         before_seq = None
     page = reads.history(room, before_seq, PAGE_SIZE)
     oldest = min((m["seq"] for m in page["messages"]), default=None)
+    # ?around=<seq>: opened at one message (a search hit, a quoted reply); search.js scrolls on.
+    opened = _around(room, request.GET.get("around"))
+    if opened is not None:
+        page, oldest = opened, opened["older"]
     rooms = reads.visible_rooms(request.user)
     # The reader's own view of this room: a DM is titled by the other people's names, and the
     # header's notification control starts at the reader's level.
@@ -90,7 +95,8 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "rooms": rooms,
         "title": listed["title"],
         "level": listed["notifications"],
-        "is_latest": before_seq is None,
+        "is_latest": before_seq is None and opened is None,
+        "around": opened,
         "max_body": settings.CHAT_MAX_BODY,
         "edit_window": settings.CHAT_EDIT_WINDOW,
         "max_attachment": settings.CHAT_ATTACHMENT_MAX_SIZE,
@@ -99,6 +105,17 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "is_moderator": access.is_moderator(request.user, room),
     }
     return render(request, "chat/room.html", context)
+
+
+def _around(room: Any, value: str | None) -> dict[str, Any] | None:
+    """The page around a message, or None (absent or unreadable: the latest page, as for a
+    bad ?before=)."""
+    if not value:
+        return None
+    try:
+        return reads.around(room, cleaning.clean_cursor(value, "around"), PAGE_SIZE)
+    except ChatError:
+        return None
 
 
 # --- email digests: the unsubscribe link of every digest (chat/digest.py) ---

@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/blocks/", api.blocks, name="api-blocks"),
     path("api/blocks/<str:username>", api.block, name="api-block"),
     path("api/users", api.users, name="api-users"),
+    path("api/search", api.search, name="api-search"),
     path("api/rooms/<slug:slug>/members", api.members, name="api-members"),
     path("api/rooms/<slug:slug>/notifications", api.notifications, name="api-notifications"),
     path("api/me/notifications", api.my_notifications, name="api-my-notifications"),
