@@ -70,6 +70,26 @@ def require(user: Any, room: Room | None, perm: str) -> None:
         raise ChatError("forbidden", "Only this room's moderators may do that.")
 
 
+def is_owner(user: Any, room: Room) -> bool:
+    """The room's creator (`created_by`): with its moderators, they keep its description and,
+    in a private room, who is in it. Nobody owns a DM."""
+    return (
+        user.is_authenticated
+        and user.is_active
+        and not room.is_dm
+        and room.created_by_id is not None
+        and room.created_by_id == user.pk
+    )
+
+
+def can_manage(user: Any, room: Room) -> bool:
+    """May edit the room's description and invite or remove members: its owner, its own
+    moderators and site staff who may change rooms."""
+    if room.is_dm:
+        return False
+    return is_owner(user, room) or can_moderate(user, room, "change_room")
+
+
 def may_lift_any(user: Any) -> bool:
     """Whether the user may lift some ban or mute: site staff with the permission, or a room's
     own moderators (in their rooms)."""

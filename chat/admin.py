@@ -188,7 +188,7 @@ class RoomAdmin(RoomScoped):
     moderators_path = "moderators"
     list_display = ["slug", "title", "private", "locked", "rate_limit", "seq", "created"]
     list_filter = ["private", "locked"]
-    search_fields = ["slug", "title"]
+    search_fields = ["slug", "title", "description"]
     readonly_fields = ["seq", "created"]
     filter_horizontal = ["moderators"]
     inlines = [MembershipInline]
@@ -216,7 +216,7 @@ class RoomAdmin(RoomScoped):
         # event and writes the audit row); the rest of the form is saved as usual.
         # Never obj.save(): it would write back the `seq` read when the form was loaded, and a
         # post in between would then collide with the next one. Only the changed plain columns.
-        state = ["locked", "title", "private", "rate_limit"]
+        state = ["locked", "title", "private", "rate_limit", "description"]
         wanted = {name: getattr(obj, name) for name in state if name in form.changed_data}
         plain = {
             name: getattr(obj, name)

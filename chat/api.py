@@ -38,6 +38,7 @@ from chat import (
     tokens,
     writepath,
 )
+from chat import rooms as chatrooms  # `rooms` is the view of /api/rooms/
 from chat import search as chat_search
 from chat.errors import ChatError
 from chat.models import Restriction
@@ -157,11 +158,46 @@ def users(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"users": reads.find_users(prefix, limit)})
 
 
-@api("GET")
+@api("GET", "POST", "DELETE")
 def members(request: HttpRequest, slug: str) -> HttpResponse:
-    """Who can be mentioned in the room: its members (a public room: those who joined it)."""
+    """GET: who can be mentioned in the room, its members (a public room: those who joined it).
+    POST `{"user"}`: invite someone to a private room; DELETE `{"user"}`: remove them."""
     room = access.get_room(request.user, slug)
+    if request.method == "POST":
+        person, created = chatrooms.invite(request.user, room, json_body(request).get("user"))
+        answer = {"room": room.slug, "user": person.get_username()}
+        return JsonResponse(answer, status=201 if created else 200)
+    if request.method == "DELETE":
+        chatrooms.remove(request.user, room, json_body(request).get("user"))
+        return HttpResponse(status=204)
     return JsonResponse({"members": reads.room_members(room)})
+
+
+# --- the directory, joining and leaving (chat/rooms.py) ---
+
+
+@api("GET")
+def directory(request: HttpRequest) -> HttpResponse:
+    """`?q=&limit=&offset=`: public rooms, latest activity first."""
+    limit = cleaning.clean_limit(request.GET.get("limit"), "limit", 1, 100, default=50)
+    offset = cleaning.clean_limit(request.GET.get("offset"), "offset", 0, 10_000, default=0)
+    return JsonResponse(chatrooms.directory(request.user, request.GET.get("q"), limit, offset))
+
+
+@api("POST")
+def join(request: HttpRequest, slug: str) -> HttpResponse:
+    room = access.get_room(request.user, slug)
+    created = chatrooms.join(request.user, room)
+    answer = reads.room_view(room, request.user) | {"joined": True}
+    return JsonResponse(answer, status=201 if created else 200)
+
+
+@api("POST")
+def leave(request: HttpRequest, slug: str) -> HttpResponse:
+    """204 whether or not the user was in the room (a retry is safe)."""
+    room = access.get_room(request.user, slug)
+    chatrooms.leave(request.user, room)
+    return HttpResponse(status=204)
 
 
 @api("POST")

@@ -141,14 +141,21 @@ def clean_slug(value: Any, field: str = "room") -> str:
     return value
 
 
+# Slugs that name pages and endpoints beside the rooms' own (/api/rooms/directory): a room with
+# one of these names could never be reached there.
+RESERVED_SLUGS = frozenset({"directory"})
+
+
 def clean_new_slug(value: Any, field: str = "slug") -> str:
     """The slug of a room being made: exactly what clean_slug() will find later (no trailing
-    newline, which a `$`-anchored pattern would let through)."""
+    newline, which a `$`-anchored pattern would let through), and not a reserved name."""
     if not isinstance(value, str) or len(value) > SLUG_MAX or not _ROOM_SLUG.fullmatch(value):
         raise _refuse(
             field,
             "is 1–50 lowercase letters, digits and dashes, not starting or ending with a dash.",
         )
+    if value in RESERVED_SLUGS:
+        raise _refuse(field, f"cannot be {value!r}: that name is taken by the site.")
     return value
 
 

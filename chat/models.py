@@ -23,6 +23,10 @@ slug_validator = RegexValidator(
 )
 
 
+# A room's description: a few lines, as Slack's channel purpose (chat/moderation.py cleans it).
+DESCRIPTION_MAX = 500
+
+
 class RoomQuerySet(models.QuerySet["Room"]):
     def visible_to(self, user: Any) -> RoomQuerySet:
         """Public rooms and the private rooms the user is a member of."""
@@ -45,6 +49,10 @@ class Room(models.Model):
     # two people opening "the same" conversation at the same moment get one room.
     dm_key = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
     title = models.CharField(max_length=100)
+    # What the room is for: shown in its header and in the directory (chat/rooms.py).
+    description = models.CharField(
+        max_length=DESCRIPTION_MAX, blank=True, default="", db_default=""
+    )
     private = models.BooleanField(default=False)
     locked = models.BooleanField(default=False)
     seq = models.BigIntegerField(default=0, editable=False)
@@ -87,6 +95,7 @@ class Room(models.Model):
         data: dict[str, Any] = {
             "slug": self.slug,
             "title": self.title,
+            "description": self.description,
             "kind": self.kind,
             "private": self.private,
             "locked": self.locked,
@@ -678,11 +687,17 @@ class UserEvent(models.Model):
     DM = "dm"
     INVITE = "invite"
     UNREAD = "unread"
+    # The user joined a room (on another device) or left it, or was removed from it: every
+    # device adds it to or drops it from the rooms list (chat/rooms.py).
+    JOINED = "joined"
+    LEFT = "left"
     KINDS = [
         (MENTION, "mention"),
         (DM, "direct message"),
         (INVITE, "invitation"),
         (UNREAD, "unread"),
+        (JOINED, "joined"),
+        (LEFT, "left"),
     ]
 
     user = models.ForeignKey(

@@ -20,9 +20,9 @@ from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 
 from chat import cleaning, events, fanout
-from chat.access import is_room_moderator, require, restriction
+from chat.access import can_manage, is_room_moderator, require, restriction
 from chat.errors import ChatError
-from chat.models import Message, ModerationAction, Report, Restriction, Room
+from chat.models import DESCRIPTION_MAX, Message, ModerationAction, Report, Restriction, Room
 from chat.writepath import change, room_message
 
 
@@ -105,13 +105,22 @@ def erase_message(actor: Any, room: Room, message_id: Any, reason: Any = None) -
 
 # --- rooms ---
 
-ROOM_FIELDS = {"locked": bool, "private": bool, "title": str, "rate_limit": int}
+ROOM_FIELDS = {
+    "locked": bool,
+    "private": bool,
+    "title": str,
+    "rate_limit": int,
+    "description": str,
+}
+# What the room's owner may change without moderating it (chat/access.py, can_manage).
+OWNER_FIELDS = {"description"}
 
 
 def moderate_room(actor: Any, room: Room, changes: dict[str, Any], reason: Any = None) -> Room:
-    """Lock, unlock, rename, make private or public, tune the rate limit; a `room` event goes to
-    every subscriber after commit. Unknown or mistyped fields change nothing."""
-    require(actor, room, "change_room")
+    """Lock, unlock, rename, make private or public, tune the rate limit, describe; a `room`
+    event goes to every subscriber after commit. Unknown or mistyped fields change nothing."""
+    if not (changes and set(changes) <= OWNER_FIELDS and can_manage(actor, room)):
+        require(actor, room, "change_room")
     reason = _reason(reason)
     fields: dict[str, Any] = {}
     for name, value in changes.items():
@@ -121,6 +130,14 @@ def moderate_room(actor: Any, room: Room, changes: dict[str, Any], reason: Any =
         fields[name] = value
     if "title" in fields:
         fields["title"] = cleaning.clean_line(fields["title"], "title", max_length=100)
+    if "description" in fields:
+        fields["description"] = cleaning.clean_text(
+            fields["description"],
+            "description",
+            max_length=DESCRIPTION_MAX,
+            required=False,
+            strip=True,
+        )
     if "rate_limit" in fields and not 0 <= fields["rate_limit"] <= 10_000:
         raise ChatError("bad_request", "`rate_limit` is 0 (none) to 10,000 messages a minute.")
     fields = {k: v for k, v in fields.items() if getattr(room, k) != v}

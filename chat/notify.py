@@ -9,7 +9,9 @@ replayed from the database on resume (chat/reads.py, user_catch_up). Kinds:
 - `mention`: a message mentions the user (`@name`, or `@room` by one of the room's moderators);
 - `dm`: a message in one of the user's direct-message conversations;
 - `unread`: the user has unread messages in a room, or read some (every device's badge follows);
-- `invite`: reserved for invitations to private rooms.
+- `invite`: the user was added to a private room;
+- `joined`, `left`: the user joined a room, or left it or was removed from it (chat/rooms.py):
+  every device adds it to, or drops it from, its rooms list.
 
 What it costs, and why: a message to a 200-member room must not write 200 rows or send 200 events
 to members who are not looking. So:
@@ -217,8 +219,16 @@ def plan(room: Room, author: Any, mentions: Mentions, dm: bool = True) -> Plan:
     quiet |= {user_id for user_id, level in levels.items() if level == Membership.NONE}
     for user_id in quiet:
         targets.pop(user_id, None)
-    # A mentioned reader of a public room becomes a member (as reading it would).
+    # A mentioned reader of a public room becomes a member (as reading it would), unless they
+    # left it: leaving stops the room's notifications (chat/rooms.py).
     joining = [] if room.private else [user_id for user_id in targets if user_id not in levels]
+    if joining:
+        left = UserEvent.objects.filter(user_id__in=joining, room=room, kind=UserEvent.LEFT)
+        for user_id in set(left.values_list("user_id", flat=True)):
+            targets.pop(user_id, None)
+            joining.remove(user_id)
+        if not targets:
+            return Plan()
     return Plan(targets, joining)
 
 

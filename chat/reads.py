@@ -173,6 +173,8 @@ def visible_rooms(user: Any) -> list[dict[str, Any]]:
         extra: dict[str, Any] = {
             "mentions": mentions.get(room.pk, 0),
             "notifications": membership.level(room),
+            # The sidebar shows the rooms the user is in; the others are in the directory.
+            "joined": room.pk in memberships,
         }
         if room.is_dm:
             extra.update(dm_view(room, people.get(room.pk, []), user))
@@ -346,6 +348,11 @@ def notify_events(
     for row in rows:
         pair = (row.user_id, row.room_id)
         room = rooms.get(row.room_id) if row.room_id is not None else None
+        if row.kind == UserEvent.LEFT and room is not None:
+            # Said even once the room cannot be read: the user's devices must drop it, and the
+            # user knew its name.
+            built.append(events.notify(row.seq, row.kind, room.slug, 0, 0))
+            continue
         if room is None or pair not in readable:
             built.append(events.notify(row.seq, row.kind, None, 0, 0))
             continue

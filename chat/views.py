@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from chat import access, cleaning, digest, reads, writepath
+from chat import access, cleaning, digest, reads, rooms, writepath
 from chat.errors import ChatError
 
 PAGE_SIZE = 50
@@ -49,6 +49,26 @@ def index(request: HttpRequest) -> HttpResponse:
             return redirect("room", slug=room.slug)
     rooms = reads.visible_rooms(request.user)
     return render(request, "chat/index.html", {"rooms": rooms})
+
+
+@login_required
+def directory(request: HttpRequest) -> HttpResponse:
+    """The public rooms to browse and join (a form post: it works without JavaScript)."""
+    if request.method == "POST":
+        try:
+            room = access.get_room(request.user, request.POST.get("room", ""))
+            rooms.join(request.user, room)
+        except ChatError as exc:
+            flash.error(request, exc.detail)
+            return redirect("directory")
+        return redirect("room", slug=room.slug)
+    q = request.GET.get("q", "")
+    try:
+        listed = rooms.directory(request.user, q)
+    except ChatError as exc:
+        flash.error(request, exc.detail)
+        q, listed = "", rooms.directory(request.user, "")
+    return render(request, "chat/directory.html", {"q": q, **listed})
 
 
 @login_required
@@ -103,6 +123,10 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "attachment_types": ",".join(settings.CHAT_ATTACHMENT_TYPES),
         # Moderators may post in a locked room: the page keeps their composer open.
         "is_moderator": access.is_moderator(request.user, room),
+        # The header's description and members controls (static/chat/roomadmin.js).
+        "can_manage": access.can_manage(request.user, room),
+        "is_owner": access.is_owner(request.user, room),
+        "joined": bool(listed.get("joined")),
     }
     return render(request, "chat/room.html", context)
 

@@ -162,8 +162,10 @@ class RoomView {
     });
     c.addEventListener("notify", (e) => {
       const event = e.detail;
+      // Left or removed (sidebar.js, roomadmin.js): the list drops it, whichever room it is.
+      if (event.kind === "left") this.rooms.apply(event);
       // The open room, looked at, is being read: its counts are about to be zero anyway.
-      if (event.room === this.slug && reading()) this.rooms.read(this.slug);
+      else if (event.room === this.slug && reading()) this.rooms.read(this.slug);
       else if (!this.rooms.apply(event)) c.user.load(); // a conversation this page has not listed
       this.alerts.notify(event);
     });

@@ -53,9 +53,20 @@ export class RoomsList {
     return this.rooms.get(slug);
   }
 
+  // Whether a room belongs in the list: a list marked data-joined-only (the room page's sidebar)
+  // shows the rooms the user is in and the open one; the directory has the others.
+  listed(room) {
+    const joinedOnly = this.lists.room && "joinedOnly" in this.lists.room.dataset;
+    return !joinedOnly || room.kind === "dm" || room.joined !== false || room.slug === this.current;
+  }
+
   // The whole list from GET /api/rooms/: every count is current.
   show(rooms) {
     for (const room of rooms) {
+      if (!this.listed(room)) {
+        this.remove(room.slug);
+        continue;
+      }
       this.rooms.set(room.slug, {
         slug: room.slug,
         title: room.title,
@@ -69,8 +80,25 @@ export class RoomsList {
     this.renderAll();
   }
 
-  // A `notify` event; false when its room is not in the list (a new conversation: read it again).
+  // A room the user left or was removed from, on any device: it goes from the list. The open
+  // room goes to the directory instead of staying on screen (reading it would join it again).
+  remove(slug) {
+    this.rooms.delete(slug);
+    for (const li of this.items()) if (li.dataset.slug === slug) li.remove();
+    this.onChange();
+  }
+
+  // A `notify` event; false when its room is not in the list (a new conversation, an invitation
+  // or a room joined on another device: read the list again).
   apply(event) {
+    if (event.kind === "left" && event.room) {
+      this.remove(event.room);
+      if (event.room === this.current) {
+        const directory = document.getElementById("browse-rooms");
+        if (directory) window.location.assign(directory.href);
+      }
+      return true;
+    }
     const room = event.room && this.rooms.get(event.room);
     if (!room) return !event.room;
     if (typeof event.unread === "number") room.unread = event.unread;
