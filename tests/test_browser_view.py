@@ -7,6 +7,7 @@ The browser, the per-user sessions and the server are tests/test_browser.py's.""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -316,3 +317,148 @@ def test_a_new_user_lands_in_the_lobby(browser: Browser, server: Any) -> None:
         assert get_user_model().objects.filter(username="newcomer").exists()
     finally:
         context.close()
+
+
+# --- a ban seen from an open tab ---
+
+
+def test_a_site_ban_tells_the_open_tab_why_and_fails_what_is_sent(
+    sessions: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    b = sessions(bob, **DESKTOP)
+    page = b.open("general")
+    expect(b.badge).to_have_text("Live")
+    moderation.restrict(boss(), bob, Restriction.BAN)
+    alert = page.locator("#page-alert")
+    expect(alert).to_contain_text("You are banned.")
+    expect(b.badge).to_have_text("Disconnected")
+    expect(page.locator("#composer-body")).to_be_disabled()
+    # Whatever was still queued (here: sent through the channel after the ban) fails with why.
+    page.evaluate("() => window.chatRoom.channel.send('general', 'after the ban')")
+    failed = page.locator(".message.mine", has_text="after the ban")
+    expect(failed).to_have_attribute("data-state", "failed")
+    expect(failed).to_contain_text("Not sent: You are banned.")
+    assert not Message.objects.filter(body="after the ban").exists()
+
+
+@SCREENS
+def test_a_room_ban_fails_the_pending_message_with_the_reason(
+    sessions: Any, alice: Any, bob: Any, room: Room, screen: dict[str, Any]
+) -> None:
+    b = sessions(bob, **screen)
+    page = b.open("general")
+    expect(b.badge).to_have_text("Live")
+    b.context.set_offline(True)
+    expect(b.badge).to_have_text("Offline")
+    b.say("are you there?")
+    pending = page.locator(".message.mine", has_text="are you there?")
+    expect(pending).to_have_attribute("data-state", "pending")
+    moderation.restrict(boss(), bob, Restriction.BAN, room=room)
+    b.context.set_offline(False)
+    expect(pending).to_have_attribute("data-state", "failed")
+    expect(pending).to_contain_text("Not sent: You are banned from this room.")
+    expect(page.locator("#page-alert")).to_contain_text("You are banned from this room.")
+    expect(page.locator("#composer-body")).to_be_disabled()
+    assert not Message.objects.filter(body="are you there?").exists()
+
+
+# --- the composer ---
+
+
+def test_a_draft_survives_a_room_switch_and_a_reload(
+    sessions: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    Room.objects.create(slug="random", title="Random")
+    b = sessions(bob, **DESKTOP)
+    page = b.open("general")
+    box = page.locator("#composer-body")
+    box.press_sequentially("half a thought")
+    page.locator('#sidebar li[data-slug="random"] a').click()
+    expect(page).to_have_url(re.compile("/rooms/random/"))
+    expect(box).to_have_value("")
+    box.press_sequentially("elsewhere")
+    page.go_back()
+    expect(page).to_have_url(re.compile("/rooms/general/"))
+    expect(box).to_have_value("half a thought")
+    page.reload()
+    expect(box).to_have_value("half a thought")
+    box.press("Enter")
+    expect(b.message("half a thought")).to_have_count(1)
+    page.reload()
+    # Sent: the draft is gone; the other room's is still there.
+    expect(box).to_have_value("")
+    b.open("random")
+    expect(box).to_have_value("elsewhere")
+
+
+@SCREENS
+def test_arrow_up_in_an_empty_composer_edits_ones_last_message(
+    sessions: Any, alice: Any, bob: Any, room: Room, screen: dict[str, Any]
+) -> None:
+    writepath.post_message(bob, room, "my first", "m1")
+    writepath.post_message(bob, room, "my last", "m2")
+    writepath.post_message(alice, room, "alice after", "m3")
+    b = sessions(bob, **screen)
+    page = b.open("general")
+    box = page.locator("#composer-body")
+    box.press_sequentially("x")
+    box.press("ArrowUp")  # not empty: an ordinary key
+    expect(page.locator(".edit-form")).to_have_count(0)
+    box.fill("")
+    box.press("ArrowUp")
+    mine = Message.objects.get(client_id="m2")
+    editor = page.locator(f'.message[data-id="{mine.pk}"] .edit-form textarea')
+    expect(editor).to_be_focused()
+    expect(editor).to_have_value("my last")
+    editor.fill("my last, edited")
+    editor.press("Enter")
+    expect(b.message("my last, edited")).to_have_count(1)
+    # Settled by the server (the change is no longer in flight), then stored.
+    expect(page.locator(f'.message[data-id="{mine.pk}"]')).not_to_have_class(re.compile("changing"))
+    assert Message.objects.get(client_id="m2").body == "my last, edited"
+
+
+# A DataTransfer with one small text file, built in the page.
+def with_file(name: str) -> str:
+    return f"""() => {{
+        const data = new DataTransfer();
+        data.items.add(new File(["hello"], "{name}", {{type: "text/plain"}}));
+        return data;
+    }}"""
+
+
+@SCREENS
+def test_a_pasted_or_dropped_file_is_attached(
+    sessions: Any, alice: Any, bob: Any, room: Room, screen: dict[str, Any]
+) -> None:
+    b = sessions(bob, **screen)
+    page = b.open("general")
+    expect(b.badge).to_have_text("Live")
+    chip = page.locator("#attachment-chip")
+    # As the browser fires it: a ClipboardEvent whose clipboardData holds the file.
+    page.locator("#composer-body").evaluate(
+        f"""box => box.dispatchEvent(new ClipboardEvent("paste", {{
+            clipboardData: ({with_file("pasted.txt")})(), bubbles: true, cancelable: true,
+        }}))"""
+    )
+    expect(chip).to_contain_text("pasted.txt")
+    b.say("with a paste")
+    expect(page.locator(".message.mine", has_text="with a paste")).to_have_attribute(
+        "data-state", "sent"
+    )
+    expect(chip).to_be_hidden()
+
+    dropped = page.evaluate_handle(with_file("dropped.txt"))
+    page.dispatch_event("#scroller", "dragover", {"dataTransfer": dropped})
+    expect(page.locator("#composer")).to_have_class(re.compile("dragging"))
+    page.dispatch_event("#scroller", "drop", {"dataTransfer": dropped})
+    expect(chip).to_contain_text("dropped.txt")
+    expect(page.locator("#composer")).not_to_have_class(re.compile("dragging"))
+    b.say("with a drop")
+    expect(page.locator(".message.mine", has_text="with a drop")).to_have_attribute(
+        "data-state", "sent"
+    )
+    names = sorted(
+        Message.objects.filter(attachment__isnull=False).values_list("attachment__name", flat=True)
+    )
+    assert names == ["dropped.txt", "pasted.txt"]

@@ -24,6 +24,7 @@ const BADGES = {
   fallback: ["Fallback", "WebSockets are unavailable; using long-polling"],
   reconnecting: ["Reconnecting…", "Connection lost; trying again"],
   offline: ["Offline", "No network; messages will be sent when you are back"],
+  ended: ["Disconnected", "The server ended this connection"],
 };
 
 // Timings other than the defaults (timing.js) come from the query string (tests use short ones):
@@ -215,6 +216,9 @@ class RoomView {
       }),
     );
     c.addEventListener("state", (e) => this.showState(e.detail.state));
+    c.addEventListener("ended", (e) => {
+      if (!e.detail.room || e.detail.room === this.slug) this.end(e.detail.detail);
+    });
     this.showState(c.state);
     document.addEventListener("visibilitychange", () => this.markRead());
   }
@@ -241,7 +245,18 @@ class RoomView {
     }, 800);
   }
 
+  // Banned or removed: the page says why, and nothing more can be sent from it.
+  end(reason) {
+    this.ended = reason;
+    const alert = document.getElementById("page-alert");
+    alert.textContent = `${reason} You can still read what is on this page, but not send.`;
+    alert.hidden = false;
+    this.composer.end(reason);
+    this.showState("ended");
+  }
+
   showState(state) {
+    if (this.ended) state = "ended"; // the room's own connection is over, whatever the rest does
     const [text, title] = BADGES[state] || [state, ""];
     this.badge.dataset.state = state;
     this.badge.textContent = text;
