@@ -11,6 +11,7 @@ from django.contrib import messages as flash
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.db.models import Count, Min
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
@@ -141,14 +142,9 @@ def unread_marker(user: Any, room: Any) -> dict[str, Any]:
     unread = (
         Message.objects.filter(room=room, posted_seq__gt=cursor, deleted=False, hidden=False)
         .exclude(author=user)
-        .order_by("id")
+        .aggregate(first=Min("id"), count=Count("id"))
     )
-    first = unread.values_list("id", flat=True).first()
-    return {
-        "read_seq": cursor,
-        "first_unread": first or "",
-        "unread": unread.count() if first else 0,
-    }
+    return {"read_seq": cursor, "first_unread": unread["first"] or "", "unread": unread["count"]}
 
 
 # --- email digests: the unsubscribe link of every digest (chat/digest.py) ---
