@@ -103,10 +103,6 @@ export function startScroll({ root, scroller, list, button, isAtBottom, onBottom
     if (bottom) arrived = 0;
     button.hidden = bottom;
     button.textContent = arrived ? `Jump to latest · ${arrived} new` : "Jump to latest";
-    button.setAttribute(
-      "aria-label",
-      arrived ? `Jump to the latest message, ${arrived} new since you scrolled up` : "Jump to the latest message",
-    );
   }
 
   scroller.addEventListener("scroll", () => {
