@@ -11,15 +11,18 @@ from django.contrib import messages as flash
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
-from django.http import Http404, HttpRequest, HttpResponse
+from django.db.models import Count, Min
+from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.text import slugify
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from chat import access, cleaning, digest, reads, rooms, writepath
 from chat.errors import ChatError
+from chat.models import Membership, Message
 
 PAGE_SIZE = 50
 
@@ -29,26 +32,50 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("index")
+        # Straight into a conversation: the rooms page of someone who belongs to none is empty.
+        return redirect("room", slug=writepath.ensure_lobby().slug)
     return render(request, "registration/signup.html", {"form": form})
+
+
+def slug_for(title: str) -> str:
+    """The slug a title suggests (the form derives the same in the browser; without JavaScript
+    an empty slug field means this one)."""
+    return slugify(title.replace("_", " "))[: cleaning.SLUG_MAX].strip("-")
 
 
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
+    new_room = {"slug": "", "title": "", "private": False, "error": None, "edited": False}
+    status = 200
     if request.method == "POST":
+        title = request.POST.get("title", "")
+        slug = request.POST.get("slug", "").strip() or slug_for(title)
+        private = request.POST.get("private") == "on"
         try:
-            room = writepath.create_room(
-                request.user,
-                request.POST.get("slug", ""),
-                request.POST.get("title", ""),
-                request.POST.get("private") == "on",
-            )
+            room = writepath.create_room(request.user, slug, title, private)
         except ChatError as exc:
-            flash.error(request, exc.detail)
+            # The form comes back as it was typed, with the reason next to it.
+            new_room = {
+                "slug": slug,
+                "title": title,
+                "private": private,
+                "error": exc.detail,
+                # A slug the title would not give stays as typed when the title changes.
+                "edited": slug != slug_for(title),
+            }
+            status = 400
         else:
             return redirect("room", slug=room.slug)
     rooms = reads.visible_rooms(request.user)
-    return render(request, "chat/index.html", {"rooms": rooms})
+    return render(request, "chat/index.html", {"rooms": rooms, "new_room": new_room}, status=status)
+
+
+def refused(request: HttpRequest, exc: ChatError) -> HttpResponse:
+    """A room the page cannot show, in the site's layout: 403 with the reason for a ban, else 404
+    (a private room of others is not found, so that slugs do not leak)."""
+    if exc.code == "forbidden":
+        return render(request, "403.html", {"reason": exc.detail}, status=403)
+    return render(request, "404.html", {"reason": exc.detail}, status=404)
 
 
 @login_required
@@ -75,8 +102,8 @@ def directory(request: HttpRequest) -> HttpResponse:
 def room(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         room = access.get_room(request.user, slug)
-    except ChatError:
-        raise Http404("No such room.") from None
+    except ChatError as exc:
+        return refused(request, exc)
     if request.method == "POST":
         try:
             writepath.post_message(
@@ -117,6 +144,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "level": listed["notifications"],
         "is_latest": before_seq is None and opened is None,
         "around": opened,
+        **unread_marker(request.user, room),
         "max_body": settings.CHAT_MAX_BODY,
         "edit_window": settings.CHAT_EDIT_WINDOW,
         "max_attachment": settings.CHAT_ATTACHMENT_MAX_SIZE,
@@ -140,6 +168,23 @@ def _around(room: Any, value: str | None) -> dict[str, Any] | None:
         return reads.around(room, cleaning.clean_cursor(value, "around"), PAGE_SIZE)
     except ChatError:
         return None
+
+
+def unread_marker(user: Any, room: Any) -> dict[str, Any]:
+    """Where the reader's cursor is, for the "new messages" line: the first message by others
+    after it (ids follow posting order in a room) and how many there are, counted as the rooms
+    list counts them."""
+    cursor = (
+        Membership.objects.filter(room=room, user=user).values_list("read_seq", flat=True).first()
+    )
+    if cursor is None:  # not a member (a moderator, a public room not joined yet): no marker
+        return {"read_seq": room.seq, "first_unread": "", "unread": 0}
+    unread = (
+        Message.objects.filter(room=room, posted_seq__gt=cursor, deleted=False, hidden=False)
+        .exclude(author=user)
+        .aggregate(first=Min("id"), count=Count("id"))
+    )
+    return {"read_seq": cursor, "first_unread": unread["first"] or "", "unread": unread["count"]}
 
 
 # --- email digests: the unsubscribe link of every digest (chat/digest.py) ---

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0008_direct_messages_and_user_stream'),
+        ('chat', '0010_search'),
     ]
 
     operations = [

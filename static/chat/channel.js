@@ -9,6 +9,11 @@
 //   fallback      WebSockets do not work here; long-polling carries the same events
 //   reconnecting  trying to get either back
 //   offline       the browser says there is no network; nothing is tried until it comes back
+//   ended         the server ended this user's connections for good (a site ban): nothing more
+//                 is tried, and what waits to be sent fails with the server's reason
+//
+// A ban or removal from one room ends only that room ("ended" with its `room`): its pending
+// messages fail with the reason, and the connection carries on for the rest.
 //
 // WebSocket first. An attempt that gets no frame back within `wsTimeout`, or two failures in a row,
 // switches to long-polling; WebSocket is then probed in the background (exponential backoff, full
@@ -60,7 +65,9 @@ export class Channel extends EventTarget {
       dispatch: (event) => this._dispatch(event),
       onAnswer: () => this._setState("fallback"),
       onTrouble: () => this._setState("reconnecting"),
-      emit,
+      // A poll refused with 403 is the same ban as a socket's error event.
+      emit: (type, detail) =>
+        type === "error" && detail.code === "forbidden" && detail.room ? this._ended(detail) : emit(type, detail),
     });
     // Emits "rooms" (the rooms list, at start and after a resync) and "notify".
     this.user = new UserStream({
@@ -216,7 +223,7 @@ export class Channel extends EventTarget {
   }
 
   _online() {
-    if (this.state !== "offline") return;
+    if (this.state !== "offline" || this.fatal) return;
     this.failures = 0;
     this.mode = "ws";
     this._setState("reconnecting");
@@ -233,7 +240,7 @@ export class Channel extends EventTarget {
   // One attempt. As the main connection (`probe` false) a failure counts towards falling back;
   // as a background probe while long-polling, it only schedules the next probe.
   async _connect(probe = false) {
-    if (this.state === "offline" || this.socket || this.connecting) return;
+    if (this.state === "offline" || this.fatal || this.socket || this.connecting) return;
     if (!probe && this.state !== "connecting") this._setState("reconnecting");
     let info;
     this.connecting = true;
@@ -241,7 +248,12 @@ export class Channel extends EventTarget {
       info = await this.api.send("POST", this.options.tokenUrl);
     } catch (err) {
       this.connecting = false;
-      if (err.status === 401 || err.status === 403) {
+      if (err.status === 403) {
+        // A site ban: no token, now or later.
+        this._ended({ code: "forbidden", detail: err.message || "You are banned.", fatal: true });
+        return;
+      }
+      if (err.status === 401) {
         this._setState("offline");
         this._emit("error", { code: "unauthorized", detail: "Log in again." });
         return;
@@ -289,7 +301,7 @@ export class Channel extends EventTarget {
       if (waiting.socket !== socket) continue;
       this._answered(clientId, { code: "network", detail: "The connection was lost; try again." }, "reject");
     }
-    if (this.state === "offline") return;
+    if (this.state === "offline" || this.fatal) return;
     if (socket.alive) {
       // A working socket went away (server restart, API Gateway's 2-hour limit, rotation):
       // reconnect at once; it only counts as a failure if the next attempt fails too.
@@ -309,7 +321,7 @@ export class Channel extends EventTarget {
   }
 
   _failed(probe) {
-    if (this.state === "offline") return;
+    if (this.state === "offline" || this.fatal) return;
     if (probe) {
       this.probes += 1;
       const delay = Math.min(this.t.probeMax, this.t.probeMin * 2 ** (this.probes - 1));
@@ -368,6 +380,8 @@ export class Channel extends EventTarget {
       case "error":
         if (this._answered(event.client_id, event, "reject")) break;
         if (event.client_id) this.outbox.failed(event.client_id, event);
+        // A ban (fatal), a room that refuses this user (banned from it, or no longer a member).
+        else if (event.fatal || (event.code === "forbidden" && event.room)) this._ended(event);
         else this._emit("error", event);
         break;
       case "notify":
@@ -382,6 +396,31 @@ export class Channel extends EventTarget {
         // typing, presence, room, unsubscribed: ephemeral, straight to the page
         this._emit(event.type, event);
     }
+  }
+
+  // The server ended this user's access: to one room (with `room`), or to everything (a site
+  // ban, or a fatal error without a room). Emits "ended" {room, code, detail}.
+  _ended(event) {
+    const room = event.room || null;
+    const reason = event.detail || "The server closed the connection.";
+    if (!room && event.code === "unauthorized") {
+      this._emit("error", event); // serverless "reconnect with a new token": reconnecting does
+      return;
+    }
+    if (this.fatal || (room && this.outbox.ended.has(room))) return; // told already
+    this.outbox.end(room, reason);
+    if (room) {
+      this.close(room);
+    } else {
+      // Nothing is tried again: a new token or socket would be refused the same way.
+      this.fatal = event;
+      for (const name of Object.keys(this.timers)) this._clear(name);
+      this.poll.stopAll();
+      this.user.stop();
+      if (this.socket) this.socket.drop();
+      this._setState("ended");
+    }
+    this._emit("ended", { room, code: event.code, detail: reason });
   }
 
   // --- long-polling ---

@@ -1,10 +1,13 @@
 // The composer: the text box (Enter sends, Shift+Enter adds a line), typing notices, and the file
 // to attach to the next message, checked here against the server's limits before any upload.
 // In a locked room it is off for everyone but moderators, as the server would refuse the post.
+// What is typed and not sent is kept per room (drafts.js), across room switches and reloads.
+// ArrowUp in an empty box edits one's last message; a file pasted or dropped is attached.
 
 import { humanSize } from "./dom.js";
+import { Draft } from "./drafts.js";
 
-// options: root (#chat, for its data-* limits), channel, slug. Returns {setBlocked}.
+// options: root (#chat, for its data-* limits), channel, slug. Returns {setBlocked, end}.
 export function startComposer({ root, channel, slug }) {
   const form = document.getElementById("composer");
   const input = document.getElementById("composer-body");
@@ -19,6 +22,8 @@ export function startComposer({ root, channel, slug }) {
     .filter(Boolean);
   let file = null; // the File attached to the next message
   let lastTyping = 0;
+  const draft = new Draft(root.dataset.user, slug);
+  if (!input.value) input.value = draft.load();
 
   const grow = () => {
     input.style.height = "auto";
@@ -32,6 +37,7 @@ export function startComposer({ root, channel, slug }) {
     channel.send(slug, body.trim() ? body : "", file);
     setFile(null);
     input.value = "";
+    draft.clear(); // the outbox keeps the message now
     grow();
     input.focus();
   });
@@ -39,9 +45,16 @@ export function startComposer({ root, channel, slug }) {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       form.requestSubmit();
+    } else if (e.key === "ArrowUp" && !input.value && !e.shiftKey && !e.altKey && !e.ctrlKey && !e.metaKey) {
+      // The last message of one's own that can still be edited (messages.js draws its Edit).
+      const own = [...document.querySelectorAll("#messages .message.mine .edit-button:not(:disabled)")];
+      if (!own.length || e.defaultPrevented) return;
+      e.preventDefault();
+      own[own.length - 1].click();
     }
   });
   input.addEventListener("input", () => {
+    draft.save(input.value);
     grow();
     const now = Date.now();
     if (input.value && now - lastTyping > 3000) {
@@ -104,15 +117,52 @@ export function startComposer({ root, channel, slug }) {
       setFile(null);
       input.focus();
     });
+    // A pasted file (a screenshot, a copied file) attaches; pasted text stays text.
+    input.addEventListener("paste", (e) => {
+      const pasted = e.clipboardData && [...e.clipboardData.files];
+      if (!pasted || !pasted.length || fileInput.disabled) return;
+      e.preventDefault();
+      setFile(pasted[0]);
+    });
+    // A file dropped anywhere on the room's column attaches to the next message.
+    const target = form.closest(".room") || form;
+    const carriesFiles = (e) => e.dataTransfer && [...e.dataTransfer.types].includes("Files");
+    target.addEventListener("dragover", (e) => {
+      if (!carriesFiles(e) || fileInput.disabled) return;
+      e.preventDefault(); // allows the drop
+      e.dataTransfer.dropEffect = "copy";
+      form.classList.add("dragging");
+    });
+    target.addEventListener("dragleave", (e) => {
+      if (!target.contains(e.relatedTarget)) form.classList.remove("dragging");
+    });
+    target.addEventListener("drop", (e) => {
+      form.classList.remove("dragging");
+      const dropped = e.dataTransfer && [...e.dataTransfer.files];
+      if (!dropped || !dropped.length || fileInput.disabled) return;
+      e.preventDefault(); // the browser would open the file instead
+      setFile(dropped[0]);
+      input.focus();
+    });
   }
 
+  let ended = null; // why nothing can be sent any more, once the connection ended for good
+
   function setBlocked(blocked) {
+    if (ended) blocked = true; // an unlock after a ban changes nothing
     input.disabled = blocked;
     submit.disabled = blocked;
     if (fileInput) fileInput.disabled = blocked;
     form.classList.toggle("locked", blocked);
-    input.placeholder = blocked ? "This room is locked" : placeholder;
+    input.placeholder = ended || (blocked ? "This room is locked" : placeholder);
   }
 
-  return { setBlocked };
+  // The connection ended for good (a ban): nothing can be sent from this page.
+  function end(reason) {
+    ended = reason;
+    setBlocked(true);
+  }
+
+  grow();
+  return { setBlocked, end };
 }

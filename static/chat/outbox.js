@@ -53,6 +53,26 @@ export class Outbox {
     this.items = this.load();
     this.timers = new Map(); // client_id -> the timer of its next automatic try
     this.flushing = false;
+    this.ended = new Map(); // room (or "*" for every room) -> why it can take no more messages
+  }
+
+  // The server ended this user's access (a ban, a removal): what waits for the room, or for
+  // every room when `room` is null, fails with the reason, and nothing more is tried there.
+  end(room, reason) {
+    this.ended.set(room || "*", reason);
+    for (const item of this.items) {
+      if (room && item.room !== room) continue;
+      clearTimeout(this.timers.get(item.client_id));
+      this.timers.delete(item.client_id);
+      if (item.file) this.uploads.abort(item.file);
+      Object.assign(item, { state: "failed", manual: true, error: reason, via: null });
+      this.emit("outgoing", item);
+    }
+    this.save();
+  }
+
+  endedFor(room) {
+    return this.ended.get(room) || this.ended.get("*") || null;
   }
 
   // `file` (optional) is uploaded first; the message then carries its attachment.
@@ -62,6 +82,8 @@ export class Outbox {
       item.file = file;
       item.fileInfo = { name: file.name, size: file.size, content_type: file.type };
     }
+    const ended = this.endedFor(slug);
+    if (ended) Object.assign(item, { state: "failed", manual: true, error: ended });
     this.items.push(item);
     this.save();
     this.emit("outgoing", item);
@@ -82,6 +104,12 @@ export class Outbox {
     if (!item) return;
     if (needsUpload(item) && !item.file) {
       item.error = LOST_FILE;
+      this.emit("outgoing", item);
+      return;
+    }
+    const ended = this.endedFor(item.room);
+    if (ended) {
+      item.error = ended; // the server would refuse it again
       this.emit("outgoing", item);
       return;
     }

@@ -15,6 +15,7 @@ import { csrfToken } from "./http.js";
 import { startMentionSuggestions } from "./mentions.js";
 import { acked, isAtBottom, loadOlder, redraw, redrawOwn, reload, showOutgoing, startList, upsert } from "./messages.js";
 import { Alerts, startLevelControl } from "./notify.js";
+import { startScroll } from "./scroll.js";
 import { RoomsList, startRoomsToggle } from "./sidebar.js";
 
 const BADGES = {
@@ -23,6 +24,7 @@ const BADGES = {
   fallback: ["Fallback", "WebSockets are unavailable; using long-polling"],
   reconnecting: ["Reconnecting…", "Connection lost; trying again"],
   offline: ["Offline", "No network; messages will be sent when you are back"],
+  ended: ["Disconnected", "The server ended this connection"],
 };
 
 // Timings other than the defaults (timing.js) come from the query string (tests use short ones):
@@ -103,6 +105,16 @@ class RoomView {
       initial: JSON.parse(document.getElementById("initial-messages").textContent),
       hasMore: root.dataset.hasMore === "true",
     });
+    this.scroll = startScroll({
+      root,
+      scroller: this.scroller,
+      list: document.getElementById("messages"),
+      button: document.getElementById("jump-latest"),
+      isAtBottom,
+      onBottom: () => this.markRead(),
+      loadOlder,
+      hasOlder: () => Boolean(document.querySelector("#older button")),
+    });
     this.composer = startComposer({ root, channel: this.channel, slug: this.slug });
     startMentionSuggestions({
       input: document.getElementById("composer-body"),
@@ -123,7 +135,8 @@ class RoomView {
     this.setLocked(root.dataset.locked === "true");
     this.channel.open(this.slug, Number(root.dataset.seq));
     this.channel.start();
-    this.markRead();
+    // Opened at the "new messages" line: read once the reader gets to the bottom, not before.
+    this.scroll.opened.then(() => isAtBottom() && this.markRead());
   }
 
   startNotifications() {
@@ -185,7 +198,10 @@ class RoomView {
     const c = this.channel;
     const here = (handler) => (e) => e.detail.room === this.slug && handler(e.detail);
     c.addEventListener("message", (e) => {
-      upsert(e.detail);
+      const event = e.detail;
+      const fresh = event.room === this.slug && !document.querySelector(`#messages li[data-id="${event.id}"]`);
+      upsert(event);
+      if (fresh && event.author !== this.me) this.scroll.arrivedOne();
       this.clearTyping(e.detail.author);
       if (isAtBottom()) this.markRead();
     });
@@ -202,18 +218,23 @@ class RoomView {
       }),
     );
     c.addEventListener("state", (e) => this.showState(e.detail.state));
+    c.addEventListener("ended", (e) => {
+      if (!e.detail.room || e.detail.room === this.slug) this.end(e.detail.detail);
+    });
     this.showState(c.state);
     document.addEventListener("visibilitychange", () => this.markRead());
   }
 
   bindScroll() {
     this.scroller.addEventListener("scroll", () => {
+      if (this.scroll.opening()) return;
       if (this.scroller.scrollTop < 150) loadOlder();
       if (isAtBottom()) this.markRead();
     });
   }
 
   markRead() {
+    if (this.scroll && this.scroll.opening()) return; // not the reader's scrolling
     const seq = this.channel.cursor(this.slug);
     if (seq == null || seq <= this.readSeq || document.visibilityState !== "visible") return;
     clearTimeout(this.readTimer);
@@ -226,7 +247,18 @@ class RoomView {
     }, 800);
   }
 
+  // Banned or removed: the page says why, and nothing more can be sent from it.
+  end(reason) {
+    this.ended = reason;
+    const alert = document.getElementById("page-alert");
+    alert.textContent = `${reason} You can still read what is on this page, but not send.`;
+    alert.hidden = false;
+    this.composer.end(reason);
+    this.showState("ended");
+  }
+
   showState(state) {
+    if (this.ended) state = "ended"; // the room's own connection is over, whatever the rest does
     const [text, title] = BADGES[state] || [state, ""];
     this.badge.dataset.state = state;
     this.badge.textContent = text;
