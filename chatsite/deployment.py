@@ -57,6 +57,10 @@ RUNTIME_PACKAGES = (
     "zappa",
     "pillow",
     "puremagic",
+    # Message formatting (chat/formatting.py).
+    "markdown-it-py",
+    "linkify-it-py",
+    "nh3",
 )
 ENV_DIR = ".lambda-env"
 STAMP = ".chat-lambda-env.json"
