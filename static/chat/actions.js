@@ -41,9 +41,12 @@ export function ownActions(record) {
 }
 
 // Any message still there can be answered. Not turned off in a locked room: the composer is, and
-// a lock or unlock redraws only one's own messages, so a button off here could stay off.
+// a lock or unlock redraws only one's own messages, so a button off here could stay off. Off while
+// one's own change is in flight, like Edit and Delete: the keyboard then waits on the message
+// and comes back to Edit (messages.js, keepFocus; change below).
 export function replyButton(record) {
   const reply = button("Reply", "link-button reply-button", `Reply to ${record.event.author}`, "reply");
+  reply.disabled = Boolean(record.change);
   reply.addEventListener("click", () => replyTo(record.event));
   return reply;
 }

@@ -191,7 +191,6 @@ function render(record) {
   }
   if (event.attachment && !event.deleted) parts.push(attachmentNode(event.attachment));
   if (!event.deleted) parts.push(reactionBar(record));
-  if (!event.deleted) meta.append(replyButton(record));
   if (!mine && !event.deleted) {
     meta.append(reportButton(record));
     if (record.report) parts.push(record.report); // a report being written survives an edit
@@ -202,6 +201,9 @@ function render(record) {
     meta.append(ownActions(record));
     if (record.confirm) parts.push(record.confirm);
   }
+  // Last in the line: the keyboard coming back to a message (keepFocus) lands on its first
+  // button, Edit for one's own.
+  if (!event.deleted) meta.append(replyButton(record));
   if (record.note) parts.push(record.note);
   syncChangeControls(record);
   keepFocus(li, () => li.replaceChildren(...parts));
