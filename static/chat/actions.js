@@ -1,9 +1,10 @@
-// What one can do to a message: edit or delete one's own (within the edit window, and not in a
-// locked room unless a moderator), report someone else's to the room's moderators. Each works on
-// a message's record (messages.js): it sets the record's state and asks for a redraw; the list
-// draws the buttons and forms this module builds.
+// What one can do to a message: reply to it (reply.js), edit or delete one's own (within the edit
+// window, and not in a locked room unless a moderator), report someone else's to the room's
+// moderators. Each works on a message's record (messages.js): it sets the record's state and asks
+// for a redraw; the list draws the buttons and forms this module builds.
 
 import { button, el, refusal } from "./dom.js";
+import { replyTo } from "./reply.js";
 
 // setTimeout takes at most this (about 24 days); a longer edit window is checked again then.
 const LONGEST_TIMER = 2 ** 31 - 1;
@@ -37,6 +38,17 @@ export function ownActions(record) {
   box.append(remove);
   for (const node of box.children) node.disabled = ctx.isBlocked() || Boolean(record.change);
   return box;
+}
+
+// Any message still there can be answered. Not turned off in a locked room: the composer is, and
+// a lock or unlock redraws only one's own messages, so a button off here could stay off. Off while
+// one's own change is in flight, like Edit and Delete: the keyboard then waits on the message
+// and comes back to Edit (messages.js, keepFocus; change below).
+export function replyButton(record) {
+  const reply = button("Reply", "link-button reply-button", `Reply to ${record.event.author}`, "reply");
+  reply.disabled = Boolean(record.change);
+  reply.addEventListener("click", () => replyTo(record.event));
+  return reply;
 }
 
 // The reactions under a message: one toggle per emoji (pressed when the reader is among those who

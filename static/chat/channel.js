@@ -126,9 +126,10 @@ export class Channel extends EventTarget {
     return this.rooms.cursor(slug);
   }
 
-  // `file` (optional) is uploaded first; the message then carries its attachment.
-  send(slug, body, file = null) {
-    return this.outbox.add(slug, body, file);
+  // `file` (optional) is uploaded first; the message then carries its attachment. `quote`
+  // (optional) is the message it answers, {id, author, excerpt}: it goes as `reply_to`.
+  send(slug, body, file = null, quote = null) {
+    return this.outbox.add(slug, body, file, quote);
   }
 
   pending(slug) {

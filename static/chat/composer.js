@@ -3,9 +3,11 @@
 // In a locked room it is off for everyone but moderators, as the server would refuse the post.
 // What is typed and not sent is kept per room (drafts.js), across room switches and reloads.
 // ArrowUp in an empty box edits one's last message; a file pasted or dropped is attached.
+// A message's Reply puts it above the text box (reply.js); the next message answers it.
 
 import { humanSize } from "./dom.js";
 import { Draft } from "./drafts.js";
+import { startReply } from "./reply.js";
 
 // options: root (#chat, for its data-* limits), channel, slug. Returns {setBlocked, end}.
 export function startComposer({ root, channel, slug }) {
@@ -22,6 +24,7 @@ export function startComposer({ root, channel, slug }) {
     .filter(Boolean);
   let file = null; // the File attached to the next message
   let lastTyping = 0;
+  const reply = startReply({ box: document.getElementById("reply-preview"), input });
   const draft = new Draft(root.dataset.user, slug);
   if (!input.value) input.value = draft.load();
 
@@ -34,7 +37,8 @@ export function startComposer({ root, channel, slug }) {
     e.preventDefault();
     const body = input.value;
     if ((!body.trim() && !file) || body.length > maxBody) return;
-    channel.send(slug, body.trim() ? body : "", file);
+    channel.send(slug, body.trim() ? body : "", file, reply.current());
+    reply.clear();
     setFile(null);
     input.value = "";
     draft.clear(); // the outbox keeps the message now

@@ -8,9 +8,10 @@
 // is what they are drawn from. History pages come in here too: older ones as the reader scrolls
 // up, the latest one again after a resync.
 
-import { ownActions, reactionBar, reportButton, scheduleEditExpiry, syncChangeControls } from "./actions.js";
+import { ownActions, reactionBar, replyButton, reportButton, scheduleEditExpiry, syncChangeControls } from "./actions.js";
 import { attachmentNode, button, el, humanSize, localTime } from "./dom.js";
 import { bodyNodes, mentionsMe } from "./mentions.js";
+import { parentGone } from "./reply.js";
 import { richNodes } from "./richtext.js";
 
 // Consecutive messages of one author within this long read as one block under one name and time.
@@ -51,6 +52,8 @@ function regroup(li) {
 }
 
 const PAGE = 50;
+// A quote of a message older than what is loaded reads older pages to show it, at most this many.
+const JUMP_PAGES = 20;
 
 const records = new Map(); // message id -> record (see newRecord)
 const unacked = new Map(); // client_id -> the <li> of a message the server has not acked yet
@@ -58,7 +61,7 @@ const pages = {
   hasMore: false, // whether the server has messages older than the oldest shown
   before: null, // the `before` of the next history page
   oldestId: Infinity, // the smallest id that came with a history page
-  loading: false,
+  loading: null, // the older page being read (a promise), if one is
 };
 let view = null; // what startList was given
 
@@ -198,24 +201,60 @@ function render(record) {
     meta.append(ownActions(record));
     if (record.confirm) parts.push(record.confirm);
   }
+  // Last in the line: the keyboard coming back to a message (keepFocus) lands on its first
+  // button, Edit for one's own.
+  if (!event.deleted) meta.append(replyButton(record));
   if (record.note) parts.push(record.note);
   syncChangeControls(record);
   keepFocus(li, () => li.replaceChildren(...parts));
   scheduleEditExpiry(record);
   regroup(li); // the class list was just set again
-  if (event.deleted) settleQuotes(event);
+  if (event.deleted) {
+    settleQuotes(event);
+    parentGone(event);
+  }
 }
 
-// What a reply shows of the message it answers (the server's excerpt: never a removed text).
+// What a reply shows of the message it answers (the server's excerpt: never a removed text). A
+// button: it shows the quoted message (showQuoted).
 function replyQuote(reply) {
-  const quote = el("div", "reply-quote" + (reply.deleted ? " removed" : ""));
+  const quote = button(null, "reply-quote" + (reply.deleted ? " removed" : ""), null, "quote");
   quote.dataset.replyTo = reply.id;
+  quote.title = "Show the quoted message";
   const who = el("span", "reply-author", reply.author || "");
   who.dir = "auto";
   const text = el("span", "reply-excerpt", reply.excerpt);
   text.dir = "auto";
   quote.append(who, " ", text);
+  quote.addEventListener("click", () => showQuoted(reply.id, quote));
   return quote;
+}
+
+// Scroll to the quoted message and mark it. Not loaded yet, it is older than everything loaded
+// (a reply comes after its parent, and ids follow posting order), so older pages are read until
+// it is in. The reply_to carries no seq, so the page cannot be opened at it with ?around=.
+async function showQuoted(id, quote) {
+  let record = records.get(id);
+  for (let n = 0; !record && pages.hasMore && n < JUMP_PAGES; n += 1) {
+    await loadOlder();
+    if (view.olderBox.querySelector(".error")) break; // the page did not come
+    record = records.get(id);
+  }
+  if (!record || !record.li.isConnected) {
+    quote.classList.add("missing");
+    quote.title = "The quoted message is too far back to show here";
+    return;
+  }
+  // An attribute, not a class: a redraw sets the class list again. It goes and comes back, so
+  // the highlight plays again on a second click.
+  for (const other of view.list.querySelectorAll(".message[data-quoted]")) delete other.dataset.quoted;
+  const li = record.li;
+  void li.offsetWidth;
+  li.dataset.quoted = "";
+  li.scrollIntoView({ block: "center" });
+  // The keyboard follows the eye: Tab goes on from the quoted message.
+  li.tabIndex = -1;
+  li.focus({ preventScroll: true });
 }
 
 // A message deleted or hidden here: replies to it on this page stop quoting its text at once
@@ -276,6 +315,7 @@ export function showOutgoing(item) {
     time.title = long;
     meta.append(el("span", "author", view.me), time, el("span", "state"));
     li.append(meta);
+    if (item.quote) li.append(replyQuote({ ...item.quote, deleted: false }));
     if (item.body || !item.fileInfo) li.append(el("div", "body", item.body));
     if (item.fileInfo) {
       // Not a link yet: the file has no address until it is uploaded.
@@ -378,9 +418,18 @@ function addPage(messages, hasMore, before = null) {
   }
 }
 
-export async function loadOlder() {
-  if (pages.loading || !pages.hasMore || pages.before == null) return;
-  pages.loading = true;
+// Resolves when the next older page is in; while one is being read, that one's promise (a quote
+// waits for it rather than asking again).
+export function loadOlder() {
+  if (pages.loading) return pages.loading;
+  if (!pages.hasMore || pages.before == null) return Promise.resolve();
+  pages.loading = readOlder().finally(() => {
+    pages.loading = null;
+  });
+  return pages.loading;
+}
+
+async function readOlder() {
   view.olderBox.classList.add("loading");
   const before = pages.before;
   const scroller = view.scroller;
@@ -397,7 +446,6 @@ export async function loadOlder() {
     again.addEventListener("click", () => loadOlder());
     view.olderBox.append(" ", again);
   } finally {
-    pages.loading = false;
     view.olderBox.classList.remove("loading");
   }
 }

@@ -9,6 +9,9 @@
 //   uploading  its file is going up (a message with a file is sent once the file is checked)
 //   sending    sent; waiting for the ack
 //   failed     refused or unanswered: tried again later, unless `manual` (the user decides)
+//
+// A reply keeps what it answers in `quote` (the id, author and excerpt the page showed), so every
+// attempt names the same parent and the message waiting to be sent can draw its quote.
 
 import { failure } from "./http.js";
 import { jitter } from "./timing.js";
@@ -75,9 +78,11 @@ export class Outbox {
     return this.ended.get(room) || this.ended.get("*") || null;
   }
 
-  // `file` (optional) is uploaded first; the message then carries its attachment.
-  add(slug, body, file = null) {
+  // `file` (optional) is uploaded first; the message then carries its attachment. `quote`
+  // (optional) is the message it answers: {id, author, excerpt}.
+  add(slug, body, file = null, quote = null) {
     const item = { client_id: newClientId(), room: slug, body, state: "pending", attempts: 0 };
+    if (quote) item.quote = quote;
     if (file) {
       item.file = file;
       item.fileInfo = { name: file.name, size: file.size, content_type: file.type };
@@ -165,6 +170,7 @@ export class Outbox {
         item.attempts += 1;
         const frame = { action: "sendmessage", room: item.room, body: item.body, client_id: item.client_id };
         if (item.attachment) frame.attachment = item.attachment.id;
+        if (item.quote) frame.reply_to = item.quote.id;
         socket.send(frame);
         setTimeout(() => {
           if (item.state === "sending" && item.via === socket) {
@@ -191,6 +197,7 @@ export class Outbox {
         try {
           const data = { body: item.body, client_id: item.client_id };
           if (item.attachment) data.attachment = item.attachment.id;
+          if (item.quote) data.reply_to = item.quote.id;
           const event = await this.api.send("POST", this.api.url(`${item.room}/messages`), data);
           this.acked(item.client_id, event);
           this.link.delivered(event);
@@ -291,7 +298,7 @@ export class Outbox {
 
   save() {
     try {
-      const keep = this.items.map(({ client_id, room, body, manual, error, fileInfo, attachment }) => ({
+      const keep = this.items.map(({ client_id, room, body, manual, error, fileInfo, attachment, quote }) => ({
         client_id,
         room,
         body,
@@ -299,6 +306,7 @@ export class Outbox {
         error,
         fileInfo,
         attachment,
+        quote,
       }));
       sessionStorage.setItem(this.storageKey, JSON.stringify(keep));
     } catch (err) {
