@@ -300,9 +300,18 @@ def report(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
 
 @api("POST")
 def reactions(request: HttpRequest, slug: str, message_id: int) -> HttpResponse:
-    """Toggle the user's reaction `{"emoji"}`; the answer is the message event after it."""
+    """Set the user's reaction `{"emoji", "on"?, "client_id"?}`: on or off as `on` says, toggled
+    without it; the answer is the message event after it."""
     room = access.get_room(request.user, slug)
-    changed = writepath.react(request.user, room, message_id, json_body(request).get("emoji"))
+    data = json_body(request)
+    changed = writepath.react(
+        request.user,
+        room,
+        message_id,
+        data.get("emoji"),
+        data.get("on"),
+        data.get("client_id"),
+    )
     return JsonResponse(changed.to_event())
 
 

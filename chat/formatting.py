@@ -149,6 +149,18 @@ def sanitize(html: str) -> str:
     )
 
 
+# The most UTF-8 bytes of markup a body may grow to. Links and mentions grow several times (a
+# 4,000-character list of bare domains became 65 KB), and an event goes to a serverless client
+# as one API Gateway post of at most 32 KB (chat/apigateway.py drops a larger one, on every
+# resume too): body and html must fit in it together.
+MAX_HTML = 16 * 1024
+
+
+def plain(body: str) -> str:
+    """The body as text in one paragraph, line breaks kept: never larger than the escaped text."""
+    return "<p>" + _escape(body).replace("\n", "<br>\n") + "</p>"
+
+
 def render(body: str, mentions: Iterable[str] = ()) -> str:
     """The sanitized HTML of a message body; `mentions` are the names the write path found in it
     (those who may read the room, and "room" for @room)."""
@@ -161,4 +173,8 @@ def render(body: str, mentions: Iterable[str] = ()) -> str:
         state = StateCore(body, _md, env)
         state.tokens = tokens
         _mentions_rule(names)(state)
-    return sanitize(_md.renderer.render(tokens, _md.options, env)).strip()
+    html = sanitize(_md.renderer.render(tokens, _md.options, env)).strip()
+    if len(html.encode()) > MAX_HTML:
+        # Too much markup to send: the text alone, which always fits beside the body.
+        return plain(body)
+    return html

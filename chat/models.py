@@ -331,6 +331,32 @@ class Reaction(models.Model):
         return f"{self.emoji} by {self.user_id} on {self.message_id}"
 
 
+class ReactionKey(models.Model):
+    """The client_id of a user's last `react` request for one emoji of one message, so that a
+    retry after a lost answer is recognised and changes nothing.
+
+    In the database, written in the toggle's own transaction: the key exists exactly when the
+    change committed, on every process and Lambda container (a cache entry written after the
+    commit could be lost, one written before could outlive a rollback, and without Redis the
+    cache is per process). One row per (message, user, emoji), so it stays as small as the
+    reactions themselves; a toggle of another emoji never forgets this one's key."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reaction_keys")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    emoji = models.CharField(max_length=32)
+    client_id = models.CharField(max_length=64)
+    # What was asked: true or false for an explicit state, null for a toggle.
+    on = models.BooleanField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "user", "emoji"], name="reaction_key_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client_id} by {self.user_id} on {self.message_id}"
+
+
 MESSAGE_COLUMNS = (
     "id",
     "seq",

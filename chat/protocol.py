@@ -283,10 +283,13 @@ def report(conn: Connection, frame: Frame) -> list[Event]:
 
 
 def react(conn: Connection, frame: Frame) -> list[Event]:
-    # The changed message goes to every subscriber; a client_id asks for an ack as edits do.
+    # The changed message goes to every subscriber; a client_id asks for an ack as edits do, and
+    # makes a retry of the same request a no-op answered the same (chat/writepath.py).
     client_id = cleaning.clean_client_id(frame.get("client_id"))
     room = _room(conn, frame)
-    changed = writepath.react(conn.user, room, frame.get("id"), frame.get("emoji"))
+    changed = writepath.react(
+        conn.user, room, frame.get("id"), frame.get("emoji"), frame.get("on"), client_id
+    )
     return _change_ack(client_id, room, changed)
 
 

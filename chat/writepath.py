@@ -32,7 +32,16 @@ from django.utils import timezone
 from chat import attachments, cleaning, emoji, events, fanout, formatting, notify
 from chat.access import blocked_in_dm, can_read, check_can_post, is_moderator, with_flags
 from chat.errors import ChatError
-from chat.models import Attachment, Block, Membership, Message, Reaction, Restriction, Room
+from chat.models import (
+    Attachment,
+    Block,
+    Membership,
+    Message,
+    Reaction,
+    ReactionKey,
+    Restriction,
+    Room,
+)
 
 log = logging.getLogger(__name__)
 
@@ -449,43 +458,104 @@ def _reaction_summary(message: Message) -> list[dict[str, Any]]:
     return list(summary.values())
 
 
-def react(user: Any, room: Room, message_id: Any, glyph: Any) -> Message:
-    """Toggle the user's reaction on a message. It is a change like an edit: it takes the room's
-    next seq and goes out as the message's current state, so it resumes on every transport."""
+class _Unchanged(Exception):
+    """Raised under the room lock when a reaction request changes nothing (a retry, or the state
+    asked for already holds): the transaction rolls back, the seq it took included."""
+
+
+def _known_request(
+    user: Any, message: Message, glyph: str, client_id: str | None, on: bool | None
+) -> bool:
+    """Whether this request is a retry of the user's last one on this message's emoji (the same
+    client_id and the same ask). The same client_id for another ask is a `conflict`, as for
+    posts."""
+    if client_id is None:
+        return False
+    key = (
+        ReactionKey.objects.filter(message=message, user=user, client_id=client_id)
+        .values_list("emoji", "on")
+        .first()
+    )
+    if key is None:
+        return False
+    if key != (glyph, on):
+        raise ChatError("conflict", "This client_id was already used for another reaction here.")
+    return True
+
+
+def react(
+    user: Any,
+    room: Room,
+    message_id: Any,
+    glyph: Any,
+    on: Any = None,
+    client_id: Any = None,
+) -> Message:
+    """Set the user's reaction on a message: on or off as `on` says, or toggled when it is None.
+    It is a change like an edit: it takes the room's next seq and goes out as the message's
+    current state, so it resumes on every transport. A request that changes nothing (the state
+    already holds, or a retry of the last request with this client_id) takes no seq, sends no
+    event and answers with the message as it is."""
     glyph = emoji.clean_emoji(glyph)
+    on = None if on is None else cleaning.clean_bool(on, "on")
+    client_id = cleaning.clean_client_id(client_id)
     room = with_flags(user, room)
     check_can_post(user, room)
     message = room_message(room, message_id)
     if message.deleted or message.hidden:
         raise ChatError("forbidden", "This message was deleted.")
+    if _known_request(user, message, glyph, client_id, on):
+        return message  # the retry of a change that committed: answered, not applied again
     may_react_locked = is_moderator(user, room)
-    with transaction.atomic():
-        seq, locked = _take_seq(room)
-        # Under the room lock: a lock, ban or mute that committed since the checks still holds.
-        if locked and not may_react_locked:
-            raise ChatError("forbidden", "This room is locked.")
-        if Restriction.objects.applying_to(user, room).exists():
-            raise ChatError("forbidden", "You may not react in this room.")
-        current = Message.objects.select_for_update().get(pk=message.pk)
-        if current.deleted or current.hidden:
-            raise ChatError("forbidden", "This message was deleted.")
-        mine = Reaction.objects.filter(message=current, user=user, emoji=glyph)
-        if not mine.delete()[0]:
-            if glyph not in {entry["emoji"] for entry in current.reactions or ()} and (
-                len(current.reactions or ()) >= emoji.MAX_DISTINCT
-            ):
-                raise ChatError(
-                    "bad_request",
-                    f"A message takes at most {emoji.MAX_DISTINCT} different reactions.",
+    try:
+        with transaction.atomic():
+            seq, locked = _take_seq(room)
+            # Under the room lock: a lock, ban, mute or block that committed since the checks
+            # still holds.
+            if locked and not may_react_locked:
+                raise ChatError("forbidden", "This room is locked.")
+            if Restriction.objects.applying_to(user, room).exists():
+                raise ChatError("forbidden", "You may not react in this room.")
+            if blocked_in_dm(user, room):
+                raise ChatError("forbidden", "You cannot message this person.")
+            current = Message.objects.select_for_update().get(pk=message.pk)
+            if current.deleted or current.hidden:
+                raise ChatError("forbidden", "This message was deleted.")
+            # Again under the lock: the same request sent twice at once is applied once.
+            if _known_request(user, current, glyph, client_id, on):
+                raise _Unchanged
+            mine = Reaction.objects.filter(message=current, user=user, emoji=glyph)
+            had = mine.exists()
+            want = not had if on is None else on
+            if want == had:
+                raise _Unchanged
+            if want:
+                if glyph not in {entry["emoji"] for entry in current.reactions or ()} and (
+                    len(current.reactions or ()) >= emoji.MAX_DISTINCT
+                ):
+                    raise ChatError(
+                        "bad_request",
+                        f"A message takes at most {emoji.MAX_DISTINCT} different reactions.",
+                    )
+                Reaction.objects.create(message=current, user=user, emoji=glyph)
+            else:
+                mine.delete()
+            if client_id is not None:
+                ReactionKey.objects.update_or_create(
+                    message=current,
+                    user=user,
+                    emoji=glyph,
+                    defaults={"client_id": client_id, "on": on},
                 )
-            Reaction.objects.create(message=current, user=user, emoji=glyph)
-        current.reactions = _reaction_summary(current)
-        current.seq = seq
-        current.save(update_fields=["reactions", "seq"])
-        current.room = room
-        current.author = message.author
-        current.reply_to = message.reply_to
-        _publish_on_commit(current)
+            current.reactions = _reaction_summary(current)
+            current.seq = seq
+            current.save(update_fields=["reactions", "seq"])
+            current.room = room
+            current.author = message.author
+            current.reply_to = message.reply_to
+            _publish_on_commit(current)
+    except _Unchanged:
+        return room_message(room, message.pk)
     return current
 
 

@@ -217,3 +217,116 @@ def test_rows_without_html_are_rendered_when_read(alice: Any, room: Room) -> Non
     assert (
         Message.objects.for_room(room).events(room.slug)[0]["html"] == "<p><strong>old</strong></p>"
     )
+
+
+# --- retry-safe reactions ---
+
+
+def test_a_retried_toggle_with_its_client_id_changes_nothing(
+    alice: Any, bob: Any, room: Room
+) -> None:
+    message = writepath.post_message(alice, room, "x").message
+    first = writepath.react(bob, room, message.pk, "👍", client_id="k1")
+    for _ in range(2):
+        again = writepath.react(bob, room, message.pk, "👍", client_id="k1")
+        assert (again.pk, again.seq, again.reactions) == (first.pk, first.seq, first.reactions)
+    assert Reaction.objects.filter(message=message, user=bob).count() == 1
+    assert Room.objects.get(pk=room.pk).seq == first.seq
+    # A new key is a new toggle; the old key, no longer the last, toggles again.
+    off = writepath.react(bob, room, message.pk, "👍", client_id="k2")
+    assert off.reactions == [] and off.seq == first.seq + 1
+
+
+def test_a_key_per_emoji_so_two_toggles_in_flight_are_both_retry_safe(
+    alice: Any, bob: Any, room: Room
+) -> None:
+    message = writepath.post_message(alice, room, "x").message
+    writepath.react(bob, room, message.pk, "👍", client_id="a")
+    writepath.react(bob, room, message.pk, "🎉", client_id="b")
+    writepath.react(bob, room, message.pk, "👍", client_id="a")
+    writepath.react(bob, room, message.pk, "🎉", client_id="b")
+    assert set(Reaction.objects.values_list("emoji", flat=True)) == {"👍", "🎉"}
+
+
+@pytest.mark.parametrize("other", [{"glyph": "🎉"}, {"on": True}, {"on": False}])
+def test_a_client_id_reused_for_another_reaction_is_a_conflict(
+    alice: Any, bob: Any, room: Room, other: dict[str, Any]
+) -> None:
+    message = writepath.post_message(alice, room, "x").message
+    writepath.react(bob, room, message.pk, "👍", client_id="k")
+    seq = Room.objects.get(pk=room.pk).seq
+    with pytest.raises(ChatError) as caught:
+        writepath.react(bob, room, message.pk, other.get("glyph", "👍"), other.get("on"), "k")
+    assert caught.value.code == "conflict"
+    assert list(Reaction.objects.values_list("emoji", flat=True)) == ["👍"]
+    assert Room.objects.get(pk=room.pk).seq == seq
+
+
+def test_explicit_state_is_idempotent_and_takes_no_seq_when_it_holds(
+    alice: Any, bob: Any, room: Room
+) -> None:
+    message = writepath.post_message(alice, room, "x").message
+    seq = message.seq
+    for on, count, moved in ((True, 1, 1), (True, 1, 0), (False, 0, 1), (False, 0, 0)):
+        changed = writepath.react(bob, room, message.pk, "❤", on)
+        assert Reaction.objects.filter(emoji="❤️").count() == count
+        seq += moved
+        assert changed.seq == seq == Room.objects.get(pk=room.pk).seq
+
+
+@pytest.mark.parametrize("bad", [1, 0, "true", "false", [], {}, "", 1.0])
+def test_on_must_be_true_false_or_absent(alice: Any, room: Room, bad: Any) -> None:
+    message = writepath.post_message(alice, room, "x").message
+    with pytest.raises(ChatError) as caught:
+        writepath.react(alice, room, message.pk, "👍", bad)
+    assert caught.value.code == "bad_request" and not Reaction.objects.exists()
+
+
+def test_the_endpoint_takes_on_and_client_id(as_bob: Client, alice: Any, room: Room) -> None:
+    message = writepath.post_message(alice, room, "x").message
+    url = f"/api/rooms/general/messages/{message.pk}/reactions"
+    for _ in range(2):
+        answer = post_json(as_bob, url, {"emoji": "🎉", "on": True})
+        assert answer.status_code == 200 and answer.json()["reactions"][0]["count"] == 1
+    for _ in range(2):
+        answer = post_json(as_bob, url, {"emoji": "🎉", "client_id": "t"})
+        assert answer.status_code == 200 and answer.json()["reactions"] == []
+    answer = post_json(as_bob, url, {"emoji": "🎉", "client_id": "t", "on": True})
+    assert answer.status_code == 409 and answer.json()["error"] == "conflict"
+    assert post_json(as_bob, url, {"emoji": "🎉", "on": "yes"}).status_code == 400
+    assert not Reaction.objects.exists()
+
+
+def test_a_block_that_commits_after_the_checks_still_stops_a_reaction(
+    alice: Any, bob: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chat import access, dms
+    from chat.models import Block
+
+    dm, _ = dms.open_dm(alice, ["bob"])
+    message = writepath.post_message(alice, dm, "x").message
+    # The checks before the room lock pass; the block lands before the lock is taken.
+    checked = access.check_can_post
+
+    def check_then_block(user: Any, room: Room) -> None:
+        checked(user, room)
+        Block.objects.get_or_create(blocker=alice, blocked=bob)
+
+    monkeypatch.setattr(writepath, "check_can_post", check_then_block)
+    with pytest.raises(ChatError) as caught:
+        writepath.react(bob, dm, message.pk, "👍")
+    assert caught.value.code == "forbidden"
+    assert not Reaction.objects.exists()
+    assert Room.objects.get(pk=dm.pk).seq == message.seq
+
+
+def test_too_much_markup_is_stored_as_text() -> None:
+    from chat import apigateway, formatting
+
+    body = "a.co " * 800
+    html = formatting.render(body)
+    assert html == formatting.plain(body) and "<a" not in html
+    assert len(html.encode()) <= formatting.MAX_HTML
+    assert formatting.render("a.co").startswith("<p><a ")
+    assert formatting.plain("a<b\nc") == "<p>a&lt;b<br>\nc</p>"
+    assert apigateway.MAX_POST >= 2 * formatting.MAX_HTML
