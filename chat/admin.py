@@ -36,6 +36,7 @@ from chat.models import (
     Message,
     ModerationAction,
     Reaction,
+    ReactionKey,
     Report,
     Restriction,
     Room,
@@ -557,6 +558,20 @@ class ReactionAdmin(ReadOnly, admin.ModelAdmin):
     list_select_related = ["user", "message__room"]
     search_fields = ["user__username"]
     readonly_fields = ["emoji", "user", "message", "created"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).filter(message__room__kind=Room.ROOM)
+
+
+@admin.register(ReactionKey)
+class ReactionKeyAdmin(ReadOnly, admin.ModelAdmin):
+    """The last `react` request per user, message and emoji (what makes a retry change
+    nothing), for diagnosis; DMs aside."""
+
+    list_display = ["emoji", "user", "message", "client_id", "on"]
+    list_select_related = ["user", "message__room"]
+    search_fields = ["user__username", "client_id"]
+    readonly_fields = ["emoji", "user", "message", "client_id", "on"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).filter(message__room__kind=Room.ROOM)
