@@ -368,7 +368,8 @@ def test_a_room_ban_fails_the_pending_message_with_the_reason(
 def test_a_draft_survives_a_room_switch_and_a_reload(
     sessions: Any, alice: Any, bob: Any, room: Room
 ) -> None:
-    Room.objects.create(slug="random", title="Random")
+    random = Room.objects.create(slug="random", title="Random")
+    Membership.objects.create(room=random, user=bob)  # the sidebar lists the rooms one is in
     b = sessions(bob, **DESKTOP)
     page = b.open("general")
     box = page.locator("#composer-body")

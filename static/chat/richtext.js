@@ -9,13 +9,15 @@ function copy(node, me) {
     // An unknown element keeps its text, never its markup.
     return node.nodeType === Node.ELEMENT_NODE ? document.createTextNode(node.textContent) : null;
   }
-  const out = document.createElement(node.tagName.toLowerCase());
+  // A mention chip is a <mark> on the page, as in bodies drawn without html (mentions.js).
+  const mention = node.tagName === "SPAN" && node.classList.contains("mention");
+  const out = document.createElement(mention ? "mark" : node.tagName.toLowerCase());
   if (node.tagName === "A") {
     const href = node.getAttribute("href") || "";
     if (/^(https?:|mailto:)/i.test(href)) out.href = href;
     out.target = "_blank";
     out.rel = "nofollow noopener noreferrer";
-  } else if (node.tagName === "SPAN" && node.classList.contains("mention")) {
+  } else if (mention) {
     out.className = "mention";
     const user = node.getAttribute("data-user") || "";
     out.dataset.user = user;
