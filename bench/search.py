@@ -88,7 +88,7 @@ def fill(n: int) -> tuple[list[Any], Any, float]:
             )
             INSERT INTO chat_message
                 (room_id, author_id, body, client_id, created, edited, deleted, hidden,
-                 posted_seq, seq, mentions)
+                 posted_seq, seq, mentions, reactions)
             SELECT (%(rooms)s::bigint[])[1 + (g - 1) %% %(n_rooms)s],
                    (%(authors)s::bigint[])[1 + g %% 10],
                    (SELECT string_agg(
@@ -97,7 +97,8 @@ def fill(n: int) -> tuple[list[Any], Any, float]:
                                       + 0 * j)], ' ')
                     FROM generate_series(1, %(per_message)s + 0 * g) AS j),
                    NULL, now() - make_interval(secs => %(n)s - g), NULL, false, false,
-                   1 + (g - 1) / %(n_rooms)s, 1 + (g - 1) / %(n_rooms)s, '[]'::jsonb
+                   1 + (g - 1) / %(n_rooms)s, 1 + (g - 1) / %(n_rooms)s, '[]'::jsonb,
+                   '[]'::jsonb
             FROM v, generate_series(1, %(n)s) AS g
             """,
             {
