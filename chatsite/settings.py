@@ -80,6 +80,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz and /readyz, before the Host check, sessions and CSRF: a load balancer probes by IP
+    # and carries no cookie (chatsite/health.py).
+    "chatsite.health.middleware",
     # The Lambda invocation's deadline, from Zappa's context (a no-op elsewhere).
     "chat.invocation.middleware",
     "django.middleware.security.SecurityMiddleware",
@@ -205,6 +208,9 @@ LOGGING = {
         "uvicorn.access": {"handlers": ["console"], "propagate": False},
     },
 }
+
+# Seconds each readiness check (database, Redis) may take before /readyz answers 503.
+CHAT_READY_TIMEOUT = env_int("CHAT_READY_TIMEOUT", 1, minimum=1)
 
 # --- The chat's own settings (README.md, "Settings") ---
 CHAT_MAX_BODY = env_int("CHAT_MAX_BODY", 4000, minimum=1)
