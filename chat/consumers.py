@@ -26,6 +26,7 @@ from chat.errors import ChatError
 from chat.fanout import encode
 from chat.hub import get_hub
 from chat.models import Room
+from chatsite.logging import ConnectionLine, header, pick_request_id, set_request_id
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     conn: ChannelsConnection | None = None
 
     async def connect(self) -> None:
+        # This task serves the socket to the end: its lines carry this id, and its own line
+        # says how it ended.
+        set_request_id(pick_request_id(header(self.scope, b"x-request-id")))
+        self.line = ConnectionLine("websocket")
         parsed = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         query = {key: values[-1] for key, values in parsed.items()}
         browser = any(name == b"origin" for name, _ in self.scope.get("headers", []))
@@ -101,6 +106,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.outbox.put(("reply", replies))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        self.line.frames_in += 1
         if self.conn is None:
             return
         frame, error = protocol.admit(self.conn, text_data, bytes_data)
@@ -108,7 +114,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if replies:
             await self.outbox.put(("reply", replies))
 
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        self.line.frames_out += 1
+        await super().send(text_data, bytes_data, close)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        self.line.code = code if isinstance(code, int) and not isinstance(code, bool) else 1000
+        await super().close(code, reason)
+
     async def disconnect(self, code: int) -> None:
+        user = "-" if self.conn is None else str(self.conn.user.pk)
+        self.line.closed(user, "-" if self.conn is None else self.conn.conn_id, code)
         if self.conn is None:
             return
         for task in self.tasks:

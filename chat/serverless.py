@@ -28,6 +28,7 @@ from chat import apigateway, cleaning, events, presence, protocol
 from chat.errors import ChatError
 from chat.invocation import reserving, running
 from chat.models import ApiConnection, Room, Subscription
+from chatsite.logging import ConnectionLine, pick_request_id, reset_request_id, set_request_id
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,10 @@ def invocation(handler: Handler) -> Handler:
     @functools.wraps(handler)
     def wrapper(event: dict[str, Any], context: Any) -> dict[str, Any]:
         close_old_connections()
+        # API Gateway's id of this invocation's event, in every line it logs.
+        token = set_request_id(
+            pick_request_id((event.get("requestContext") or {}).get("requestId"))
+        )
         try:
             with running(context):  # the deadline that fan-out respects
                 return handler(event, context)
@@ -83,6 +88,7 @@ def invocation(handler: Handler) -> Handler:
             log.exception("%s failed", handler.__name__)
             return {"statusCode": 500, "body": "Internal server error"}
         finally:
+            reset_request_id(token)
             close_old_connections()
 
     return wrapper
@@ -153,9 +159,16 @@ def connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def disconnect(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Remove the connection; its subscriptions and presence go with it (it may never come:
     see chat.apigateway.sweep)."""
-    apigateway.forget(
-        ApiConnection.objects.filter(connection_id=event["requestContext"]["connectionId"])
-    )
+    rc = event["requestContext"]
+    rows = ApiConnection.objects.filter(connection_id=rc["connectionId"])
+    row = rows.values("user_id", "connected_at").first()
+    apigateway.forget(rows)
+    if row is not None:
+        # The connection's line; its frames are not counted (each was its own invocation).
+        age = (timezone.now() - row["connected_at"]).total_seconds()
+        ConnectionLine("lambda-websocket", counted=False).closed(
+            str(row["user_id"]), rc["connectionId"], rc.get("disconnectStatusCode"), age
+        )
     return {"statusCode": 200}
 
 

@@ -18,6 +18,7 @@ from django.urls import path, re_path  # noqa: E402
 from chat.consumers import ChatConsumer, SameOriginOrToken  # noqa: E402
 from chat.longpoll import PollConsumer  # noqa: E402
 from chat.protocol import allowed_origins  # noqa: E402
+from chatsite.logging import asgi_access  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -25,11 +26,13 @@ application = ProtocolTypeRouter(
             [
                 # Long-poll waiters skip Django's sync middleware (see chat/longpoll.py); it is a
                 # GET, so CSRF does not apply, and the session comes from Channels' auth stack.
+                # Their request id and access line come from asgi_access, inside the auth stack
+                # so that it sees the user.
                 path(
                     "api/rooms/<slug:slug>/poll",
-                    AuthMiddlewareStack(PollConsumer.as_asgi()),
+                    AuthMiddlewareStack(asgi_access(PollConsumer.as_asgi())),
                 ),
-                path("api/me/poll", AuthMiddlewareStack(PollConsumer.as_asgi())),
+                path("api/me/poll", AuthMiddlewareStack(asgi_access(PollConsumer.as_asgi()))),
                 re_path(r"", django_http),
             ]
         ),

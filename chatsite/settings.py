@@ -83,6 +83,8 @@ MIDDLEWARE = [
     # /healthz and /readyz, before the Host check, sessions and CSRF: a load balancer probes by IP
     # and carries no cookie (chatsite/health.py).
     "chatsite.health.middleware",
+    # The request id (X-Request-ID) in every line of the request, and its access line.
+    "chatsite.logging.middleware",
     # The Lambda invocation's deadline, from Zappa's context (a no-op elsewhere).
     "chat.invocation.middleware",
     "django.middleware.security.SecurityMiddleware",
@@ -194,10 +196,19 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 # (chatsite/logging.py). Django's own 500s are `django.request` errors and uvicorn's uncaught ASGI
 # exceptions are `uvicorn.error`: without handlers here an operator would see only access lines.
 # No level on the uvicorn loggers: `--log-level` decides (and `--no-access-log` silences access).
+# CHAT_LOG_FORMAT=json writes one JSON object per line instead, for a log collector.
+CHAT_LOG_FORMAT = env_str("CHAT_LOG_FORMAT", "text")
+if CHAT_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured("CHAT_LOG_FORMAT must be 'text' or 'json'")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"context": {"()": "chatsite.logging.ContextFormatter"}},
+    "formatters": {
+        "context": {
+            "()": "chatsite.logging."
+            + ("JsonFormatter" if CHAT_LOG_FORMAT == "json" else "ContextFormatter")
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "context"}},
     "loggers": {
         "chat": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL", "INFO")},

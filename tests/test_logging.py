@@ -4,11 +4,15 @@ never the body, a token or a cookie (chatsite/logging.py, LOGGING in chatsite/se
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +21,7 @@ from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from django.urls import path
 
-from chatsite.logging import ContextFormatter
+from chatsite.logging import ContextFormatter, JsonFormatter
 from tests.conftest import ROOT, free_port
 
 BODY = "the-body-nobody-may-read"
@@ -85,7 +89,9 @@ def test_client_errors_are_not_logged(
     client = Client()
     client.force_login(alice)
     assert client.get("/nowhere/").status_code == 404
-    assert buffer.getvalue() == ""
+    # Its access line only, no warning or error of its own.
+    [line] = buffer.getvalue().splitlines()
+    assert " INFO chat.access: http GET /nowhere/ 404 " in line
 
 
 def test_the_formatter_redacts_secrets_and_keeps_lines_whole() -> None:
@@ -162,3 +168,127 @@ def test_uvicorn_logs_an_unhandled_asgi_exception_with_its_path(db: Any) -> None
     assert "RuntimeError: the application failed" in output
     assert "[path=/api/fails user=?]" in output and "[path=/ws/ user=?]" in output
     assert TOKEN not in output, output
+
+
+# --- request ids and access lines ---
+
+
+@pytest.fixture
+def access(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="chat.access")
+    return caplog
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [r.access for r in caplog.records if r.name == "chat.access"]  # type: ignore[attr-defined]
+
+
+def test_a_request_keeps_a_sane_request_id_and_logs_one_access_line(
+    alice: Any, access: pytest.LogCaptureFixture
+) -> None:
+    client = Client()
+    client.force_login(alice)
+    response = client.get(f"/api/rooms/?token={TOKEN}", HTTP_X_REQUEST_ID="lb-1234.abc_Z")
+    assert response.status_code == 200 and response["X-Request-ID"] == "lb-1234.abc_Z"
+    [line] = _access_lines(access)
+    assert line == {
+        "event": "request",
+        "transport": "http",
+        "method": "GET",
+        "path": "/api/rooms/",
+        "status": 200,
+        "duration_ms": line["duration_ms"],
+        "user": str(alice.pk),
+    }
+    formatted = ContextFormatter().format(access.records[-1])
+    assert "[id=lb-1234.abc_Z]" not in formatted  # the id is reset once the request is over
+    assert TOKEN not in access.text
+
+
+@pytest.mark.parametrize("given", ["", "x" * 65, "a b", "id\nforged", "ünïcode"])
+def test_an_unusable_request_id_is_replaced_by_a_new_one(db: Any, given: str) -> None:
+    response = Client().get("/api/rooms/", HTTP_X_REQUEST_ID=given)
+    assert response.status_code in (401, 403)
+    assert response["X-Request-ID"] != given
+    assert len(response["X-Request-ID"]) == 32 and response["X-Request-ID"].isalnum()
+
+
+def test_lines_logged_during_a_request_carry_its_id() -> None:
+    from chatsite.logging import reset_request_id, set_request_id
+
+    record = logging.LogRecord("chat", logging.WARNING, __file__, 1, "something", (), None)
+    token = set_request_id("req-42")
+    try:
+        assert ContextFormatter().format(record).endswith("something [id=req-42]")
+        assert json.loads(JsonFormatter().format(record))["request_id"] == "req-42"
+    finally:
+        reset_request_id(token)
+
+
+def test_the_json_format_has_stable_keys_and_redacts() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, "GET %s", (f"/x?token={TOKEN}",), None
+    )
+    data = json.loads(JsonFormatter().format(record))
+    assert set(data) == {"time", "level", "logger", "message", "request_id", "path", "user"}
+    assert data["message"] == "GET /x?token=[redacted]" and data["request_id"] is None
+
+
+def test_uvicorn_writes_json_access_lines_for_requests_and_websockets(
+    transactional_db: Any, alice: Any
+) -> None:
+    from websockets.sync.client import connect
+
+    from chat import tokens
+    from tests.conftest import database_url
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url(),
+        "CHAT_LOG_FORMAT": "json",
+    }
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "uvicorn", "chatsite.asgi:application"),
+            *("--port", str(port), "--log-level", "warning", "--ws", "websockets"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_port(proc, port)
+        token = tokens.make_token(alice)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/rooms/general/messages?token={TOKEN}",
+            data=json.dumps({"body": BODY}).encode(),
+            headers={"Content-Type": "application/json", "X-Request-ID": "http-77"},
+        )
+        try:
+            urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as error:
+            assert error.headers["X-Request-ID"] == "http-77"
+        with connect(
+            f"ws://127.0.0.1:{port}/ws/?token={token}",
+            additional_headers={"X-Request-ID": "ws-88"},
+        ) as ws:
+            ws.send(json.dumps({"action": "send", "room": "nowhere", "body": BODY}))
+            ws.recv(timeout=10)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=15)[1].decode(errors="replace")
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert BODY not in output and TOKEN not in output and token not in output, output
+    [posted] = [x for x in lines if x.get("request_id") == "http-77"]
+    assert posted["event"] == "request" and posted["transport"] == "http"
+    assert posted["path"] == "/api/rooms/general/messages" and posted["method"] == "POST"
+    assert posted["status"] in (401, 403) and posted["user"] == "-"
+    [closed] = [x for x in lines if x.get("event") == "connection"]
+    assert closed["request_id"] == "ws-88" and closed["transport"] == "websocket"
+    assert closed["user"] == str(alice.pk) and closed["connection"].startswith("ws-")
+    assert closed["frames_in"] == 1 and closed["frames_out"] >= 1
+    assert closed["code"] == 1000 and closed["outcome"] == "closed"
+    keys = {"time", "level", "logger", "message", "request_id", "path", "user"}
+    assert all(keys <= set(x) for x in lines)
