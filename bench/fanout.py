@@ -245,6 +245,7 @@ async def load(
         "deliveries_per_s": delivered / span,
         "drain_s": max(0.0, last_receipt - send_end),
         "p50": common.percentile(lats, 50),
+        "p95": common.percentile(lats, 95),
         "p99": common.percentile(lats, 99),
         "max": max(lats) if lats else float("nan"),
         "lost": lost,
@@ -316,6 +317,7 @@ def one_run(target: str, args: argparse.Namespace, rate: float) -> dict[str, Any
 COLUMNS = [
     ("deliv/s", "deliveries_per_s", 0),
     ("p50 ms", "p50", 1),
+    ("p95 ms", "p95", 1),
     ("p99 ms", "p99", 1),
     ("max ms", "max", 1),
     ("lost", "lost", 0),

@@ -7,20 +7,27 @@
 
 Each script runs in its own process and also works alone (see its --help). Traffic goes only to
 127.0.0.1 (PostgreSQL, Redis, and servers the scripts start and stop). Exit status 1 if a budget fails.
+
+At the end, failed budgets or not, the medians per scenario and load go to bench/results.json and
+bench/charts.py draws them as bench/chart.png (--results and --chart to write elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import charts
 import common
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +47,51 @@ SOURCES = {"longpoll_serverless": "longpoll", "fanout_notify": "fanout"}
 PLAIN = ("serverless_fanout", "cold_start")
 
 
+def scenarios(name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chart's figures (bench/charts.py) from one script's --json file: per load, the
+    project's latency percentiles and deliveries/s, and the baseline's when the script has one."""
+    keys = ("p50", "p95", "p99", "deliveries_per_s")
+    if name == "fanout":
+        out = []
+        for rate, by_target in data.get("summary", {}).items():
+            chat, base = by_target.get("chat"), by_target.get("baseline")
+            if chat is None:
+                continue
+            out.append(
+                {
+                    "name": name,
+                    "load": f"{rate} msg/s per client",
+                    **{k: chat.get(k) for k in keys},
+                    "baseline": {k: base.get(k) for k in keys} if base else None,
+                }
+            )
+        return out
+    if name == "fanout_notify":
+        medians = data.get("summary", {}).get("medians", {})
+        return [
+            {
+                "name": name,
+                "load": f"notify {mode}",
+                "p50": m.get("room_p50"),
+                "p99": m.get("room_p99"),
+                "deliveries_per_s": m.get("room_per_s"),
+                "baseline": None,
+            }
+            for mode, m in medians.items()
+        ]
+    if name in ("longpoll", "longpoll_serverless"):
+        med, runs = data.get("median", {}), data.get("runs") or [{}]
+        return [
+            {
+                "name": name,
+                "load": f"{runs[0].get('waiters', '?')} waiters",
+                **{k: med.get(k) for k in ("p50", "p95", "p99")},
+                "baseline": None,
+            }
+        ]
+    return []
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,6 +101,8 @@ def main() -> int:
     )
     ap.add_argument("--quick", action="store_true", help="1 run each, shorter durations")
     ap.add_argument("--runs", type=int, help="runs per measurement (default 3, quick 1)")
+    ap.add_argument("--results", type=Path, default=HERE / "results.json")
+    ap.add_argument("--chart", type=Path, default=HERE / "chart.png")
     args = ap.parse_args()
     runs = args.runs or (1 if args.quick else 3)
     extra = {
@@ -71,7 +125,9 @@ def main() -> int:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
 
     budgets: list[dict] = []
+    figures: list[dict[str, Any]] = []
     failed_scripts = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for name in chosen:
             out = Path(tmp) / f"{name}.json"
@@ -87,7 +143,9 @@ def main() -> int:
                 flush=True,
             )
             if out.exists():
-                budgets.extend(json.loads(out.read_text())["budgets"])
+                data = json.loads(out.read_text())
+                budgets.extend(data["budgets"])
+                figures.extend(scenarios(name, data))
             if proc.returncode not in (0, 1) or (name not in PLAIN and not out.exists()):
                 failed_scripts.append(name)
 
@@ -97,6 +155,27 @@ def main() -> int:
         print(f"benchmarks that did not finish: {', '.join(failed_scripts)}")
     ok = all(b["ok"] for b in budgets) and not failed_scripts
     print(f"\n{sum(b['ok'] for b in budgets)}/{len(budgets)} budgets pass")
+
+    results = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "runs": runs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        },
+        "scenarios": figures,
+        "budgets": budgets,
+    }
+    common.write_json(str(args.results), results)
+    try:
+        charts.draw(results, args.chart)
+    # Whatever breaks the chart, the figures are written and the run says it failed.
+    except Exception as exc:
+        print(f"the chart was not drawn: {exc!r}")
+        return 1
+    print(f"figures: {args.results}, chart: {args.chart}")
     return 0 if ok else 1
 
 

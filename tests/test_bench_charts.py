@@ -1,0 +1,112 @@
+"""bench/charts.py: the chart `make bench` draws from bench/results.json, on made-up figures."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+sys.path.insert(0, str(BENCH))
+
+import charts  # noqa: E402
+import run  # noqa: E402
+
+RESULTS: dict[str, Any] = {
+    "date": "2025-01-01 00:00 UTC",
+    "quick": True,
+    "runs": 1,
+    "machine": {"cpus": 2, "load_before": [1.0, 1.0, 1.0], "load_after": [1.5, 1.2, 1.1]},
+    "scenarios": [
+        {
+            "name": "fanout",
+            "load": "8 msg/s per client",
+            "p50": 3.0,
+            "p95": 9.0,
+            "p99": 15.0,
+            "deliveries_per_s": 3100.0,
+            "baseline": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "deliveries_per_s": 3200.0},
+        },
+        # No baseline and no p95: both are left out, not drawn as zero.
+        {
+            "name": "fanout_notify",
+            "load": "notify on",
+            "p50": 4.0,
+            "p99": 20.0,
+            "deliveries_per_s": 1900.0,
+            "baseline": None,
+        },
+        # A latency-only scenario, with a percentile that did not come out (NaN in the file).
+        {"name": "longpoll", "load": "1000 waiters", "p50": 80.0, "p95": float("nan"), "p99": 140},
+    ],
+}
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, "not a PNG file"
+    # The first chunk of a PNG is IHDR: length, type, then width and height as big-endian ints.
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def draw_from_file(tmp_path: Path, results: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(results))
+    return subprocess.run(
+        [sys.executable, str(BENCH / "charts.py"), str(source), "-o", str(tmp_path / "chart.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def expected_size() -> tuple[int, int]:
+    return (round(charts.SIZE_IN[0] * charts.DPI), round(charts.SIZE_IN[1] * charts.DPI))
+
+
+def test_it_writes_a_png_of_the_expected_size(tmp_path: Path) -> None:
+    done = draw_from_file(tmp_path, RESULTS)
+
+    assert done.returncode == 0, done.stderr
+    chart = tmp_path / "chart.png"
+    assert chart.exists()
+    assert png_size(chart) == expected_size()
+    assert chart.stat().st_size > 10_000  # two panels of bars, not an empty canvas
+
+
+def test_it_prints_missing_figures_as_dashes(tmp_path: Path) -> None:
+    done = draw_from_file(tmp_path, RESULTS)
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    notify = next(line for line in lines if line.startswith("| fanout_notify "))
+    assert notify == "| fanout_notify | notify on | 4.0 | - | 20.0 | 1,900 | - |"
+    longpoll = next(line for line in lines if line.startswith("| longpoll "))
+    assert longpoll == "| longpoll | 1000 waiters | 80.0 | - | 140.0 | - | - |"
+
+
+def test_it_draws_a_run_where_nothing_finished(tmp_path: Path) -> None:
+    done = draw_from_file(tmp_path, {"scenarios": []})
+
+    assert done.returncode == 0, done.stderr
+    assert png_size(tmp_path / "chart.png") == expected_size()
+
+
+def test_run_keeps_a_fanout_without_baseline() -> None:
+    chat = {"p50": 2.0, "p95": 5.0, "p99": 8.0, "deliveries_per_s": 300.0, "lost": 0}
+    data = {"summary": {"1": {"chat": chat}}}
+
+    (scenario,) = run.scenarios("fanout", data)
+
+    assert scenario["load"] == "1 msg/s per client"
+    assert scenario["p95"] == 5.0
+    assert scenario["deliveries_per_s"] == 300.0
+    assert scenario["baseline"] is None
