@@ -116,3 +116,58 @@ def test_the_account_pages_have_no_serious_violations(
     expect(page.locator("body")).to_have_css("background-color", BACKGROUND[scheme])
     violations = blocking_violations(page)
     assert violations == [], "\n".join(violations)
+
+
+def test_the_first_tab_in_a_room_skips_to_the_composer(
+    sessions: Any, alice: Any, busy_room: Room
+) -> None:
+    a = sessions(alice)
+    page = a.open("general")
+    expect(a.badge).to_have_text("Live")
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to the composer")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_in_viewport()
+    expect(skip).not_to_have_css("outline-style", "none")
+    page.keyboard.press("Enter")
+    expect(page.locator("#composer-body")).to_be_focused()
+    page.keyboard.type("typed straight in")
+    expect(page.locator("#composer-body")).to_have_value("typed straight in")
+
+
+def test_buttons_and_links_show_where_the_focus_is(
+    sessions: Any, alice: Any, busy_room: Room
+) -> None:
+    a = sessions(alice)
+    page = a.open("general")
+    expect(a.badge).to_have_text("Live")
+    send = page.locator("#composer button[type=submit]")
+    page.locator("#composer-body").focus()
+    page.keyboard.press("Tab")
+    expect(send).to_be_focused()
+    expect(send).to_have_css("outline-style", "solid")
+    # A link in the sidebar, reached by keyboard (Shift+Tab then Tab from it).
+    link = page.get_by_role("link", name="Browse rooms")
+    link.focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")
+    expect(link).to_be_focused()
+    expect(link).to_have_css("outline-style", "solid")
+
+
+def test_a_message_from_someone_else_is_announced_politely(
+    sessions: Any, alice: Any, bob: Any, busy_room: Room
+) -> None:
+    a, b = sessions(alice), sessions(bob)
+    a.open("general")
+    b.open("general")
+    expect(a.badge).to_have_text("Live")
+    expect(b.badge).to_have_text("Live")
+    announcer = a.page.locator('[aria-live="polite"]', has_text="bob: the platform moved")
+    expect(announcer).to_have_count(0)
+    b.say("the platform moved to 4")
+    expect(announcer).to_have_text("bob: the platform moved to 4")
+    # One's own message is not read back to the one who just typed it.
+    a.say("thanks")
+    expect(b.page.locator("#announcer")).to_have_text("alice: thanks")
+    expect(a.page.locator("#announcer")).to_have_text("bob: the platform moved to 4")
