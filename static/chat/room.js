@@ -6,6 +6,7 @@
 // title, and how far the user has read.
 // URLs and limits come from the data-* attributes of #chat, filled by the template.
 
+import { announce, startSkipLinks } from "./a11y.js";
 import { initActions } from "./actions.js";
 import { Channel } from "./channel.js";
 import { startComposer } from "./composer.js";
@@ -84,6 +85,7 @@ class RoomView {
 
   start() {
     const root = this.root;
+    startSkipLinks();
     initActions({
       channel: this.channel,
       slug: this.slug,
@@ -201,7 +203,10 @@ class RoomView {
       const event = e.detail;
       const fresh = event.room === this.slug && !document.querySelector(`#messages li[data-id="${event.id}"]`);
       upsert(event);
-      if (fresh && event.author !== this.me) this.scroll.arrivedOne();
+      if (fresh && event.author !== this.me) {
+        this.scroll.arrivedOne();
+        announce(event);
+      }
       this.clearTyping(e.detail.author);
       if (isAtBottom()) this.markRead();
     });

@@ -88,9 +88,9 @@ export function startScroll({ root, scroller, list, button, isAtBottom, onBottom
   let opened = Promise.resolve();
   if (firstUnread && unread > 0) {
     divider = el("li", "new-divider");
-    divider.setAttribute("role", "separator");
+    // A list item like the messages around it (a separator role would leave the list with a
+    // child that is not an item); its text says what it marks.
     const text = `${unread} new message${unread === 1 ? "" : "s"}`;
-    divider.setAttribute("aria-label", text);
     divider.append(el("span", null, text));
     placeDivider();
     // History pages and live messages come in through messages.js: the line follows them.

@@ -1,0 +1,25 @@
+// Keyboard and screen-reader help for the room page: the skip links, and a polite live region
+// that reads out messages from others as they arrive (the list itself is not live, or every
+// page of history loaded above would be read out too).
+
+// A fragment link moves the tab starting point but does not always focus the target; the
+// textarea should take typing at once.
+export function startSkipLinks() {
+  for (const link of document.querySelectorAll("a.skip-link")) {
+    link.addEventListener("click", (e) => {
+      const target = document.getElementById(link.hash.slice(1));
+      // A locked room's composer cannot take focus: the link then just moves the tab start.
+      if (!target || target.disabled) return;
+      e.preventDefault();
+      target.focus();
+    });
+  }
+}
+
+// Only the latest: a burst is read as its last message rather than queued up behind the reader.
+export function announce(event) {
+  const region = document.getElementById("announcer");
+  if (!region || event.deleted) return;
+  const body = event.body || (event.attachment ? `sent ${event.attachment.name}` : "");
+  region.textContent = `${event.author}: ${body}`;
+}
