@@ -50,7 +50,7 @@ from django.utils import timezone
 from urllib3.util.wait import wait_for_read
 from zappa.asynchronous import task
 
-from chat import access, events, invocation, presence
+from chat import access, events, invocation, metrics, presence
 from chat.events import Event
 from chat.fanout import encode
 from chat.models import ApiConnection, DeliveryClaim, Room, Subscription
@@ -223,6 +223,7 @@ def cutoff(deadline: float) -> float:
     return deadline - 2 * settings.CHAT_APIGW_CALL_TIMEOUT - HANDOFF_RESERVE
 
 
+@metrics.counted_result(metrics.APIGW_POSTS)
 def post(target: Target, data: bytes, until: float | None = None) -> str:
     """Post one event to one connection: OK, GONE, or FAILED after the retries. From `until` on
     (monotonic time) no attempt starts: DEFERRED, for another invocation to post."""
@@ -236,6 +237,7 @@ def post(target: Target, data: bytes, until: float | None = None) -> str:
         except (BotoCoreError, OSError, http.client.HTTPException) as exc:  # timeouts, refusals
             log.debug("posting to %s: %s", connection_id, exc)
             code = "ConnectionError"
+        metrics.apigw_attempt(code)
         if not code:
             return OK
         if code == "GoneException":
@@ -403,7 +405,7 @@ def deliver_batch(event: dict[str, Any], context: Any = None) -> dict[str, int]:
     connection is claimed before it is posted to, so a retry posts only what no run claimed.
     What the deadline leaves goes to the next batch, with the same delivery id."""
     try:
-        with invocation.running(context):
+        with invocation.running(context), metrics.emitting("deliver_batch"):
             close_old_connections()
             try:
                 return _deliver_batch(event)

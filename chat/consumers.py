@@ -20,7 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
-from chat import events, presence, protocol, reads
+from chat import events, metrics, presence, protocol, reads
 from chat.cursor import Cursors, Verdict
 from chat.errors import ChatError
 from chat.fanout import encode
@@ -95,6 +95,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.slugs: dict[int, str] = {}
         self.lagging: set[Any] = set()
         await self.accept()
+        metrics.OPEN_CONNECTIONS.labels(metrics.WEBSOCKET).inc()
         self.writer = asyncio.create_task(self._write(), name="ws-writer")
         self.tasks = {self.writer, asyncio.create_task(self._heartbeat(), name="ws-presence")}
         await get_hub().watch(self.control)
@@ -129,6 +130,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.line.closed(user, "-" if self.conn is None else self.conn.conn_id, code)
         if self.conn is None:
             return
+        metrics.OPEN_CONNECTIONS.labels(metrics.WEBSOCKET).dec()
         for task in self.tasks:
             task.cancel()
         rooms = await self._leave_hub()
@@ -236,11 +238,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         verdict = (self.stream if message["room"] == USER else self.cursors).offer(message)
         if verdict is Verdict.SEND:
             await self.send(text_data=message["text"])
+            metrics.DELIVERIES.inc()
         elif verdict is Verdict.FILL:
             await self._fill(message["room"])
 
     async def _fill(self, room_id: Any) -> None:
         """Send what the live path lost: every change after the cursor, from the database."""
+        metrics.GAP_FILLS.labels(metrics.WEBSOCKET).inc()
         if room_id == USER:
             await self._fill_user()
             return

@@ -36,6 +36,8 @@ from django.db import connection as db_connection
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from chat import metrics
+
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
@@ -216,6 +218,7 @@ def _each(what: str, call: Any) -> None:
             log.exception("%s through %s failed", what, type(backend).__name__)
 
 
+@metrics.FANOUT_SECONDS.time()
 def publish(room_id: int, event: Event) -> None:
     text = encode(event)
     _each(

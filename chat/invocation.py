@@ -23,6 +23,8 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 
+from chat import metrics
+
 _deadline: ContextVar[float | None] = ContextVar("chat_invocation_deadline", default=None)
 
 
@@ -78,7 +80,7 @@ def middleware(get_response: Callable[[Any], Any]) -> Callable[[Any], Any]:
             context = request.META.get("lambda.context")
             if context is None:
                 return await get_response(request)
-            with running(context):
+            with running(context), metrics.emitting("http"):
                 return await get_response(request)
 
         return markcoroutinefunction(async_middleware)
@@ -87,7 +89,7 @@ def middleware(get_response: Callable[[Any], Any]) -> Callable[[Any], Any]:
         context = request.META.get("lambda.context")
         if context is None:
             return get_response(request)
-        with running(context):
+        with running(context), metrics.emitting("http"):
             return get_response(request)
 
     return sync_middleware

@@ -29,7 +29,7 @@ from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 from django.db import connection as db_connection
 
-from chat import access, cleaning, events, presence, reads
+from chat import access, cleaning, events, metrics, presence, reads
 from chat.cursor import Cursors, Verdict
 from chat.errors import ChatError
 from chat.fanout import notify_channel, user_channel
@@ -125,6 +125,7 @@ def _in_thread(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return database_sync_to_async(func, thread_sensitive=False)
 
 
+@metrics.tracking(metrics.LONG_POLL_WAITERS)
 async def wait_hub(stream: Stream, after: int, timeout: float) -> Answer | None:
     loop = asyncio.get_running_loop()
     woken: asyncio.Future[tuple[Verdict, dict[str, Any]]] = loop.create_future()
@@ -152,6 +153,7 @@ async def wait_hub(stream: Stream, after: int, timeout: float) -> Answer | None:
     finally:
         await stream.leave(listener)
     if verdict is Verdict.FILL:
+        metrics.GAP_FILLS.labels(metrics.LONG_POLL).inc()
         return await _in_thread(stream.reread)(after)
     # The usual case needs no database read: the event is the committed state.
     return {"events": [json.loads(message["text"])], stream.seq_key: cursors.get(stream.key)}
@@ -206,6 +208,7 @@ def _offer(cursors: Cursors, stream: Stream, payload: str) -> tuple[Verdict, Eve
     return cursors.offer(stream.live(event, payload)), event
 
 
+@metrics.tracking(metrics.LONG_POLL_WAITERS)
 async def wait_database(stream: Stream, after: int, timeout: float) -> Answer | None:
     """Lambda's wait, where nothing runs between requests: woken by PostgreSQL's NOTIFY, with a
     re-read every DB_POLL_INTERVAL as the fallback (the only way on other databases)."""
@@ -269,6 +272,7 @@ class PollConsumer(AsyncHttpConsumer):
 
     channel_layer_alias = "__no_layer_per_request__"
 
+    @metrics.tracking(metrics.OPEN_CONNECTIONS.labels(metrics.LONG_POLL))
     async def handle(self, body: bytes) -> None:
         status, data = await self._answer()
         await self.send_response(

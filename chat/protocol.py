@@ -21,7 +21,17 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import access, cleaning, events, moderation, presence, reads, tokens, writepath
+from chat import (
+    access,
+    cleaning,
+    events,
+    metrics,
+    moderation,
+    presence,
+    reads,
+    tokens,
+    writepath,
+)
 from chat.errors import ChatError
 from chat.events import Event
 from chat.models import Room
@@ -369,6 +379,7 @@ def admit(
         refused = _error(exc, None)
     wait = conn.bucket.take()
     if wait:
+        metrics.RATE_LIMITED.labels("frames").inc()
         return None, _error(ChatError("rate_limited", "Too many frames; slow down.", wait), frame)
     return frame, refused
 

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 
-from chat import events
+from chat import events, metrics
 from chat.errors import ChatError
 from chat.events import Event
 from chat.models import Inbox, Membership, Message, Restriction, Room, UserEvent
@@ -52,6 +52,7 @@ def catch_up(room: Room, after: int, room_seq: int | None = None) -> CatchUp:
     if after > room_seq:
         raise ChatError("bad_request", f"The cursor {after} is ahead of the room ({room_seq}).")
     if room_seq - after > settings.CHAT_RESUME_LIMIT:
+        metrics.RESYNCS.inc()
         return CatchUp(room_seq, resync=True)
     if after == room_seq:
         return CatchUp(room_seq)
@@ -256,6 +257,7 @@ def user_catch_up(user: Any, after: int) -> CatchUp:
     if after > seq:
         raise ChatError("bad_request", f"The cursor {after} is ahead of the stream ({seq}).")
     if seq - after > settings.CHAT_RESUME_LIMIT:
+        metrics.RESYNCS.inc()
         return CatchUp(seq, resync=True)
     if after == seq:
         return CatchUp(seq)

@@ -24,7 +24,7 @@ from django.db import connection as db_connection
 from django.utils import timezone
 from zappa.websocket import on_connect, on_disconnect, on_message
 
-from chat import apigateway, cleaning, events, presence, protocol
+from chat import apigateway, cleaning, events, metrics, presence, protocol
 from chat.errors import ChatError
 from chat.invocation import reserving, running
 from chat.models import ApiConnection, Room, Subscription
@@ -82,7 +82,8 @@ def invocation(handler: Handler) -> Handler:
             pick_request_id((event.get("requestContext") or {}).get("requestId"))
         )
         try:
-            with running(context):  # the deadline that fan-out respects
+            # The deadline that fan-out respects; this invocation's figures for CloudWatch.
+            with running(context), metrics.emitting(handler.__name__):
                 return handler(event, context)
         except Exception:
             log.exception("%s failed", handler.__name__)

@@ -29,7 +29,7 @@ from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from chat import attachments, cleaning, emoji, events, fanout, formatting, notify
+from chat import attachments, cleaning, emoji, events, fanout, formatting, metrics, notify
 from chat.access import blocked_in_dm, can_read, check_can_post, is_moderator, with_flags
 from chat.errors import ChatError
 from chat.models import (
@@ -87,6 +87,7 @@ def _check_rate(user: Any, room: Room) -> None:
     if len(recent) >= limit:
         # Allowed again once the oldest of the last `limit` posts leaves the window.
         wait = (recent[-1] - since).total_seconds()
+        metrics.RATE_LIMITED.labels("room").inc()
         raise ChatError(
             "rate_limited",
             f"This room allows {limit} messages a minute.",
@@ -240,6 +241,7 @@ def _reply_target(room: Room, reply_to: Any) -> Message | None:
     return parent
 
 
+@metrics.WRITE_SECONDS.time()
 def post_message(
     user: Any,
     room: Room,

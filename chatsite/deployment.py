@@ -61,6 +61,8 @@ RUNTIME_PACKAGES = (
     "markdown-it-py",
     "linkify-it-py",
     "nh3",
+    # The counters behind CloudWatch's EMF lines (chat/metrics.py).
+    "prometheus-client",
 )
 ENV_DIR = ".lambda-env"
 STAMP = ".chat-lambda-env.json"

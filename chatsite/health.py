@@ -11,10 +11,14 @@ They are answered the same way under uvicorn (Django's ASGI handler), Zappa's WS
 - `/readyz`: readiness. `SELECT 1` on the default database on a connection of its own, and a PING
   to Redis when REDIS_URL is set, concurrently, each bounded by CHAT_READY_TIMEOUT seconds. 200
   with what was checked, else 503 with which part failed. Never a URL, host or password.
+- `/metrics`: Prometheus' text format (chat/metrics.py), only with `Authorization: Bearer
+  <CHAT_METRICS_TOKEN>` (401 otherwise), and 404 while that setting is empty. Answered here too:
+  Prometheus scrapes a target by address, as a probe does; the token is what guards it.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -28,10 +32,13 @@ from django.db import connections
 from django.db.utils import load_backend
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from chat import metrics
+
 log = logging.getLogger("chat.health")
 
 LIVE = "/healthz"
 READY = "/readyz"
+METRICS = "/metrics"
 
 # A check that hangs past its timeout keeps its thread until the driver gives up (its own connect
 # and socket timeouts, set below); a few threads are enough for probes that come every second.
@@ -113,6 +120,23 @@ def _json(data: dict[str, Any], status: int = 200) -> HttpResponse:
     return response
 
 
+def scrape(request: HttpRequest) -> HttpResponse:
+    """`/metrics`: off (404) without a token configured, 401 without the right one."""
+    token = settings.CHAT_METRICS_TOKEN
+    if not token:
+        return _json({"error": "not_found", "detail": "Metrics are off."}, 404)
+    sent = request.headers.get("Authorization", "")
+    # Compared in constant time: the answer must not say how much of a guess was right.
+    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        response = _json({"error": "unauthorized", "detail": "Send the metrics token."}, 401)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    body, content_type = metrics.exposition()
+    response = HttpResponse(body, content_type=content_type)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 def middleware(get_response: Callable[[HttpRequest], Any]) -> Callable[[HttpRequest], Any]:
     """Answers the two health paths; passes everything else on. Sync and async, so that it adds no
     thread hop under ASGI (the readiness checks run in their own threads either way)."""
@@ -123,6 +147,8 @@ def middleware(get_response: Callable[[HttpRequest], Any]) -> Callable[[HttpRequ
                 return _json({"status": "ok"})
             if request.path_info == READY:
                 return _answer(*await sync_to_async(readiness, thread_sensitive=False)())
+            if request.path_info == METRICS:
+                return scrape(request)
             return await get_response(request)
 
         return markcoroutinefunction(async_middleware)
@@ -132,6 +158,8 @@ def middleware(get_response: Callable[[HttpRequest], Any]) -> Callable[[HttpRequ
             return _json({"status": "ok"})
         if request.path_info == READY:
             return _answer(*readiness())
+        if request.path_info == METRICS:
+            return scrape(request)
         return get_response(request)
 
     return sync_middleware

@@ -223,6 +223,12 @@ LOGGING = {
 # Seconds each readiness check (database, Redis) may take before /readyz answers 503.
 CHAT_READY_TIMEOUT = env_int("CHAT_READY_TIMEOUT", 1, minimum=1)
 
+# /metrics (chat/metrics.py) answers only a request with `Authorization: Bearer <this>`; empty, it
+# is off (404). CHAT_METRICS_EMF prints each Lambda invocation's figures as one CloudWatch EMF line
+# on stdout; on by default on Lambda, where nothing scrapes a function.
+CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
+CHAT_METRICS_EMF = env_bool("CHAT_METRICS_EMF", bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")))
+
 # --- The chat's own settings (README.md, "Settings") ---
 CHAT_MAX_BODY = env_int("CHAT_MAX_BODY", 4000, minimum=1)
 CHAT_MAX_FRAME = env_int("CHAT_MAX_FRAME", 32 * 1024, minimum=1024)
