@@ -324,21 +324,12 @@ def post_message(
         if attachment is not None and isinstance(error, IntegrityError):
             raise ChatError("bad_request", "This attachment was already sent.") from None
         raise
-    transaction.on_commit(lambda: _after_post(message, told))
+    transaction.on_commit(lambda: notify.after_post_soon(message, told))
     return Posted(message, created=True)
 
 
 def _one_to_one(room: Room) -> bool:
     return Membership.objects.filter(room=room).count() == 2
-
-
-def _after_post(message: Message, told: set[Any]) -> None:
-    try:
-        notify.after_post(message, told)
-    except Exception:
-        # The message is committed and its ack must go: an `unread` not raised now is raised by
-        # the room's next message (notified_seq did not move).
-        log.exception("unread notifications for message %s failed", message.pk)
 
 
 def _own_message(user: Any, room: Room, message_id: Any) -> Message:

@@ -253,6 +253,9 @@ if CHAT_POLL_WAIT not in ("hub", "database"):
     raise ImproperlyConfigured("CHAT_POLL_WAIT must be 'hub' or 'database'")
 # Direct messages: the most people a group conversation may add to its creator.
 CHAT_DM_MAX_OTHERS = env_int("CHAT_DM_MAX_OTHERS", 9, minimum=1)
+# Raise `unread` notifications in the writer's thread instead of a worker thread per process
+# (chat/notify.py). Always inline on Lambda.
+CHAT_UNREAD_INLINE = env_bool("CHAT_UNREAD_INLINE", False)
 # Minutes a mention or DM stays unread before it goes out in the user's email digest.
 CHAT_EMAIL_DELAY = env_int("CHAT_EMAIL_DELAY", 10, minimum=1)
 # The site's address as readers reach it (scheme and host, no trailing slash): digests link to

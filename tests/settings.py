@@ -19,3 +19,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # One test database per run, so that several runs on one machine never drop each other's database.
 _suffix = os.environ.get("CHAT_TEST_DB_SUFFIX") or os.getpid()
 DATABASES["default"]["TEST"] = {"NAME": f"test_chat_{_suffix}"}  # noqa: F405
+
+# Notifications raised where the tests can see them at once (chat/notify.py's worker thread is
+# tested on its own in tests/test_dms.py).
+CHAT_UNREAD_INLINE = True

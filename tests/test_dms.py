@@ -431,3 +431,16 @@ def test_a_public_room_never_joined_counts_nothing(alice: Any, bob: Any, room: R
         r for r in login(bob).get("/api/rooms/").json()["rooms"] if r["slug"] == "general"
     ]
     assert general["unread"] == 2
+
+
+def test_unread_is_raised_off_the_writers_thread(
+    alice: Any, bob: Any, room: Room, settings: Any
+) -> None:
+    settings.CHAT_UNREAD_INLINE = False
+    writepath.mark_read(bob, room, 0)
+    for i in range(5):
+        writepath.post_message(alice, room, f"m{i}")
+    assert notify.later.flush()
+    events = stream(bob)
+    assert [e["kind"] for e in events] == ["unread"] and events[0]["unread"] == 5
+    assert notify.later.thread is not None and notify.later.thread.name == "chat-unread"
