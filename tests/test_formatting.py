@@ -7,6 +7,8 @@ import re
 from html.parser import HTMLParser
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chat import formatting, notify
 
@@ -142,3 +144,19 @@ def test_the_mention_pattern_is_the_write_paths() -> None:
 
 def test_an_empty_body_renders_empty() -> None:
     assert formatting.render("") == ""
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("abcxyz019 .:/-_@*~`[]()<>#!\n\u00e9\u0431\u4e2d")),
+        max_size=60,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_skipping_the_linkifier_never_changes_what_is_drawn(body: str) -> None:
+    # The linkifier runs only where the pre-check says it could find something: wherever it
+    # does not run, running it must give the same html.
+    full = formatting._md
+    tokens = full.parse(body, {})
+    expected = formatting.sanitize(full.renderer.render(tokens, full.options, {})).strip()
+    assert formatting.render(body) == (expected if body else "")
