@@ -388,8 +388,3 @@ def set_level(user: Any, room: Room, level: Any) -> str:
         )
     Membership.objects.filter(pk=membership.pk).update(notify_level=level)
     return level
-
-
-def level_of(user: Any, room: Room) -> str:
-    membership = Membership.objects.filter(room=room, user=user).first()
-    return membership.level(room) if membership else Membership(notify_level="").level(room)
