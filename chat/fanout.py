@@ -21,8 +21,11 @@ backend is logged, never raised into the writer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from functools import cache
 from typing import Any, Protocol
 
@@ -209,7 +212,35 @@ def uses_channel_layer() -> bool:
     return any(isinstance(backend, ChannelLayerBackend) for backend in backends())
 
 
+# Fan-out asked for inside `deferred()`: sent when the block ends.
+_queue: ContextVar[list[Callable[[], None]] | None] = ContextVar("chat_fanout_queue", default=None)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Fan-out asked for inside the block goes out, in order, when the block ends (also when it
+    ends with an error: what was asked for had committed). A Lambda frame writes while it holds
+    its connection's lock, and releases the lock before this fan-out's network calls, so that the
+    connection's next frames do not queue behind posts to a whole room."""
+    queue: list[Callable[[], None]] = []
+    token = _queue.set(queue)
+    try:
+        yield
+    finally:
+        _queue.reset(token)
+        for call in queue:
+            call()
+
+
 def _each(what: str, call: Any) -> None:
+    queue = _queue.get()
+    if queue is not None:
+        queue.append(lambda: _to_backends(what, call))
+        return
+    _to_backends(what, call)
+
+
+def _to_backends(what: str, call: Any) -> None:
     for backend in backends():
         try:
             call(backend)

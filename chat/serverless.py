@@ -24,7 +24,7 @@ from django.db import connection as db_connection
 from django.utils import timezone
 from zappa.websocket import on_connect, on_disconnect, on_message
 
-from chat import apigateway, cleaning, events, metrics, presence, protocol
+from chat import apigateway, cleaning, events, fanout, metrics, presence, protocol
 from chat.errors import ChatError
 from chat.invocation import reserving, running
 from chat.models import ApiConnection, Room, Subscription
@@ -197,9 +197,16 @@ def one_frame_at_a_time(connection_id: str) -> Iterator[None]:
 def message(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """One frame through the shared protocol; the replies go back through @connections."""
     rc = event["requestContext"]
+    started = time.monotonic()
     try:
-        with one_frame_at_a_time(rc["connectionId"]):
-            return _message(event)
+        # The frame's fan-out waits until the connection's lock is released; its replies follow
+        # the fan-out, as on Channels (a message's event reaches the room before the ack).
+        with reserving(apigateway.reply_reserve()), fanout.deferred():
+            with one_frame_at_a_time(rc["connectionId"]):
+                target, replies = _message(event)
+        if target is not None:
+            apigateway.send(target, replies, deadline=started + REPLY_BUDGET)
+        return {"statusCode": 200}
     except DatabaseError:
         # Everything needed to answer is in the event: tell the client, which retries with the
         # same client_id (nothing was stored or acknowledged).
@@ -210,9 +217,10 @@ def message(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {"statusCode": 500}
 
 
-def _message(event: dict[str, Any]) -> dict[str, Any]:
+def _message(event: dict[str, Any]) -> tuple[apigateway.Target | None, list[protocol.Event]]:
+    """The frame through the protocol: where to reply, and the replies (none for a connection
+    that is gone: it was told to reconnect)."""
     rc = event["requestContext"]
-    started = time.monotonic()
     text: str | None = event.get("body") or ""
     binary: bytes | None = None
     if event.get("isBase64Encoded"):
@@ -231,22 +239,19 @@ def _message(event: dict[str, Any]) -> dict[str, Any]:
         )
         if row is None:
             # Its row was removed (expired, or a $disconnect raced ahead): make it reconnect.
-            return _refuse(rc)
+            _refuse(rc)
+            return None, []
         conn = LambdaConnection(row)
         frame, error = protocol.admit(conn, text, binary)
         conn.save_bucket()
-    # A fan-out this frame causes stops early enough for the replies' last attempt after it.
-    with reserving(apigateway.reply_reserve()):
-        replies = [error] if error else protocol.execute(conn, frame) if frame else []
-    apigateway.send(apigateway.connection_target(row), replies, deadline=started + REPLY_BUDGET)
-    return {"statusCode": 200}
+    replies = [error] if error else protocol.execute(conn, frame) if frame else []
+    return apigateway.connection_target(row), replies
 
 
-def _refuse(rc: dict[str, Any]) -> dict[str, Any]:
+def _refuse(rc: dict[str, Any]) -> None:
     target = (rc["connectionId"], apigateway.endpoint(rc["domainName"], rc["stage"]))
     apigateway.post_event(
         target, events.error("unauthorized", "Reconnect with a new token.", fatal=True)
     )
     with contextlib.suppress(ClientError, BotoCoreError):
         apigateway.client(target[1]).delete_connection(ConnectionId=target[0])
-    return {"statusCode": 200}

@@ -59,6 +59,12 @@ def parser() -> argparse.ArgumentParser:
         help="processes for asynchronous invocations (Zappa's @task); 0 runs them on the "
         "gateway's own threads",
     )
+    p.add_argument(
+        "--task-workers",
+        type=int,
+        default=8,
+        help="concurrent asynchronous invocations in each task process",
+    )
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, help="seconds")
     p.add_argument("--max-duration", type=float, default=MAX_DURATION, help="seconds")
     p.add_argument("--integration-timeout", type=float, default=INTEGRATION_TIMEOUT, help="seconds")
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             port=options.port,
             workers=options.workers,
             task_processes=options.task_processes,
+            task_workers=options.task_workers,
             idle_timeout=options.idle_timeout,
             max_duration=options.max_duration,
             integration_timeout=options.integration_timeout,

@@ -66,6 +66,9 @@ class LocalGateway:
     settings_overrides: Mapping[str, Any] = field(default_factory=dict)
     workers: int = 32
     task_processes: int = 0
+    # Each running invocation holds a database connection, as each Lambda container does: the
+    # asynchronous ones are bounded apart, so that all of them fit the database's connections.
+    task_workers: int = 8
     ws_paths: tuple[str, ...] = ("/ws/", "/ws")
     idle_timeout: float = IDLE_TIMEOUT
     max_duration: float = MAX_DURATION
@@ -126,7 +129,7 @@ class LocalGateway:
                 zappa=self.zappa,
                 settings_dir=self._settings_dir.name,
                 environment=dict(os.environ),
-                threads=self.workers,
+                threads=self.task_workers,
                 log_level=logging.getLogger("localgateway").getEffectiveLevel(),
                 root_log_level=logging.getLogger().level,
             )

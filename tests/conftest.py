@@ -222,7 +222,28 @@ def quiesce(timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while ApiConnection.objects.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.1)  # what those invocations publish
+    # Then until no other session works on the test database: frames, fan-out batches and what
+    # they publish can still be running after the last row went (the flush would deadlock on
+    # them). Twice in a row, so that a gap between two statements of one invocation is not idle.
+    quiet = 0
+    deadline = time.monotonic() + 2 * timeout
+    while quiet < 2 and time.monotonic() < deadline:
+        quiet = quiet + 1 if not _others_busy() else 0
+        time.sleep(0.05)
+
+
+def _others_busy() -> bool:
+    """Whether another session is running a statement or holding a transaction open on this
+    database (PostgreSQL; elsewhere there is no one to wait for)."""
+    if connection.vendor != "postgresql":
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            " AND state <> 'idle')"
+        )
+        return bool(cursor.fetchone()[0])
 
 
 @pytest.fixture

@@ -52,6 +52,11 @@ def test_reconnect_churn_keeps_every_client_complete(
     # each frame is its own invocation, so two messages' fan-outs can overtake each other and
     # the client orders by seq itself (its cursor waits for the gap to fill).
     strict = not serverless
+    # Each message is 50 @connections posts. On AWS API Gateway makes them; here the local
+    # gateway serves every one of them, and every socket, from one Python process on the same two
+    # cores as the 50 clients: one message per client every 2 s keeps it short of saturation, so
+    # that what is measured is the churn, not a queue that grows for the whole run.
+    period = 2.0 if serverless else 1.0
     clients = [
         ResilientClient(u.username, t, [chat_server.ws_url], "general", strict=strict)
         for u, t in people
@@ -64,7 +69,7 @@ def test_reconnect_churn_keeps_every_client_complete(
             c.start()
         await wait_for_state(clients, lambda c: c.subscribed.is_set(), 30, "subscribed")
         stop = asyncio.Event()
-        sending = asyncio.create_task(traffic(clients, 1.0, stop))
+        sending = asyncio.create_task(traffic(clients, period, stop))
         for second in range(SECONDS):
             await asyncio.sleep(1)  # the churn's pace, not a wait for anything
             for n, c in enumerate(rng.sample(clients, CLIENTS // 10)):
@@ -86,7 +91,7 @@ def test_reconnect_churn_keeps_every_client_complete(
 
     asyncio.run(asyncio.wait_for(scenario(), SCENARIO_LIMIT))
     rows = assert_complete("general", clients)
-    assert len(rows) == stats["sent"] >= CLIENTS * (SECONDS - 1)
+    assert len(rows) == stats["sent"] >= CLIENTS * (SECONDS / period - 1)
     # Churn happened: most picks found a connection to drop (a slow reconnect skips one).
     assert stats["drops"] >= SECONDS * (CLIENTS // 10) // 2, stats
     failed = sum(c.failed_connects for c in clients)
