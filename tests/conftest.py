@@ -189,6 +189,11 @@ class Gateway(Server):
                     str(self.port),
                     "--log-level",
                     "WARNING",
+                    # Each running invocation holds a database connection. A run has the session's
+                    # gateway, sometimes one of a module's, and a Channels server at once, within
+                    # the 100 connections of a default PostgreSQL.
+                    "--workers",
+                    "16",
                     *self.args,
                 ],
                 cwd=ROOT,
