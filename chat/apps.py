@@ -2,9 +2,10 @@ import os
 from typing import Any
 
 from django.apps import AppConfig
-from django.conf import settings
 from django.contrib.auth.signals import user_logged_out
 from django.core import checks
+
+from chat.conf import settings
 
 
 class ChatConfig(AppConfig):
