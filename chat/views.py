@@ -163,7 +163,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "attachment_types": ",".join(settings.CHAT_ATTACHMENT_TYPES),
         # Moderators may post in a locked room: the page keeps their composer open.
         "is_moderator": access.is_moderator(request.user, room),
-        # The header's description and members controls (static/chat/roomadmin.js).
+        # The header's description and members controls (chat/static/chat/roomadmin.js).
         "can_manage": access.can_manage(request.user, room),
         "is_owner": access.is_owner(request.user, room),
         "joined": bool(listed.get("joined")),
