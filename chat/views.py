@@ -1,5 +1,5 @@
-"""The pages: sign up, the rooms list, a room. They work without JavaScript; chat/static/chat/ adds the
-live client on top of the room page. Templates are chat/templates/chat/, each extending
+"""The pages: sign up, the rooms list, a room. They work without JavaScript; chat/static/chat/ adds
+the live client on top of the room page. Templates are chat/templates/chat/, each extending
 "chat/base.html", which a site overrides with its own layout."""
 
 from __future__ import annotations
