@@ -32,7 +32,10 @@ def signup_form() -> type[UserCreationForm]:
     """Django's sign-up form for the site's user model (AUTH_USER_MODEL): its USERNAME_FIELD (an
     email, say) and whatever else it requires, then the two passwords."""
     users = get_user_model()
-    fields = (users.USERNAME_FIELD, *users.REQUIRED_FIELDS)
+    # REQUIRED_FIELDS are what createsuperuser asks for; only those that may not be blank are
+    # asked here (Django's own User lists its optional email).
+    required = [name for name in users.REQUIRED_FIELDS if not users._meta.get_field(name).blank]
+    fields = (users.USERNAME_FIELD, *required)
     meta = type("Meta", (UserCreationForm.Meta,), {"model": users, "fields": fields})
     return type("SignupForm", (UserCreationForm,), {"Meta": meta})
 
