@@ -56,6 +56,11 @@ def moderated_rooms(user: Any) -> QuerySet[Room]:
     return Room.objects.filter(moderators=user)
 
 
+# Searches by a person go through the user model's USERNAME_FIELD (an admin module is imported once
+# the models are loaded).
+USERNAME = get_user_model().USERNAME_FIELD
+
+
 class ReadOnly:
     """Rows that only the write path (or a transport) writes: the admin shows them, never adds or
     changes one."""
@@ -248,7 +253,7 @@ class RoomAdmin(RoomScoped):
                 request.user,
                 "room_people",
                 room=form.instance,
-                moderators=[u.username for u in form.instance.moderators.all()],
+                moderators=[u.get_username() for u in form.instance.moderators.all()],
                 changed=changed,
             )
 
@@ -273,7 +278,7 @@ class RoomAdmin(RoomScoped):
 class MembershipAdmin(RoomScoped):
     list_display = ["room", "user", "joined", "read_seq"]
     list_select_related = ["room", "user"]
-    search_fields = ["room__slug", "user__username"]
+    search_fields = ["room__slug", f"user__{USERNAME}"]
     readonly_fields = ["read_seq", "notified_seq", "notify_level"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
@@ -302,7 +307,7 @@ class MessageAdmin(Permanent, RoomScoped):
     # Only rooms with listed messages: a list of every room would name the DM conversations.
     list_filter = [("room", admin.RelatedOnlyFieldListFilter), StateFilter, "created"]
     list_select_related = ["room", "author"]
-    search_fields = ["body", "author__username", "room__slug"]
+    search_fields = ["body", f"author__{USERNAME}", "room__slug"]
     # Messages change only through the write path (it takes the room's next seq and publishes):
     # no save or delete here (a save would write back what the form read; Django's delete would
     # take a seq-less row out of history). The actions, which moderation checks per message, do.
@@ -337,7 +342,7 @@ class RestrictionAdmin(RoomScoped):
     list_display = ["kind", "user", "room", "until", "reason", "created_by", "created"]
     list_filter = ["kind", "room"]
     list_select_related = ["user", "room", "created_by"]
-    search_fields = ["user__username", "reason"]
+    search_fields = [f"user__{USERNAME}", "reason"]
     autocomplete_fields = ["user"]
     fields = ["kind", "user", "room", "until", "reason"]
 
@@ -387,7 +392,7 @@ class ReportAdmin(RoomScoped):
     list_display = ["message", "message_body", "reporter", "reason", "created", "resolved"]
     list_filter = ["resolved", "message__room", "created"]
     list_select_related = ["message__room", "message__author", "reporter"]
-    search_fields = ["reason", "message__body", "reporter__username"]
+    search_fields = ["reason", "message__body", f"reporter__{USERNAME}"]
     readonly_fields = ["message", "reporter", "reason", "created", "resolved"]
     actions = ["resolve", "hide_reported"]
 
@@ -424,7 +429,7 @@ class ModerationActionAdmin(Permanent, RoomScoped):
     list_display = ["created", "actor", "action", "room", "target_user", "message", "reason"]
     list_filter = ["action", "room", "created"]
     list_select_related = ["actor", "room", "target_user"]
-    search_fields = ["actor__username", "target_user__username", "reason"]
+    search_fields = [f"actor__{USERNAME}", f"target_user__{USERNAME}", "reason"]
     readonly_fields = [f.name for f in ModerationAction._meta.fields]
 
 
@@ -464,7 +469,7 @@ class AttachmentAdmin(Permanent, RoomScoped):
     list_display = ["name", "room", "uploader", "size", "content_type", "status", "created"]
     list_filter = ["status", "content_type", ("room", admin.RelatedOnlyFieldListFilter), "created"]
     list_select_related = ["room", "uploader"]
-    search_fields = ["name", "uploader__username", "room__slug"]
+    search_fields = ["name", f"uploader__{USERNAME}", "room__slug"]
     readonly_fields = [f.name for f in Attachment._meta.fields]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
@@ -494,7 +499,7 @@ class ApiConnectionAdmin(ReadOnly, admin.ModelAdmin):
 
     list_display = ["connection_id", "user", "domain", "stage", "connected_at", "last_seen"]
     list_select_related = ["user"]
-    search_fields = ["connection_id", "user__username"]
+    search_fields = ["connection_id", f"user__{USERNAME}"]
     readonly_fields = [f.name for f in ApiConnection._meta.fields]
     inlines = [SubscriptionInline]
 
@@ -523,7 +528,7 @@ class BlockAdmin(ReadOnly, admin.ModelAdmin):
 
     list_display = ["blocker", "blocked", "created"]
     list_select_related = ["blocker", "blocked"]
-    search_fields = ["blocker__username", "blocked__username"]
+    search_fields = [f"blocker__{USERNAME}", f"blocked__{USERNAME}"]
     readonly_fields = ["blocker", "blocked", "created"]
 
 
@@ -531,7 +536,7 @@ class BlockAdmin(ReadOnly, admin.ModelAdmin):
 class InboxAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["user", "seq", "emailed_seq", "email_digests"]
     list_select_related = ["user"]
-    search_fields = ["user__username"]
+    search_fields = [f"user__{USERNAME}"]
     readonly_fields = ["user", "seq", "emailed_seq", "email_digests"]
 
 
@@ -542,7 +547,7 @@ class UserEventAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ["user", "seq", "kind", "room", "room_seq", "created"]
     list_filter = ["kind", "created"]
     list_select_related = ["user", "room"]
-    search_fields = ["user__username", "room__slug"]
+    search_fields = [f"user__{USERNAME}", "room__slug"]
     readonly_fields = ["user", "seq", "kind", "room", "room_seq", "created"]
     exclude = ["message"]
 
@@ -556,7 +561,7 @@ class ReactionAdmin(ReadOnly, admin.ModelAdmin):
 
     list_display = ["emoji", "user", "message", "created"]
     list_select_related = ["user", "message__room"]
-    search_fields = ["user__username"]
+    search_fields = [f"user__{USERNAME}"]
     readonly_fields = ["emoji", "user", "message", "created"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
@@ -570,7 +575,7 @@ class ReactionKeyAdmin(ReadOnly, admin.ModelAdmin):
 
     list_display = ["emoji", "user", "message", "client_id", "on"]
     list_select_related = ["user", "message__room"]
-    search_fields = ["user__username", "client_id"]
+    search_fields = [f"user__{USERNAME}", "client_id"]
     readonly_fields = ["emoji", "user", "message", "client_id", "on"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:

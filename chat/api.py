@@ -12,7 +12,6 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError
 from django.http import (
@@ -24,6 +23,7 @@ from django.http import (
 )
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
+from django.urls import NoReverseMatch, reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from chat import (
@@ -40,6 +40,7 @@ from chat import (
 )
 from chat import rooms as chatrooms  # `rooms` is the view of /api/rooms/
 from chat import search as chat_search
+from chat.conf import settings
 from chat.errors import ChatError
 from chat.models import Restriction
 
@@ -490,12 +491,28 @@ def attachment_dict(attachment: Any) -> dict[str, Any]:
 
 def _default_ws_url(request: HttpRequest) -> str:
     scheme = "wss" if request.is_secure() else "ws"
-    return f"{scheme}://{request.get_host()}/ws/"
+    return f"{scheme}://{request.get_host()}{ws_path()}"
+
+
+def ws_path() -> str:
+    """The WebSocket's path: CHAT_WS_PATH, else "ws/" under the prefix of chat.urls, where the
+    site mounts chat.routing's websocket_urlpatterns (chat/routing.py)."""
+    return settings.CHAT_WS_PATH or reverse("chat:index") + "ws/"
+
+
+def under_api(request: HttpRequest) -> bool:
+    """Whether the request is for the API of chat.urls, wherever the site has put it. False
+    where the chat's URLs do not resolve (an error page of a site that does not include them)."""
+    try:
+        prefix = reverse("chat:api-rooms").removesuffix("rooms/")
+    except NoReverseMatch:
+        return False
+    return request.path.startswith(prefix)
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF refusals under /api/ are JSON like every other API error."""
-    if request.path.startswith("/api/"):
+    if under_api(request):
         return error("forbidden", f"CSRF check failed: {reason}", 403)
     from django.views.csrf import csrf_failure as default
 
@@ -505,7 +522,7 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """Django's 404 (an unknown /api/ path, a path converter that did not match) as JSON under
     /api/; the pages keep Django's page."""
-    if request.path.startswith("/api/"):
+    if under_api(request):
         return error("not_found", "There is no such endpoint.", 404)
     from django.views.defaults import page_not_found
 
@@ -514,7 +531,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 def server_error(request: HttpRequest) -> HttpResponse:
     """An uncaught exception (already logged by Django with its traceback) as JSON under /api/."""
-    if request.path.startswith("/api/"):
+    if under_api(request):
         return error("server_error", "Something went wrong on our side.", 500)
     from django.views.defaults import server_error as default
 

@@ -43,7 +43,6 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.utils import percent_encode
-from django.conf import settings
 from django.db import close_old_connections
 from django.db import connection as db_connection
 from django.utils import timezone
@@ -51,9 +50,10 @@ from urllib3.util.wait import wait_for_read
 from zappa.asynchronous import task
 
 from chat import access, events, invocation, metrics, presence
+from chat.conf import settings
 from chat.events import Event
 from chat.fanout import encode
-from chat.models import ApiConnection, DeliveryClaim, Room, Subscription
+from chat.models import ApiConnection, DeliveryClaim, Room, Subscription, username_lookup
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +470,7 @@ def room_targets(room_id: int, exclude_user: str | None = None) -> list[Target]:
     oldest = timezone.now() - timedelta(seconds=settings.CHAT_APIGW_MAX_DURATION)
     rows = Subscription.objects.filter(room_id=room_id, connection__connected_at__gt=oldest)
     if exclude_user is not None:
-        rows = rows.exclude(connection__user__username=exclude_user)
+        rows = rows.exclude(**{username_lookup("connection__user"): exclude_user})
     return [
         (cid, endpoint(domain, stage))
         for cid, domain, stage in rows.values_list(
@@ -489,7 +489,10 @@ def forget(rows: Any, grace: bool = False) -> int:
         rows = rows.filter(connected_at__lt=timezone.now() - CONNECT_GRACE)
     subscriptions = list(
         Subscription.objects.filter(connection__in=rows).values_list(
-            "connection__connection_id", "room_id", "room__slug", "connection__user__username"
+            "connection__connection_id",
+            "room_id",
+            "room__slug",
+            username_lookup("connection__user"),
         )
     )
     _, per_model = ApiConnection.objects.filter(pk__in=rows.values("pk")).delete()

@@ -2,9 +2,10 @@ import os
 from typing import Any
 
 from django.apps import AppConfig
-from django.conf import settings
 from django.contrib.auth.signals import user_logged_out
 from django.core import checks
+
+from chat.conf import settings
 
 
 class ChatConfig(AppConfig):
@@ -76,6 +77,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     layer = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    if uses_layer and not layer:
+        errors.append(
+            checks.Error(
+                "CHAT_FANOUT_BACKENDS publishes to the channel layer, but CHANNEL_LAYERS has no "
+                "default layer: live clients would receive nothing. Set CHANNEL_LAYERS (README.md, "
+                '"Installing into your own Django site").',
+                id="chat.E004",
+            )
+        )
     postgres = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
     if uses_layer and layer.endswith("InMemoryChannelLayer") and postgres:
         errors.append(

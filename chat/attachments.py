@@ -29,7 +29,6 @@ from pathlib import PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 import puremagic
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.base import ContentFile
@@ -41,6 +40,7 @@ from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from chat import access
+from chat.conf import settings
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -192,7 +192,7 @@ def start_upload(user: Any, room: Room, name: Any, size: Any, content_type: Any)
 def upload_target(attachment: Attachment) -> dict[str, Any]:
     """Where the client sends the bytes: a multipart POST of `fields`, then the file as `file`."""
     if not direct_upload():
-        return {"url": reverse("api-attachment-upload", args=[attachment.pk]), "fields": {}}
+        return {"url": reverse("chat:api-attachment-upload", args=[attachment.pk]), "fields": {}}
     storage: Any = default_storage
     key = storage._normalize_name(attachment.file.name)
     client = storage.connection.meta.client

@@ -18,9 +18,9 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
-from django.conf import settings
 
 from chat import events, metrics, presence, protocol, reads
+from chat.conf import settings
 from chat.cursor import Cursors, Verdict
 from chat.errors import ChatError
 from chat.fanout import encode

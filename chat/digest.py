@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -34,6 +33,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from chat import invocation, reads
+from chat.conf import settings
 from chat.models import Block, Inbox, Membership, Room, UserEvent
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def user_for_token(token: str) -> Any | None:
 
 
 def unsubscribe_url(user_id: Any) -> str:
-    return settings.CHAT_SITE_URL + reverse("email-unsubscribe", args=[make_token(user_id)])
+    return settings.CHAT_SITE_URL + reverse("chat:email-unsubscribe", args=[make_token(user_id)])
 
 
 def is_one_click(request: Any) -> bool:
@@ -133,7 +133,7 @@ def send_digests(now: datetime | None = None) -> dict[str, int]:
     # One SMTP connection for the run, opened at the first send.
     mail = get_connection()
     # Starting a user needs time for one send at most (EMAIL_TIMEOUT) and a commit.
-    margin = (getattr(settings, "EMAIL_TIMEOUT", None) or 10) + 2
+    margin = (settings.EMAIL_TIMEOUT or 10) + 2
     try:
         for done, user_id in enumerate(user_ids):
             if invocation.remaining() < margin:
@@ -307,7 +307,7 @@ def _build(
                 if room.is_dm
                 else room.title
             )
-            url = settings.CHAT_SITE_URL + reverse("room", args=[room.slug])
+            url = settings.CHAT_SITE_URL + reverse("chat:room", args=[room.slug])
             section = sections[room.pk] = Section(title, url, room.is_dm)
         message = row.message
         section.items.append(

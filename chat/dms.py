@@ -17,10 +17,10 @@ import hashlib
 import secrets
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from chat import access, cleaning
+from chat.conf import settings
 from chat.errors import ChatError
 from chat.models import Block, Membership, Room
 

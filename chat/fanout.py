@@ -33,13 +33,13 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
-from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import connection as db_connection
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from chat import metrics
+from chat.conf import settings
 
 log = logging.getLogger(__name__)
 

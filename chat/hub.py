@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
-from django.conf import settings
 
 from chat import presence
+from chat.conf import settings
 from chat.fanout import CONTROL_GROUP, CONTROL_TYPE, USER_TYPE, group_name, user_group
 
 log = logging.getLogger(__name__)

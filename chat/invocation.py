@@ -21,9 +21,9 @@ from contextvars import ContextVar
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.conf import settings
 
 from chat import metrics
+from chat.conf import settings
 
 _deadline: ContextVar[float | None] = ContextVar("chat_invocation_deadline", default=None)
 

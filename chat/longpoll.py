@@ -26,10 +26,10 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.http import AsyncHttpConsumer
-from django.conf import settings
 from django.db import connection as db_connection
 
 from chat import access, cleaning, events, metrics, presence, reads
+from chat.conf import settings
 from chat.cursor import Cursors, Verdict
 from chat.errors import ChatError
 from chat.fanout import notify_channel, user_channel

@@ -11,11 +11,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+from chat.conf import settings
 
 slug_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
@@ -176,7 +178,7 @@ class MessageQuerySet(models.QuerySet["Message"]):
     def events(self, room_slug: str) -> list[dict[str, Any]]:
         """The `message` events of these rows, read as tuples: history pages and resume reads
         serialise hundreds of messages, and building model instances was most of their time."""
-        rows = self.values_list("author__username", *EVENT_COLUMNS)
+        rows = self.values_list(username_lookup("author"), *event_columns())
         return [message_event(room_slug, *row) for row in rows]
 
     def with_author(self) -> MessageQuerySet:
@@ -184,11 +186,11 @@ class MessageQuerySet(models.QuerySet["Message"]):
         return self.select_related("author", "room", "attachment", "reply_to__author").only(
             *EVENT_FIELDS,
             "room__slug",
-            "author__username",
+            username_lookup("author"),
             "reply_to__body",
             "reply_to__deleted",
             "reply_to__hidden",
-            "reply_to__author__username",
+            username_lookup("reply_to__author"),
             *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS),
         )
 
@@ -371,20 +373,34 @@ MESSAGE_COLUMNS = (
     "reactions",
     "attachment_id",
 )
+# "reply_to__author" stands for its name, as event_columns() reads it.
 REPLY_COLUMNS = (
     "reply_to_id",
-    "reply_to__author__username",
+    "reply_to__author",
     "reply_to__body",
     "reply_to__deleted",
     "reply_to__hidden",
 )
 ATTACHMENT_COLUMNS = ("name", "size", "content_type", "thumbnail", "width", "height")
-# A message event's columns in one row: MessageQuerySet.events reads them with values_list.
-EVENT_COLUMNS = (
-    *MESSAGE_COLUMNS,
-    *REPLY_COLUMNS,
-    *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS),
-)
+
+
+def username_lookup(relation: str) -> str:
+    """The lookup of a related user's name: `relation__<USERNAME_FIELD>` of the site's user model
+    (an email, say, rather than Django's `username`). Built when a query is, since the user model
+    is not loaded yet when this module is."""
+    return f"{relation}__{get_user_model().USERNAME_FIELD}"
+
+
+def event_columns() -> tuple[str, ...]:
+    """A message event's columns in one row, after its author's name: MessageQuerySet.events
+    reads them with values_list."""
+    return (
+        *MESSAGE_COLUMNS,
+        *(username_lookup(c) if c == "reply_to__author" else c for c in REPLY_COLUMNS),
+        *(f"attachment__{name}" for name in ATTACHMENT_COLUMNS),
+    )
+
+
 EXCERPT_LENGTH = 100
 # What a reply shows of a parent whose text is gone: the two are told apart, never the text.
 DELETED_EXCERPT = "message deleted"
@@ -412,7 +428,9 @@ def attachment_url(pk: Any, thumbnail: bool = False) -> str:
     short-lived signed S3 URL, so an event read days later still holds a working address."""
     from django.urls import reverse
 
-    return reverse("api-attachment-thumbnail" if thumbnail else "api-attachment", args=[pk])
+    return reverse(
+        "chat:api-attachment-thumbnail" if thumbnail else "chat:api-attachment", args=[pk]
+    )
 
 
 def attachment_event(

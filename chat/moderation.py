@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 
 from chat import cleaning, events, fanout
 from chat.access import can_manage, is_room_moderator, require, restriction
+from chat.conf import settings
 from chat.errors import ChatError
 from chat.models import DESCRIPTION_MAX, Message, ModerationAction, Report, Restriction, Room
 from chat.writepath import change, room_message

@@ -40,13 +40,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 
 from chat import access, fanout, presence, reads
+from chat.conf import settings
 from chat.errors import ChatError
 from chat.events import Event
 from chat.models import Block, Inbox, Membership, Message, Restriction, Room, UserEvent

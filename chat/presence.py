@@ -17,13 +17,13 @@ from typing import Any, Protocol
 
 import redis
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from chat import events, fanout
-from chat.models import Room, Subscription
+from chat.conf import settings
+from chat.models import Room, Subscription, username_lookup
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +135,18 @@ class SubscriptionStore:
         # A long-poller (`poll-<user>`) has none and changes nothing: on Lambda every poll would
         # otherwise announce the list to the whole room.
         conns = Subscription.objects.filter(
-            room_id=room_id, connection__user__username=user
+            room_id=room_id, **{username_lookup("connection__user"): user}
         ).values_list("connection__connection_id", flat=True)
         return list(conns[:2]) == [conn]
 
     def leave(self, room_id: int, conn: str, user: str) -> bool:
         return not Subscription.objects.filter(
-            room_id=room_id, connection__user__username=user
+            room_id=room_id, **{username_lookup("connection__user"): user}
         ).exists()
 
     def users(self, room_id: int) -> list[str]:
         names = Subscription.objects.filter(room_id=room_id).values_list(
-            "connection__user__username", flat=True
+            username_lookup("connection__user"), flat=True
         )
         return sorted(set(names))
 

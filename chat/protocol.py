@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 from channels.security.websocket import OriginValidator
-from django.conf import settings
 from django.db import DatabaseError
 
 from chat import (
@@ -32,6 +31,7 @@ from chat import (
     tokens,
     writepath,
 )
+from chat.conf import settings
 from chat.errors import ChatError
 from chat.events import Event
 from chat.models import Room

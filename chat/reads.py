@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from chat import events, metrics
+from chat.conf import settings
 from chat.errors import ChatError
 from chat.events import Event
 from chat.models import Inbox, Membership, Message, Restriction, Room, UserEvent

@@ -32,7 +32,7 @@ from django.utils.html import escape
 
 from chat import access, cleaning, reads
 from chat.errors import ChatError
-from chat.models import Membership, Message, Room
+from chat.models import Membership, Message, Room, username_lookup
 
 # A query is a few words; anything longer is a paste, refused rather than cut.
 QUERY_MAX = 256
@@ -170,7 +170,9 @@ def search(
     rows = list(
         _matching(qs, text, parsed)
         .order_by("-pk")
-        .values_list("pk", "room_id", "seq", "author__username", "created", "body")[: size + 1]
+        .values_list("pk", "room_id", "seq", username_lookup("author"), "created", "body")[
+            : size + 1
+        ]
     )
     more = len(rows) > size
     rows = rows[:size]

@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
 from django.db.models import Exists
@@ -20,6 +19,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
+from chat.conf import settings
 from chat.models import LoggedOutSession
 
 SALT = "chat.ws-token"

@@ -1,14 +1,14 @@
-"""The pages: sign up, the rooms list, a room. They work without JavaScript; static/chat/ adds the
-live client on top of the room page."""
+"""The pages: sign up, the rooms list, a room. They work without JavaScript; chat/static/chat/ adds
+the live client on top of the room page. Templates are chat/templates/chat/, each extending
+"chat/base.html", which a site overrides with its own layout."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from django.conf import settings
 from django.contrib import messages as flash
-from django.contrib.auth import login
+from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.db.models import Count, Min
@@ -21,20 +21,33 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from chat import access, cleaning, digest, reads, rooms, writepath
+from chat.conf import settings
 from chat.errors import ChatError
 from chat.models import Membership, Message
 
 PAGE_SIZE = 50
 
 
+def signup_form() -> type[UserCreationForm]:
+    """Django's sign-up form for the site's user model (AUTH_USER_MODEL): its USERNAME_FIELD (an
+    email, say) and whatever else it requires, then the two passwords."""
+    users = get_user_model()
+    # REQUIRED_FIELDS are what createsuperuser asks for; only those that may not be blank are
+    # asked here (Django's own User lists its optional email).
+    required = [name for name in users.REQUIRED_FIELDS if not users._meta.get_field(name).blank]
+    fields = (users.USERNAME_FIELD, *required)
+    meta = type("Meta", (UserCreationForm.Meta,), {"model": users, "fields": fields})
+    return type("SignupForm", (UserCreationForm,), {"Meta": meta})
+
+
 def signup(request: HttpRequest) -> HttpResponse:
-    form = UserCreationForm(request.POST or None)
+    form = signup_form()(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         # Straight into a conversation: the rooms page of someone who belongs to none is empty.
-        return redirect("room", slug=writepath.ensure_lobby().slug)
-    return render(request, "registration/signup.html", {"form": form})
+        return redirect("chat:room", slug=writepath.ensure_lobby().slug)
+    return render(request, "chat/signup.html", {"form": form})
 
 
 def slug_for(title: str) -> str:
@@ -65,7 +78,7 @@ def index(request: HttpRequest) -> HttpResponse:
             }
             status = 400
         else:
-            return redirect("room", slug=room.slug)
+            return redirect("chat:room", slug=room.slug)
     rooms = reads.visible_rooms(request.user)
     return render(request, "chat/index.html", {"rooms": rooms, "new_room": new_room}, status=status)
 
@@ -74,8 +87,8 @@ def refused(request: HttpRequest, exc: ChatError) -> HttpResponse:
     """A room the page cannot show, in the site's layout: 403 with the reason for a ban, else 404
     (a private room of others is not found, so that slugs do not leak)."""
     if exc.code == "forbidden":
-        return render(request, "403.html", {"reason": exc.detail}, status=403)
-    return render(request, "404.html", {"reason": exc.detail}, status=404)
+        return render(request, "chat/403.html", {"reason": exc.detail}, status=403)
+    return render(request, "chat/404.html", {"reason": exc.detail}, status=404)
 
 
 @login_required
@@ -87,8 +100,8 @@ def directory(request: HttpRequest) -> HttpResponse:
             rooms.join(request.user, room)
         except ChatError as exc:
             flash.error(request, exc.detail)
-            return redirect("directory")
-        return redirect("room", slug=room.slug)
+            return redirect("chat:directory")
+        return redirect("chat:room", slug=room.slug)
     q = request.GET.get("q", "")
     try:
         listed = rooms.directory(request.user, q)
@@ -114,7 +127,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             )
         except ChatError as exc:
             flash.error(request, exc.detail)
-        return redirect("room", slug=room.slug)
+        return redirect("chat:room", slug=room.slug)
     before = request.GET.get("before")
     try:
         before_seq = cleaning.clean_cursor(before, "before") if before else None
@@ -137,7 +150,9 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         # Not "messages": that name is the messages framework's, which base.html shows as flashes.
         "history": page["messages"],
         "has_more": page["has_more"],
-        "older_url": f"{reverse('room', args=[room.slug])}?before={oldest}" if oldest else None,
+        "older_url": f"{reverse('chat:room', args=[room.slug])}?before={oldest}"
+        if oldest
+        else None,
         "client_id": uuid.uuid4().hex,
         "rooms": rooms,
         "title": listed["title"],
@@ -151,7 +166,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "attachment_types": ",".join(settings.CHAT_ATTACHMENT_TYPES),
         # Moderators may post in a locked room: the page keeps their composer open.
         "is_moderator": access.is_moderator(request.user, room),
-        # The header's description and members controls (static/chat/roomadmin.js).
+        # The header's description and members controls (chat/static/chat/roomadmin.js).
         "can_manage": access.can_manage(request.user, room),
         "is_owner": access.is_owner(request.user, room),
         "joined": bool(listed.get("joined")),

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chat import attachments, cleaning, emoji, events, fanout, formatting, metrics, notify
 from chat.access import blocked_in_dm, can_read, check_can_post, is_moderator, with_flags
+from chat.conf import settings
 from chat.errors import ChatError
 from chat.models import (
     Attachment,

@@ -13,10 +13,10 @@ django_http = ASGIStaticFilesHandler(get_asgi_application())
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import path, re_path  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
-from chat.consumers import ChatConsumer, SameOriginOrToken  # noqa: E402
-from chat.longpoll import PollConsumer  # noqa: E402
+from chat import routing  # noqa: E402
+from chat.consumers import SameOriginOrToken  # noqa: E402
 from chat.protocol import allowed_origins  # noqa: E402
 from chatsite.logging import asgi_access  # noqa: E402
 
@@ -24,20 +24,17 @@ application = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
-                # Long-poll waiters skip Django's sync middleware (see chat/longpoll.py); it is a
-                # GET, so CSRF does not apply, and the session comes from Channels' auth stack.
-                # Their request id and access line come from asgi_access, inside the auth stack
-                # so that it sees the user.
-                path(
-                    "api/rooms/<slug:slug>/poll",
-                    AuthMiddlewareStack(asgi_access(PollConsumer.as_asgi())),
+                # The chat is at the site's root (chatsite/urls.py), so its routes are too.
+                # A waiter's request id and access line come from asgi_access, inside the auth
+                # stack so that it sees the user.
+                *routing.longpoll_urlpatterns(
+                    wrap=lambda app: AuthMiddlewareStack(asgi_access(app))
                 ),
-                path("api/me/poll", AuthMiddlewareStack(asgi_access(PollConsumer.as_asgi()))),
                 re_path(r"", django_http),
             ]
         ),
         "websocket": SameOriginOrToken(
-            AuthMiddlewareStack(URLRouter([path("ws/", ChatConsumer.as_asgi())])),
+            AuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns)),
             allowed_origins(),
         ),
     }

@@ -13,6 +13,9 @@ from urllib.parse import urlparse
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+# The chat's defaults live in the app (chat/conf.py); this file only reads the environment over them.
+from chat.conf import default
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -45,7 +48,9 @@ def env_int(name: str, default: int, minimum: int | None = None) -> int:
     return number
 
 
-def env_list(name: str, default: str = "") -> list[str]:
+def env_list(name: str, default: str | list[str] = "") -> list[str]:
+    if isinstance(default, list):
+        default = ",".join(default)
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
@@ -137,7 +142,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # hosts share rooms. Pub/sub rather than the list-based layer: each process subscribes once per room
 # (see chat/hub.py), so there are no per-socket queues to overflow and a publish is one PUBLISH.
 REDIS_URL = env_url("REDIS_URL", ("redis", "rediss", "unix"))
-CHAT_REDIS_PREFIX = env_str("CHAT_REDIS_PREFIX", "chat")
+CHAT_REDIS_PREFIX = env_str("CHAT_REDIS_PREFIX", default("CHAT_REDIS_PREFIX"))
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -174,7 +179,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "index"
+LOGIN_REDIRECT_URL = "chat:index"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
@@ -226,41 +231,46 @@ CHAT_READY_TIMEOUT = env_int("CHAT_READY_TIMEOUT", 1, minimum=1)
 # /metrics (chat/metrics.py) answers only a request with `Authorization: Bearer <this>`; empty, it
 # is off (404). CHAT_METRICS_EMF prints each Lambda invocation's figures as one CloudWatch EMF line
 # on stdout; on by default on Lambda, where nothing scrapes a function.
-CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", "")
-CHAT_METRICS_EMF = env_bool("CHAT_METRICS_EMF", bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")))
+CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN", default("CHAT_METRICS_TOKEN"))
+CHAT_METRICS_EMF = env_bool("CHAT_METRICS_EMF", default("CHAT_METRICS_EMF"))
 
-# --- The chat's own settings (README.md, "Settings") ---
-CHAT_MAX_BODY = env_int("CHAT_MAX_BODY", 4000, minimum=1)
-CHAT_MAX_FRAME = env_int("CHAT_MAX_FRAME", 32 * 1024, minimum=1024)
-CHAT_RESUME_LIMIT = env_int("CHAT_RESUME_LIMIT", 1000, minimum=1)
-CHAT_POLL_MAX_TIMEOUT = env_int("CHAT_POLL_MAX_TIMEOUT", 25, minimum=1)
-CHAT_WS_TOKEN_MAX_AGE = env_int("CHAT_WS_TOKEN_MAX_AGE", 300, minimum=1)
+# --- The chat's own settings (README.md, "Settings"; their defaults are in chat/conf.py) ---
+CHAT_MAX_BODY = env_int("CHAT_MAX_BODY", default("CHAT_MAX_BODY"), minimum=1)
+CHAT_MAX_FRAME = env_int("CHAT_MAX_FRAME", default("CHAT_MAX_FRAME"), minimum=1024)
+CHAT_RESUME_LIMIT = env_int("CHAT_RESUME_LIMIT", default("CHAT_RESUME_LIMIT"), minimum=1)
+CHAT_POLL_MAX_TIMEOUT = env_int(
+    "CHAT_POLL_MAX_TIMEOUT", default("CHAT_POLL_MAX_TIMEOUT"), minimum=1
+)
+CHAT_WS_TOKEN_MAX_AGE = env_int(
+    "CHAT_WS_TOKEN_MAX_AGE", default("CHAT_WS_TOKEN_MAX_AGE"), minimum=1
+)
 CHAT_WS_URL = env_str("CHAT_WS_URL")
-CHAT_FRAME_RATE = env_int("CHAT_FRAME_RATE", 20, minimum=1)
-CHAT_FRAME_BURST = env_int("CHAT_FRAME_BURST", 60, minimum=1)
-CHAT_PRESENCE_TTL = env_int("CHAT_PRESENCE_TTL", 60, minimum=5)
-CHAT_SEND_QUEUE = env_int("CHAT_SEND_QUEUE", 1000, minimum=10)
-CHAT_EDIT_WINDOW = env_int("CHAT_EDIT_WINDOW", 900, minimum=0)
+CHAT_WS_PATH = env_str("CHAT_WS_PATH", default("CHAT_WS_PATH"))
+CHAT_FRAME_RATE = env_int("CHAT_FRAME_RATE", default("CHAT_FRAME_RATE"), minimum=1)
+CHAT_FRAME_BURST = env_int("CHAT_FRAME_BURST", default("CHAT_FRAME_BURST"), minimum=1)
+CHAT_PRESENCE_TTL = env_int("CHAT_PRESENCE_TTL", default("CHAT_PRESENCE_TTL"), minimum=5)
+CHAT_SEND_QUEUE = env_int("CHAT_SEND_QUEUE", default("CHAT_SEND_QUEUE"), minimum=10)
+CHAT_EDIT_WINDOW = env_int("CHAT_EDIT_WINDOW", default("CHAT_EDIT_WINDOW"), minimum=0)
 # At most one `typing` event per user and room in this many seconds, on every transport (more are
 # accepted and coalesced, so a flood of typing requests reaches nobody).
-CHAT_TYPING_INTERVAL = env_int("CHAT_TYPING_INTERVAL", 2, minimum=1)
+CHAT_TYPING_INTERVAL = env_int("CHAT_TYPING_INTERVAL", default("CHAT_TYPING_INTERVAL"), minimum=1)
 # Fan-out backends (chat/fanout.py): how the write path and moderation reach live clients.
-CHAT_FANOUT_BACKENDS = env_list("CHAT_FANOUT_BACKENDS", "chat.fanout.ChannelLayerBackend")
+CHAT_FANOUT_BACKENDS = env_list("CHAT_FANOUT_BACKENDS", default("CHAT_FANOUT_BACKENDS"))
 # How a long-poll waits: "hub" (woken by the room's publication) or "database" (re-reads; for
 # deployments without a channel layer, such as Lambda).
-CHAT_POLL_WAIT = env_str("CHAT_POLL_WAIT", "hub")
+CHAT_POLL_WAIT = env_str("CHAT_POLL_WAIT", default("CHAT_POLL_WAIT"))
 if CHAT_POLL_WAIT not in ("hub", "database"):
     raise ImproperlyConfigured("CHAT_POLL_WAIT must be 'hub' or 'database'")
 # Direct messages: the most people a group conversation may add to its creator.
-CHAT_DM_MAX_OTHERS = env_int("CHAT_DM_MAX_OTHERS", 9, minimum=1)
+CHAT_DM_MAX_OTHERS = env_int("CHAT_DM_MAX_OTHERS", default("CHAT_DM_MAX_OTHERS"), minimum=1)
 # Raise `unread` notifications in the writer's thread instead of a worker thread per process
 # (chat/notify.py). Always inline on Lambda.
-CHAT_UNREAD_INLINE = env_bool("CHAT_UNREAD_INLINE", False)
+CHAT_UNREAD_INLINE = env_bool("CHAT_UNREAD_INLINE", default("CHAT_UNREAD_INLINE"))
 # Minutes a mention or DM stays unread before it goes out in the user's email digest.
-CHAT_EMAIL_DELAY = env_int("CHAT_EMAIL_DELAY", 10, minimum=1)
+CHAT_EMAIL_DELAY = env_int("CHAT_EMAIL_DELAY", default("CHAT_EMAIL_DELAY"), minimum=1)
 # The site's address as readers reach it (scheme and host, no trailing slash): digests link to
 # rooms and to their unsubscribe page with it, since a scheduled run has no request to ask.
-CHAT_SITE_URL = env_url("CHAT_SITE_URL", ("http", "https")).rstrip("/") or "http://127.0.0.1:8000"
+CHAT_SITE_URL = env_url("CHAT_SITE_URL", ("http", "https")).rstrip("/") or default("CHAT_SITE_URL")
 # Email (the digests): Django's console backend unless EMAIL_BACKEND says otherwise, e.g.
 # django.core.mail.backends.smtp.EmailBackend with the EMAIL_HOST settings below.
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
@@ -281,27 +291,35 @@ CSRF_FAILURE_VIEW = "chat.api.csrf_failure"
 # The @connections endpoint for every connection; empty = https://{domain}/{stage} of its $connect.
 CHAT_APIGW_ENDPOINT = env_url("CHAT_APIGW_ENDPOINT", ("http", "https"))
 # The region the @connections calls are signed for (Lambda sets AWS_REGION).
-CHAT_APIGW_REGION = env_str("CHAT_APIGW_REGION", env_str("AWS_REGION", "us-east-1"))
+CHAT_APIGW_REGION = env_str("CHAT_APIGW_REGION", default("CHAT_APIGW_REGION"))
 # Concurrent @connections posts per invocation (threads, and HTTP connections kept open).
-CHAT_APIGW_POOL = env_int("CHAT_APIGW_POOL", 64, minimum=1)
+CHAT_APIGW_POOL = env_int("CHAT_APIGW_POOL", default("CHAT_APIGW_POOL"), minimum=1)
 # Connections one invocation posts to; the rest of a room goes to Zappa @task batches of this size.
-CHAT_APIGW_BATCH = env_int("CHAT_APIGW_BATCH", 250, minimum=1)
+CHAT_APIGW_BATCH = env_int("CHAT_APIGW_BATCH", default("CHAT_APIGW_BATCH"), minimum=1)
 # Retries of a throttled (LimitExceededException) or failed post, with jittered exponential backoff.
-CHAT_APIGW_RETRIES = env_int("CHAT_APIGW_RETRIES", 4, minimum=0)
+CHAT_APIGW_RETRIES = env_int("CHAT_APIGW_RETRIES", default("CHAT_APIGW_RETRIES"), minimum=0)
 # Post events with botocore's signer over a urllib3 pool (a third of boto3's CPU per call); off =
 # boto3's post_to_connection.
-CHAT_APIGW_FAST_POST = env_bool("CHAT_APIGW_FAST_POST", True)
+CHAT_APIGW_FAST_POST = env_bool("CHAT_APIGW_FAST_POST", default("CHAT_APIGW_FAST_POST"))
 # Seconds allowed for each @connections call (connect and read).
-CHAT_APIGW_CALL_TIMEOUT = env_int("CHAT_APIGW_CALL_TIMEOUT", 3, minimum=1)
+CHAT_APIGW_CALL_TIMEOUT = env_int(
+    "CHAT_APIGW_CALL_TIMEOUT", default("CHAT_APIGW_CALL_TIMEOUT"), minimum=1
+)
 # Seconds an invocation may run when no Lambda context says how long is left (chat/invocation.py):
 # the stage's timeout_seconds.
-CHAT_INVOCATION_TIMEOUT = env_int("CHAT_INVOCATION_TIMEOUT", 30, minimum=1)
+CHAT_INVOCATION_TIMEOUT = env_int(
+    "CHAT_INVOCATION_TIMEOUT", default("CHAT_INVOCATION_TIMEOUT"), minimum=1
+)
 # API Gateway's idle timeout and maximum connection duration: older rows are probed or removed.
-CHAT_APIGW_IDLE_TIMEOUT = env_int("CHAT_APIGW_IDLE_TIMEOUT", 600, minimum=1)
-CHAT_APIGW_MAX_DURATION = env_int("CHAT_APIGW_MAX_DURATION", 7200, minimum=1)
+CHAT_APIGW_IDLE_TIMEOUT = env_int(
+    "CHAT_APIGW_IDLE_TIMEOUT", default("CHAT_APIGW_IDLE_TIMEOUT"), minimum=1
+)
+CHAT_APIGW_MAX_DURATION = env_int(
+    "CHAT_APIGW_MAX_DURATION", default("CHAT_APIGW_MAX_DURATION"), minimum=1
+)
 # Dotted path of the presence store class; empty = Redis with REDIS_URL, else memory. On Lambda:
 # chat.presence.SubscriptionStore (read by chat/presence.py's store(), see the README).
-CHAT_PRESENCE_STORE = env_str("CHAT_PRESENCE_STORE")
+CHAT_PRESENCE_STORE = env_str("CHAT_PRESENCE_STORE", default("CHAT_PRESENCE_STORE"))
 
 # --- Files on S3 through django-storages (Lambda has no lasting disk); empty = local folders ---
 # The bucket for uploads (media).
@@ -315,7 +333,9 @@ STORAGES = {
 # An S3-compatible endpoint instead of AWS's (a local S3 in tests); path-style addressing then.
 AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL", ("http", "https"))
 # Lifetime of the signed S3 URLs that downloads redirect to (and the admin's file links).
-CHAT_ATTACHMENT_URL_TTL = env_int("CHAT_ATTACHMENT_URL_TTL", 300, minimum=1)
+CHAT_ATTACHMENT_URL_TTL = env_int(
+    "CHAT_ATTACHMENT_URL_TTL", default("CHAT_ATTACHMENT_URL_TTL"), minimum=1
+)
 if AWS_STORAGE_BUCKET_NAME:
     STORAGES["default"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
@@ -347,17 +367,24 @@ if AWS_STATIC_BUCKET_NAME:
 
 # --- Attachments (chat/attachments.py) ---
 # Largest file, in bytes (default 10 MB).
-CHAT_ATTACHMENT_MAX_SIZE = env_int("CHAT_ATTACHMENT_MAX_SIZE", 10 * 1024 * 1024, minimum=1)
-# Content types a file may have; each upload's content is checked against its declared type.
-CHAT_ATTACHMENT_TYPES = env_list(
-    "CHAT_ATTACHMENT_TYPES",
-    "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/plain,application/zip",
+CHAT_ATTACHMENT_MAX_SIZE = env_int(
+    "CHAT_ATTACHMENT_MAX_SIZE", default("CHAT_ATTACHMENT_MAX_SIZE"), minimum=1
 )
+# Content types a file may have; each upload's content is checked against its declared type.
+CHAT_ATTACHMENT_TYPES = env_list("CHAT_ATTACHMENT_TYPES", default("CHAT_ATTACHMENT_TYPES"))
 # Bytes one user may upload in 24 hours (default 100 MB).
-CHAT_ATTACHMENT_DAILY_QUOTA = env_int("CHAT_ATTACHMENT_DAILY_QUOTA", 100 * 1024 * 1024, minimum=0)
+CHAT_ATTACHMENT_DAILY_QUOTA = env_int(
+    "CHAT_ATTACHMENT_DAILY_QUOTA", default("CHAT_ATTACHMENT_DAILY_QUOTA"), minimum=0
+)
 # Lifetime of a presigned upload (that of signed download URLs is above, with the storage).
-CHAT_ATTACHMENT_UPLOAD_TTL = env_int("CHAT_ATTACHMENT_UPLOAD_TTL", 600, minimum=1)
+CHAT_ATTACHMENT_UPLOAD_TTL = env_int(
+    "CHAT_ATTACHMENT_UPLOAD_TTL", default("CHAT_ATTACHMENT_UPLOAD_TTL"), minimum=1
+)
 # Uploads never sent in a message are deleted after this many seconds (`manage.py purgeattachments`).
-CHAT_ATTACHMENT_UNUSED_TTL = env_int("CHAT_ATTACHMENT_UNUSED_TTL", 86400, minimum=60)
+CHAT_ATTACHMENT_UNUSED_TTL = env_int(
+    "CHAT_ATTACHMENT_UNUSED_TTL", default("CHAT_ATTACHMENT_UNUSED_TTL"), minimum=60
+)
 # Longest side of an image's thumbnail, in pixels.
-CHAT_ATTACHMENT_THUMBNAIL = env_int("CHAT_ATTACHMENT_THUMBNAIL", 320, minimum=16)
+CHAT_ATTACHMENT_THUMBNAIL = env_int(
+    "CHAT_ATTACHMENT_THUMBNAIL", default("CHAT_ATTACHMENT_THUMBNAIL"), minimum=16
+)

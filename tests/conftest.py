@@ -72,6 +72,9 @@ def database_url() -> str:
 class Server:
     """An ASGI server in its own process, on the test database."""
 
+    # The ASGI application uvicorn serves (tests/test_hostsite.py serves another site's).
+    app = "chatsite.asgi:application"
+
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.env = {
@@ -96,7 +99,7 @@ class Server:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "chatsite.asgi:application",
+                self.app,
                 "--port",
                 str(self.port),
                 "--log-level",

@@ -2,7 +2,7 @@
 
 Each test runs a real uvicorn server on the test database (the `server` fixture) and one browser
 context per user, so alice and bob have separate cookies, sockets and network conditions. Timings
-are shortened through the page's query string (see static/chat/room.js), so falling back and
+are shortened through the page's query string (see chat/static/chat/room.js), so falling back and
 upgrading take about a second instead of tens. Nothing sleeps: every wait is an expect() on the page.
 
 Set SAVE_SCREENSHOTS=1 to refresh the screenshots in static/screenshots/.

@@ -516,7 +516,7 @@ def get(url, path):
 def test_it_serves_the_projects_static_files(serverless_proc):
     status, content_type, body = get(serverless_proc.url, "/static/chat/chat.css")
     assert (status, content_type) == (200, "text/css")
-    assert body == (ROOT / "static" / "chat" / "chat.css").read_bytes()
+    assert body == (ROOT / "chat" / "static" / "chat" / "chat.css").read_bytes()
     status, content_type, _ = get(serverless_proc.url, "/static/admin/js/core.js")
     assert (status, content_type) == (200, "application/javascript")  # an app's own
     assert get(serverless_proc.url, "/static/chat/missing.css")[0] == 404

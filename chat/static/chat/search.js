@@ -1,6 +1,6 @@
 // Search and opening a room at a message.
 //
-// The search box (templates/chat/search.html) asks GET /api/search and shows the results grouped
+// The search box (chat/templates/chat/search.html) asks GET /api/search and shows the results grouped
 // by room, newest first; each is a link to the room page opened at that message (?around=<seq>).
 // That page is server-rendered like an older page (?before=) and is not live; here it scrolls to
 // the message, highlights it, and loads older and newer pages as the reader scrolls either way
