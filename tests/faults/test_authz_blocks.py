@@ -1,5 +1,5 @@
 """A blocked user against every way of writing to the 1:1 conversation with the blocker: posting,
-editing their own message, reacting and typing, over the JSON API and over both WebSocket
+editing or deleting their own message, reacting and typing, over the JSON API and over both WebSocket
 transports (the Channels server and Zappa's handler behind the local gateway, each a real process).
 
 A principal of its own rather than a column of tests/faults/test_authz_matrix.py: a block acts in
@@ -33,8 +33,10 @@ REFUSED = "You cannot message this person."
 @dataclass
 class Conversation:
     slug: str
-    # Bob's message from before the block (what he tries to edit) and alice's (what he reacts to).
+    # Bob's messages from before the block (what he tries to edit, and to delete) and alice's
+    # (what he reacts to).
     own: int
+    doomed: int
     alices: int
 
 
@@ -48,10 +50,11 @@ def login(user: Any) -> Client:
 def conversation(alice: Any, bob: Any) -> Conversation:
     room, _ = dms.open_dm(alice, ["bob"])
     own = writepath.post_message(bob, room, "before the block").message.pk
+    doomed = writepath.post_message(bob, room, "regretted").message.pk
     alices = writepath.post_message(alice, room, "hello bob").message.pk
     blocked = login(alice).post("/api/blocks/bob", {}, content_type="application/json")
     assert blocked.status_code == 201
-    return Conversation(room.slug, own, alices)
+    return Conversation(room.slug, own, doomed, alices)
 
 
 def unblock(alice: Any) -> None:
@@ -82,6 +85,7 @@ def http_requests(c: Conversation) -> list[tuple[str, str, Any, int]]:
     return [
         ("post", base, {"body": "let me in", "client_id": "b-post"}, 201),
         ("patch", f"{base}/{c.own}", {"body": "edited after the block"}, 200),
+        ("delete", f"{base}/{c.doomed}", None, 200),
         ("post", f"{base}/{c.alices}/reactions", {"emoji": "👍", "on": True}, 200),
         ("post", f"/api/rooms/{c.slug}/typing", None, 204),
     ]
@@ -102,7 +106,8 @@ def test_a_blocked_user_cannot_write_to_the_dm_over_http(
     # Reading goes on: a block stops what bob says, not what he may see.
     history = client.get(f"/api/rooms/{conversation.slug}/messages?limit=50")
     assert history.status_code == 200
-    assert [m["body"] for m in history.json()["messages"]] == ["before the block", "hello bob"]
+    bodies = [m["body"] for m in history.json()["messages"]]
+    assert bodies == ["before the block", "regretted", "hello bob"]
 
     unblock(alice)
     for method, path, data, allowed in http_requests(conversation):
@@ -112,6 +117,7 @@ def test_a_blocked_user_cannot_write_to_the_dm_over_http(
         assert answer.status_code == allowed, (method, path, answer.content[:200])
     assert Message.objects.get(client_id="b-post").body == "let me in"
     assert Message.objects.get(pk=conversation.own).body == "edited after the block"
+    assert Message.objects.get(pk=conversation.doomed).deleted
     assert Reaction.objects.filter(message_id=conversation.alices, user=bob).exists()
 
 
@@ -136,6 +142,7 @@ def ws_frames(c: Conversation) -> list[dict[str, Any]]:
             "body": "edited over ws",
             "client_id": "b-ws-edit",
         },
+        {"action": "deletemessage", "room": c.slug, "id": c.doomed, "client_id": "b-ws-delete"},
         {
             "action": "react",
             "room": c.slug,
@@ -172,7 +179,7 @@ async def answer(p: Peer, frame: dict[str, Any]) -> dict[str, Any]:
             return event
 
 
-async def test_a_blocked_user_cannot_edit_react_or_type_over_websocket(
+async def test_a_blocked_user_cannot_edit_delete_react_or_type_over_websocket(
     chat_server: Server, alice: Any, bob: Any, conversation: Conversation
 ) -> None:
     a, b = await peer(chat_server, alice), await peer(chat_server, bob)
@@ -196,11 +203,12 @@ async def test_a_blocked_user_cannot_edit_react_or_type_over_websocket(
     typing = await a.next("typing")
     assert typing["room"] == conversation.slug and typing["user"] == "bob"
 
-    def stored() -> tuple[str, str, bool]:
+    def stored() -> tuple[str, str, bool, bool]:
         return (
             Message.objects.get(client_id="b-ws-post").body,
             Message.objects.get(pk=conversation.own).body,
+            Message.objects.get(pk=conversation.doomed).deleted,
             Reaction.objects.filter(message_id=conversation.alices, user=bob).exists(),
         )
 
-    assert await sync_to_async(stored)() == ("let me in", "edited over ws", True)
+    assert await sync_to_async(stored)() == ("let me in", "edited over ws", True, True)
