@@ -8,6 +8,7 @@ permission granted to the context.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -44,6 +45,23 @@ SPY = """
   window.setHidden = (value) => {
     hidden = value;
     document.dispatchEvent(new Event("visibilitychange"));
+  };
+})();
+"""
+
+
+# Before the page's modules: a browser not yet told whether this site may notify, in which every
+# request for permission is counted. The prompt itself is the browser's to draw, so what the user
+# answers in it (ANSWER) stands in for it.
+ASK_SPY = """
+(() => {
+  let permission = "default";
+  window.permissionAsks = 0;
+  Object.defineProperty(Notification, "permission", { configurable: true, get: () => permission });
+  Notification.requestPermission = function () {
+    window.permissionAsks += 1;
+    permission = ANSWER;
+    return Promise.resolve(permission);
   };
 })();
 """
@@ -284,3 +302,32 @@ def test_the_composer_completes_the_names_of_the_rooms_people(
     mine = a.page.locator("#messages .message.mine", has_text="thanks @bob")
     expect(mine.locator("mark.mention")).to_have_text(["@bob"])
     expect(mine).not_to_have_class(re.compile(r"\bmentions-me\b"))
+
+
+@pytest.mark.parametrize("answer", ["granted", "denied"])
+def test_permission_is_asked_from_the_button_never_on_load(
+    sessions: Any, bob: Any, room: Room, answer: str
+) -> None:
+    b = sessions(bob)
+    b.context.add_init_script(ASK_SPY.replace("ANSWER", json.dumps(answer)))
+    box = b.page.locator("#notify-permission")
+    ask = box.get_by_role("button", name="Turn on desktop notifications")
+    # The rooms page and a room's page offer it, and loading either asks nothing.
+    b.page.goto(f"{b.server.url}/{FAST}")
+    expect(ask).to_be_visible()
+    assert b.page.evaluate("window.permissionAsks") == 0
+    b.open("general")
+    expect(b.badge).to_have_text("Live")
+    expect(ask).to_be_visible()
+    assert b.page.evaluate("window.permissionAsks") == 0
+
+    ask.click()
+    if answer == "granted":
+        expect(box).to_be_hidden()
+    else:
+        # Refused: no button to ask again (the browser would not show its prompt), a hint instead.
+        expect(ask).to_be_hidden()
+        expect(box.locator(".note")).to_have_text(
+            "Notifications are blocked for this site in the browser's settings."
+        )
+    assert b.page.evaluate("window.permissionAsks") == 1

@@ -17,9 +17,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.test import Client
 
-from chat import dms, fanout, notify
+from chat import dms, fanout, notify, writepath
 from chat.models import Room, UserEvent
-from tests.conftest import Gateway, Server
+from tests.conftest import Gateway, Server, quiesce
 from tests.test_realtime import Peer, peer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
@@ -99,6 +99,59 @@ async def test_resume_user_refuses_bad_cursors_and_keeps_the_connection(
         assert error["code"] == "bad_request", frame
     await b.send({"action": "ping"})
     assert (await b.next("pong")) == {"type": "pong"}
+
+
+# Servers of their own with a resume limit of 2: the limit is read when a process starts.
+LIMITED = {"CHAT_RESUME_LIMIT": "2"}
+
+
+@pytest.fixture(scope="module")
+def limited_servers(django_db_setup: Any, django_db_blocker: Any) -> Iterator[dict[str, Server]]:
+    with django_db_blocker.unblock():
+        started: dict[str, Server] = {"channels": Server(env=LIMITED).start()}
+        try:
+            started["serverless"] = Gateway(env=LIMITED).start()
+        except BaseException:
+            started["channels"].stop()
+            raise
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+@pytest.fixture(params=["channels", "serverless"])
+def limited_server(
+    request: pytest.FixtureRequest, limited_servers: dict[str, Server], transactional_db: Any
+) -> Iterator[Server]:
+    yield limited_servers[request.param]
+    if request.param == "serverless":
+        quiesce()
+
+
+async def test_resume_user_too_far_behind_says_resync(
+    limited_server: Server, alice: Any, bob: Any, room: Room
+) -> None:
+    def mention_bob() -> None:
+        for i in range(3):
+            writepath.post_message(alice, room, f"@bob {i}")
+
+    await sync_to_async(mention_bob)()
+    b = await peer(limited_server, bob)
+    # Three events behind, past the limit of two: no replay, start again from the rooms list.
+    await b.send({"action": "resume_user", "after": 0})
+    assert await b.next("user_resumed") == {
+        "type": "user_resumed",
+        "user_seq": 3,
+        "resumed": False,
+        "reason": "resync",
+    }
+    # Two behind, at the limit: replayed. (Had the resync replayed anything, its first event, 1,
+    # would come first here.)
+    await b.send({"action": "resume_user", "after": 1})
+    assert await b.next("user_resumed") == {"type": "user_resumed", "user_seq": 3, "resumed": True}
+    replay = [await notified(b), await notified(b)]
+    assert [e["user_seq"] for e in replay] == [2, 3]
+    assert [e["message"]["body"] for e in replay] == ["@bob 1", "@bob 2"]
 
 
 async def test_reading_on_one_device_clears_the_badge_on_the_others(

@@ -9,7 +9,9 @@ Principals: anonymous; an outsider (logged in, not a member of the private room)
 member muted in the room; a member banned from the room; the room's own moderator (site staff
 without any permission, as the admin wants them); a moderator of another room only (the same
 kind of account: what it may do here is what any room moderator may do elsewhere); and site staff
-with the moderation permissions.
+with the moderation permissions. (A user blocked by alice is not a column: a block acts only in
+their own 1:1 conversation with her, which is not this one; tests/faults/test_authz_blocks.py has
+it on every transport.)
 
 Transports: the JSON API and the admin through Django's test client; the WebSocket protocol
 through Channels (the communicator against the ASGI application) and through Zappa's real
