@@ -9,7 +9,7 @@
 // up, the latest one again after a resync.
 
 import { ownActions, reactionBar, replyButton, reportButton, scheduleEditExpiry, syncChangeControls } from "./actions.js";
-import { attachmentNode, button, el, humanSize, localTime } from "./dom.js";
+import { attachmentNode, button, el, humanSize, localTime, userText } from "./dom.js";
 import { bodyNodes, mentionsMe } from "./mentions.js";
 import { parentGone } from "./reply.js";
 import { richNodes } from "./richtext.js";
@@ -313,10 +313,10 @@ export function showOutgoing(item) {
     const [short, long] = localTime(new Date().toISOString());
     const time = el("time", null, short);
     time.title = long;
-    meta.append(el("span", "author", view.me), time, el("span", "state"));
+    meta.append(userText("span", "author", view.me), time, el("span", "state"));
     li.append(meta);
     if (item.quote) li.append(replyQuote({ ...item.quote, deleted: false }));
-    if (item.body || !item.fileInfo) li.append(el("div", "body", item.body));
+    if (item.body || !item.fileInfo) li.append(userText("div", "body", item.body));
     if (item.fileInfo) {
       // Not a link yet: the file has no address until it is uploaded.
       const box = el("div", "attachment file");
