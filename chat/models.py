@@ -735,6 +735,9 @@ class UserEvent(models.Model):
     message = models.ForeignKey(Message, null=True, on_delete=models.SET_NULL, related_name="+")
     # The room seq the event is about (a message's posted_seq): read past it, it is read.
     room_seq = models.BigIntegerField(default=0)
+    # A `left` that someone else decided (removed from a private room): the open room tells its
+    # reader why instead of moving on as after leaving by choice.
+    removed = models.BooleanField(default=False, db_default=False)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -73,8 +73,8 @@ def directory(user: Any, q: Any, limit: int = DIRECTORY_PAGE, offset: int = 0) -
 # --- joining and leaving ---
 
 
-def _event(user_id: Any, kind: str, room: Room) -> None:
-    notify.store([(user_id, kind, room, None, room.seq)])
+def _event(user_id: Any, kind: str, room: Room, removed: bool = False) -> None:
+    notify.store([(user_id, kind, room, None, room.seq)], removed=removed)
 
 
 def join(user: Any, room: Room) -> bool:
@@ -114,7 +114,7 @@ def _drop(actor: Any, user: Any, room: Room) -> bool:
         gone, _ = Membership.objects.filter(room=room, user=user).delete()
         if not gone:
             return False
-        _event(user.pk, UserEvent.LEFT, room)
+        _event(user.pk, UserEvent.LEFT, room, removed=actor is not None)
         if actor is not None:
             audit(actor, "remove_member", room=room, target_user=user)
         if room.private:
