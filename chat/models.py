@@ -186,6 +186,7 @@ class MessageQuerySet(models.QuerySet["Message"]):
             "room__slug",
             "author__username",
             "reply_to__body",
+            "reply_to__posted_seq",
             "reply_to__deleted",
             "reply_to__hidden",
             "reply_to__author__username",
@@ -303,7 +304,14 @@ class Message(models.Model):
         values = [getattr(self, name) for name in MESSAGE_COLUMNS]
         parent = self.reply_to if self.reply_to_id else None
         reply = (
-            (parent.pk, parent.author.get_username(), parent.body, parent.deleted, parent.hidden)
+            (
+                parent.pk,
+                parent.posted_seq,
+                parent.author.get_username(),
+                parent.body,
+                parent.deleted,
+                parent.hidden,
+            )
             if parent is not None
             else (None,) * len(REPLY_COLUMNS)
         )
@@ -373,6 +381,7 @@ MESSAGE_COLUMNS = (
 )
 REPLY_COLUMNS = (
     "reply_to_id",
+    "reply_to__posted_seq",
     "reply_to__author__username",
     "reply_to__body",
     "reply_to__deleted",
@@ -392,8 +401,15 @@ HIDDEN_EXCERPT = "removed by a moderator"
 
 
 def reply_event(
-    pk: int | None, author: str | None, body: str | None, deleted: bool, hidden: bool
+    pk: int | None,
+    seq: int | None,
+    author: str | None,
+    body: str | None,
+    deleted: bool,
+    hidden: bool,
 ) -> dict[str, Any] | None:
+    """A reply's `reply_to`: the parent's id, the seq it was posted at (fixed: a client opens the
+    room `?around=` it when the parent is not loaded), author and excerpt."""
     if pk is None:
         return None
     if hidden:
@@ -403,7 +419,13 @@ def reply_event(
     else:
         text = " ".join((body or "").split())
         excerpt = text if len(text) <= EXCERPT_LENGTH else text[: EXCERPT_LENGTH - 1] + "…"
-    return {"id": pk, "author": author, "excerpt": excerpt, "deleted": bool(deleted or hidden)}
+    return {
+        "id": pk,
+        "seq": seq,
+        "author": author,
+        "excerpt": excerpt,
+        "deleted": bool(deleted or hidden),
+    }
 
 
 def attachment_url(pk: Any, thumbnail: bool = False) -> str:
@@ -452,6 +474,7 @@ def message_event(
     reactions: list[dict[str, Any]] | None,
     attachment_id: Any,
     reply_id: int | None,
+    reply_seq: int | None,
     reply_author: str | None,
     reply_body: str | None,
     reply_deleted: bool,
@@ -487,7 +510,9 @@ def message_event(
         "hidden": hidden,
         "mentions": [] if deleted else list(mentions or ()),
         "html": "" if deleted else html,
-        "reply_to": reply_event(reply_id, reply_author, reply_body, reply_deleted, reply_hidden),
+        "reply_to": reply_event(
+            reply_id, reply_seq, reply_author, reply_body, reply_deleted, reply_hidden
+        ),
         "reactions": [] if deleted else list(reactions or ()),
     }
 

@@ -230,7 +230,7 @@ def _reply_target(room: Room, reply_to: Any) -> Message | None:
     pk = cleaning.clean_id(reply_to, "reply_to")
     parent = (
         Message.objects.select_related("author")
-        .only("id", "room_id", "body", "deleted", "hidden", "author__username")
+        .only("id", "room_id", "posted_seq", "body", "deleted", "hidden", "author__username")
         .filter(room=room, pk=pk)
         .first()
     )

@@ -463,3 +463,24 @@ def test_a_pasted_or_dropped_file_is_attached(
         Message.objects.filter(attachment__isnull=False).values_list("attachment__name", flat=True)
     )
     assert names == ["dropped.txt", "pasted.txt"]
+
+
+# --- a quoted message far back ---
+
+
+def test_a_quote_of_a_message_far_back_opens_the_room_at_it(
+    sessions: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    parent = writepath.post_message(alice, room, "the old question", "q").message
+    post_many(alice, room, 120, "filler")  # more than the first page: the parent is not loaded
+    writepath.post_message(bob, room, "the late answer", "a", reply_to=parent.pk)
+    b = sessions(bob, **DESKTOP)
+    page = b.open("general")
+    expect(b.message("the late answer")).to_have_count(1)
+    expect(b.item(parent)).to_have_count(0)
+    page.locator(".message", has_text="the late answer").locator(".reply-quote").click()
+    expect(page).to_have_url(re.compile(rf"/rooms/general/\?around={parent.posted_seq}$"))
+    anchor = page.locator("#messages li.anchor")
+    expect(anchor).to_have_attribute("data-id", str(parent.pk))
+    expect(anchor).to_contain_text("the old question")
+    expect(anchor).to_be_in_viewport()

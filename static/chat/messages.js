@@ -226,15 +226,21 @@ function replyQuote(reply) {
   const text = el("span", "reply-excerpt", reply.excerpt);
   text.dir = "auto";
   quote.append(who, " ", text);
-  quote.addEventListener("click", () => showQuoted(reply.id, quote));
+  quote.addEventListener("click", () => showQuoted(reply, quote));
   return quote;
 }
 
-// Scroll to the quoted message and mark it. Not loaded yet, it is older than everything loaded
-// (a reply comes after its parent, and ids follow posting order), so older pages are read until
-// it is in. The reply_to carries no seq, so the page cannot be opened at it with ?around=.
-async function showQuoted(id, quote) {
+// Scroll to the quoted message and mark it. Not loaded yet, the room opens at it (?around= the
+// seq it was posted at): it may be any number of pages back. A quote without a seq (a message
+// kept in the outbox from before quotes carried one) pages back to it instead: it is older
+// than everything loaded (a reply comes after its parent, and ids follow posting order).
+async function showQuoted(reply, quote) {
+  const id = reply.id;
   let record = records.get(id);
+  if (!record && reply.seq != null) {
+    window.location.assign(`${window.location.pathname}?around=${reply.seq}`);
+    return;
+  }
   for (let n = 0; !record && pages.hasMore && n < JUMP_PAGES; n += 1) {
     await loadOlder();
     if (view.olderBox.querySelector(".error")) break; // the page did not come
