@@ -474,8 +474,10 @@ def test_a_quote_of_a_message_far_back_opens_the_room_at_it(
     sessions: Any, alice: Any, bob: Any, room: Room
 ) -> None:
     parent = writepath.post_message(alice, room, "the old question", "q").message
-    post_many(alice, room, 120, "filler")  # more than the first page: the parent is not loaded
+    # More than the first page and the two read in place: the parent is far back.
+    post_many(alice, room, 200, "filler")
     writepath.post_message(bob, room, "the late answer", "a", reply_to=parent.pk)
+    read_up_to(bob, room)  # the page opens at the bottom, not at an unread line
     b = sessions(bob, **DESKTOP)
     page = b.open("general")
     expect(b.message("the late answer")).to_have_count(1)

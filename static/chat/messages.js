@@ -52,7 +52,10 @@ function regroup(li) {
 }
 
 const PAGE = 50;
-// A quote of a message older than what is loaded reads older pages to show it, at most this many.
+// A quote of a message older than what is loaded reads this many older pages in place (the live
+// view stays as it is); further back, the room opens at the quoted message instead.
+const NEAR_PAGES = 2;
+// A quote that carries no seq cannot open the room at it: older pages are read, at most this many.
 const JUMP_PAGES = 20;
 
 const records = new Map(); // message id -> record (see newRecord)
@@ -230,21 +233,23 @@ function replyQuote(reply) {
   return quote;
 }
 
-// Scroll to the quoted message and mark it. Not loaded yet, the room opens at it (?around= the
-// seq it was posted at): it may be any number of pages back. A quote without a seq (a message
-// kept in the outbox from before quotes carried one) pages back to it instead: it is older
-// than everything loaded (a reply comes after its parent, and ids follow posting order).
+// Scroll to the quoted message and mark it. Not loaded yet, it is older than everything loaded
+// (a reply comes after its parent, and ids follow posting order): a page or two back are read in
+// place, and further back the room opens at it (?around= the seq it was posted at), however far.
+// A quote without a seq (a message kept in the outbox from before quotes carried one) can only
+// page back to it.
 async function showQuoted(reply, quote) {
   const id = reply.id;
+  const far = reply.seq != null;
   let record = records.get(id);
-  if (!record && reply.seq != null) {
-    window.location.assign(`${window.location.pathname}?around=${reply.seq}`);
-    return;
-  }
-  for (let n = 0; !record && pages.hasMore && n < JUMP_PAGES; n += 1) {
+  for (let n = 0; !record && pages.hasMore && n < (far ? NEAR_PAGES : JUMP_PAGES); n += 1) {
     await loadOlder();
     if (view.olderBox.querySelector(".error")) break; // the page did not come
     record = records.get(id);
+  }
+  if (!record && far) {
+    window.location.assign(`${window.location.pathname}?around=${reply.seq}`);
+    return;
   }
   if (!record || !record.li.isConnected) {
     quote.classList.add("missing");
