@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0012_reaction_key'),
+        ("chat", "0012_reaction_key"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='userevent',
-            name='removed',
+            model_name="userevent",
+            name="removed",
             field=models.BooleanField(db_default=False, default=False),
         ),
     ]
