@@ -165,9 +165,10 @@ def invite(actor: Any, room: Room, username: Any) -> tuple[Any, bool]:
 
 
 def remove(actor: Any, room: Room, username: Any) -> bool:
-    """Remove someone from a private room (True: was in it): it leaves their rooms list and
+    """Remove someone from a private room (True: was in it): it leaves their rooms list, their
+    `left` event says `removed` (a page open on the room says why rather than moving on), and
     their live connections stop receiving it. The owner cannot be removed. Removing oneself is
-    leaving."""
+    leaving (no `removed`)."""
     _managed_private(actor, room, "removing")
     person = _person(username)
     if access.is_owner(person, room):
