@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -79,6 +80,29 @@ def scenarios(name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
             }
             for mode, m in medians.items()
         ]
+    if name == "search":
+        # The view's time per request (what a client waits for, less the network), per band of
+        # two-word queries; the label stays short enough to sit under its bars.
+        total = data.get("messages")
+        over = ""
+        if isinstance(total, int):
+            over = f", {total / 1e6:g}M msgs" if total >= 1e6 else f", {total / 1e3:g}k msgs"
+        out = []
+        for band, runs in data.get("search", {}).items():
+            if not runs:
+                continue
+            out.append(
+                {
+                    "name": name,
+                    "load": f"{band} queries{over}",
+                    **{
+                        p: common.median(r.get(f"view_{p}", math.nan) for r in runs)
+                        for p in ("p50", "p95", "p99")
+                    },
+                    "baseline": None,
+                }
+            )
+        return out
     if name in ("longpoll", "longpoll_serverless"):
         med, runs = data.get("median", {}), data.get("runs") or [{}]
         return [

@@ -49,10 +49,14 @@ def notify(
     unread: int,
     mentions: int,
     message: Event | None = None,
+    removed: bool = False,
 ) -> Event:
     """An event of the user's stream (chat/notify.py). `room` is None when the user may no longer
-    read the room it was about: the event keeps its place in the stream and says nothing more."""
+    read the room it was about: the event keeps its place in the stream and says nothing more.
+    `removed`: a `left` that the room's owner or a moderator decided."""
     event: Event = {"type": "notify", "user_seq": user_seq, "kind": kind, "room": room}
+    if removed:
+        event["removed"] = True
     if room is not None:
         event["unread"] = unread
         event["mentions"] = mentions

@@ -188,6 +188,7 @@ class MessageQuerySet(models.QuerySet["Message"]):
             "room__slug",
             username_lookup("author"),
             "reply_to__body",
+            "reply_to__posted_seq",
             "reply_to__deleted",
             "reply_to__hidden",
             username_lookup("reply_to__author"),
@@ -305,7 +306,14 @@ class Message(models.Model):
         values = [getattr(self, name) for name in MESSAGE_COLUMNS]
         parent = self.reply_to if self.reply_to_id else None
         reply = (
-            (parent.pk, parent.author.get_username(), parent.body, parent.deleted, parent.hidden)
+            (
+                parent.pk,
+                parent.posted_seq,
+                parent.author.get_username(),
+                parent.body,
+                parent.deleted,
+                parent.hidden,
+            )
             if parent is not None
             else (None,) * len(REPLY_COLUMNS)
         )
@@ -376,6 +384,7 @@ MESSAGE_COLUMNS = (
 # "reply_to__author" stands for its name, as event_columns() reads it.
 REPLY_COLUMNS = (
     "reply_to_id",
+    "reply_to__posted_seq",
     "reply_to__author",
     "reply_to__body",
     "reply_to__deleted",
@@ -408,8 +417,15 @@ HIDDEN_EXCERPT = "removed by a moderator"
 
 
 def reply_event(
-    pk: int | None, author: str | None, body: str | None, deleted: bool, hidden: bool
+    pk: int | None,
+    seq: int | None,
+    author: str | None,
+    body: str | None,
+    deleted: bool,
+    hidden: bool,
 ) -> dict[str, Any] | None:
+    """A reply's `reply_to`: the parent's id, the seq it was posted at (fixed: a client opens the
+    room `?around=` it when the parent is not loaded), author and excerpt."""
     if pk is None:
         return None
     if hidden:
@@ -419,7 +435,13 @@ def reply_event(
     else:
         text = " ".join((body or "").split())
         excerpt = text if len(text) <= EXCERPT_LENGTH else text[: EXCERPT_LENGTH - 1] + "…"
-    return {"id": pk, "author": author, "excerpt": excerpt, "deleted": bool(deleted or hidden)}
+    return {
+        "id": pk,
+        "seq": seq,
+        "author": author,
+        "excerpt": excerpt,
+        "deleted": bool(deleted or hidden),
+    }
 
 
 def attachment_url(pk: Any, thumbnail: bool = False) -> str:
@@ -470,6 +492,7 @@ def message_event(
     reactions: list[dict[str, Any]] | None,
     attachment_id: Any,
     reply_id: int | None,
+    reply_seq: int | None,
     reply_author: str | None,
     reply_body: str | None,
     reply_deleted: bool,
@@ -505,7 +528,9 @@ def message_event(
         "hidden": hidden,
         "mentions": [] if deleted else list(mentions or ()),
         "html": "" if deleted else html,
-        "reply_to": reply_event(reply_id, reply_author, reply_body, reply_deleted, reply_hidden),
+        "reply_to": reply_event(
+            reply_id, reply_seq, reply_author, reply_body, reply_deleted, reply_hidden
+        ),
         "reactions": [] if deleted else list(reactions or ()),
     }
 
@@ -753,6 +778,9 @@ class UserEvent(models.Model):
     message = models.ForeignKey(Message, null=True, on_delete=models.SET_NULL, related_name="+")
     # The room seq the event is about (a message's posted_seq): read past it, it is read.
     room_seq = models.BigIntegerField(default=0)
+    # A `left` that someone else decided (removed from a private room): the open room tells its
+    # reader why instead of moving on as after leaving by choice.
+    removed = models.BooleanField(default=False, db_default=False)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -145,10 +145,12 @@ def _take_seqs(user_ids: Iterable[Any]) -> dict[Any, int]:
 def store(
     entries: list[tuple[Any, str, Room | None, Message | None, int]],
     known: dict[int, Event] | None = None,
+    removed: bool = False,
 ) -> list[UserEvent]:
     """Store notify events (user id, kind, room, message, room seq) in the caller's transaction,
     each with its user's next user_seq, and publish them once it commits (`known`: message
-    events the caller has built already, so that publishing need not read them back)."""
+    events the caller has built already, so that publishing need not read them back; `removed`:
+    `left` events of a removal by someone else)."""
     if not entries:
         return []
     seqs = _take_seqs(user_id for user_id, *_ in entries)
@@ -162,6 +164,7 @@ def store(
                 room=room,
                 message=message,
                 room_seq=room_seq,
+                removed=removed,
             )
         )
         seqs[user_id] += 1  # a second event for the same user in this call (never today)

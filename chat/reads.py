@@ -353,7 +353,7 @@ def notify_events(
         if row.kind == UserEvent.LEFT and room is not None:
             # Said even once the room cannot be read: the user's devices must drop it, and the
             # user knew its name.
-            built.append(events.notify(row.seq, row.kind, room.slug, 0, 0))
+            built.append(events.notify(row.seq, row.kind, room.slug, 0, 0, removed=row.removed))
             continue
         if room is None or pair not in readable:
             built.append(events.notify(row.seq, row.kind, None, 0, 0))

@@ -73,8 +73,8 @@ def directory(user: Any, q: Any, limit: int = DIRECTORY_PAGE, offset: int = 0) -
 # --- joining and leaving ---
 
 
-def _event(user_id: Any, kind: str, room: Room) -> None:
-    notify.store([(user_id, kind, room, None, room.seq)])
+def _event(user_id: Any, kind: str, room: Room, removed: bool = False) -> None:
+    notify.store([(user_id, kind, room, None, room.seq)], removed=removed)
 
 
 def join(user: Any, room: Room) -> bool:
@@ -114,7 +114,7 @@ def _drop(actor: Any, user: Any, room: Room) -> bool:
         gone, _ = Membership.objects.filter(room=room, user=user).delete()
         if not gone:
             return False
-        _event(user.pk, UserEvent.LEFT, room)
+        _event(user.pk, UserEvent.LEFT, room, removed=actor is not None)
         if actor is not None:
             audit(actor, "remove_member", room=room, target_user=user)
         if room.private:
@@ -165,9 +165,10 @@ def invite(actor: Any, room: Room, username: Any) -> tuple[Any, bool]:
 
 
 def remove(actor: Any, room: Room, username: Any) -> bool:
-    """Remove someone from a private room (True: was in it): it leaves their rooms list and
+    """Remove someone from a private room (True: was in it): it leaves their rooms list, their
+    `left` event says `removed` (a page open on the room says why rather than moving on), and
     their live connections stop receiving it. The owner cannot be removed. Removing oneself is
-    leaving."""
+    leaving (no `removed`)."""
     _managed_private(actor, room, "removing")
     person = _person(username)
     if access.is_owner(person, room):

@@ -10,8 +10,10 @@ machine.
 The query syntax is websearch's: words are all required, `"a quoted phrase"` is a phrase, `-word`
 excludes, `or` between two words (or groups) is either. Which rooms: those the user is in now (a
 membership: a joined public room, a private room, a DM) and is not banned from; a room left or
-removed from has no membership, so nothing of it is found. `room=` narrows to one room the user
-may read (get_room's rule, so a public room not joined can be searched by name).
+removed from has no membership, so nothing of it is found. `room=` narrows to one of those rooms:
+one the user may not read is refused as every room endpoint refuses it (get_room), and one they
+may read but are not in (a public room never joined or left, a private room a moderator may read)
+is `forbidden`: search never reaches past the rooms the user is in.
 
 Results are ordered by message id, newest first; `before` is the id of the last result seen (the
 answer's `next`), so paging never repeats or skips a message even while new ones arrive.
@@ -115,10 +117,13 @@ def highlight(body: str, terms: set[str]) -> str:
 
 
 def scope(user: Any, slug: Any) -> list[Room]:
-    """The rooms searched: the one named (if the user may read it), else every room the user is
-    in now and not banned from."""
+    """The rooms searched: the one named (if the user is in it and may read it), else every room
+    the user is in now and not banned from."""
     if slug is not None:
-        return [access.get_room(user, slug)]
+        room = access.get_room(user, slug)
+        if not Membership.objects.filter(room=room, user=user).exists():
+            raise ChatError("forbidden", "Search covers the rooms you are in: join this one first.")
+        return [room]
     if access.site_banned(user):
         raise ChatError("forbidden", "You are banned.")
     ids = Membership.objects.filter(user=user).values_list("room_id", flat=True)

@@ -41,6 +41,7 @@ from chat.models import (
     ReactionKey,
     Restriction,
     Room,
+    username_lookup,
 )
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def _reply_target(room: Room, reply_to: Any) -> Message | None:
     pk = cleaning.clean_id(reply_to, "reply_to")
     parent = (
         Message.objects.select_related("author")
-        .only("id", "room_id", "body", "deleted", "hidden", "author__username")
+        .only("id", "room_id", "posted_seq", "body", "deleted", "hidden", username_lookup("author"))
         .filter(room=room, pk=pk)
         .first()
     )
@@ -440,7 +441,7 @@ def _reaction_summary(message: Message) -> list[dict[str, Any]]:
     rows = (
         Reaction.objects.filter(message=message)
         .order_by("created", "pk")
-        .values_list("emoji", "user__username")
+        .values_list("emoji", username_lookup("user"))
     )
     summary: dict[str, dict[str, Any]] = {}
     for glyph, username in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -110,3 +111,25 @@ def test_run_keeps_a_fanout_without_baseline() -> None:
     assert scenario["p95"] == 5.0
     assert scenario["deliveries_per_s"] == 300.0
     assert scenario["baseline"] is None
+
+
+def test_run_reports_each_search_band_by_its_view_times() -> None:
+    def one(p50: float, p99: float) -> dict[str, float]:
+        return {"view_p50": p50, "view_p95": p50 * 2, "view_p99": p99, "svc_p99": 1.0}
+
+    data = {
+        "messages": 1_000_000,
+        "search": {
+            "typical": [one(10.0, 40.0), one(12.0, 281.0), one(11.0, 42.0)],
+            "rare": [{"view_p50": 3.0, "view_p99": 9.0}],  # from before p95 was kept
+            "common": [],
+        },
+    }
+
+    typical, rare = run.scenarios("search", data)
+
+    assert typical["load"] == "typical queries, 1M msgs"
+    # The median of the runs: one slow run does not make the figure.
+    assert (typical["p50"], typical["p95"], typical["p99"]) == (11.0, 22.0, 42.0)
+    assert typical["baseline"] is None and "deliveries_per_s" not in typical
+    assert (rare["p50"], rare["p99"]) == (3.0, 9.0) and math.isnan(rare["p95"])

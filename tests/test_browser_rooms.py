@@ -3,14 +3,16 @@ a real server on the test database, one browser context per user, Debian's chrom
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from playwright.sync_api import expect
+from playwright.sync_api import WebSocketRoute, expect
 
-from chat.models import Membership, Room, UserEvent
+from chat import rooms
+from chat.models import Membership, Message, Room, UserEvent
 from tests import test_browser as shared
 from tests.test_browser import FAST
 
@@ -55,7 +57,8 @@ def test_a_room_found_in_the_directory_is_joined_and_listed(
 def test_an_invitation_appears_in_the_invitees_open_sidebar(
     sessions: Any, alice: Any, carol: Any, room: Room
 ) -> None:
-    secret = Room.objects.create(slug="secret", title="Secret", private=True, created_by=alice)
+    # A right-to-left title: every place that shows it lets its own characters set the direction.
+    secret = Room.objects.create(slug="secret", title="סודות", private=True, created_by=alice)
     Membership.objects.create(room=secret, user=alice)
     Membership.objects.create(room=room, user=carol)
     a, c = sessions(alice), sessions(carol)
@@ -64,12 +67,17 @@ def test_an_invitation_appears_in_the_invitees_open_sidebar(
     expect(entry(invitee, "secret")).to_have_count(0)
 
     owner = a.open("secret")
+    expect(owner.locator("#room-title .room-title-text")).to_have_attribute("dir", "auto")
+    expect(entry(owner, "secret").locator(".room-name")).to_have_attribute("dir", "auto")
     owner.get_by_label("Invite").fill("carol")
     owner.get_by_role("button", name="Invite").click()
     expect(owner.locator(".room-admin-invite .status")).to_have_text("carol is in the room.")
     # Pushed on carol's user stream: no reload.
     expect(entry(invitee, "secret")).to_have_count(1)
-    expect(entry(invitee, "secret").locator(".room-name")).to_have_text("Secret")
+    name = entry(invitee, "secret").locator(".room-name")  # drawn by sidebar.js, not the server
+    expect(name).to_have_text("סודות")
+    expect(name).to_have_attribute("dir", "auto")
+    assert name.evaluate("el => getComputedStyle(el).direction") == "rtl"
     assert UserEvent.objects.filter(user=carol, kind=UserEvent.INVITE).count() == 1
 
 
@@ -90,3 +98,41 @@ def test_leaving_removes_the_room_from_a_second_tab(sessions: Any, bob: Any, roo
     expect(entry(second, "plants")).to_have_count(0)
     expect(entry(second, "general")).to_have_count(1)
     assert not Membership.objects.filter(room=plants, user=bob).exists()
+
+
+def test_a_removed_member_is_told_why_and_the_pending_message_fails(
+    sessions: Any, alice: Any, bob: Any, private_room: Room
+) -> None:
+    held: list[str] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def forward(frame: str | bytes) -> None:
+            # The post never reaches the server: it stays pending in bob's page.
+            if json.loads(frame).get("action") == "sendmessage":
+                held.append(str(frame))
+            else:
+                server.send(frame)
+
+        ws.on_message(forward)
+
+    b = sessions(bob)
+    b.page.route_web_socket(re.compile(r"/ws/"), route)
+    page = b.open("secret")
+    expect(b.badge).to_have_text("Live")
+    b.say("one more thing")
+    pending = page.locator(".message.mine", has_text="one more thing")
+    expect(pending).to_have_attribute("data-state", "pending")
+    assert held
+
+    rooms.remove(alice, private_room, "bob")
+    reason = "You were removed from this room."
+    expect(page.locator("#page-alert")).to_contain_text(reason)
+    expect(pending).to_have_attribute("data-state", "failed")
+    expect(pending).to_contain_text(f"Not sent: {reason}")
+    expect(page.locator("#composer-body")).to_be_disabled()
+    expect(entry(page, "secret")).to_have_count(0)
+    # The page stays on the room, with the reason, rather than moving to the directory.
+    assert re.search(r"/rooms/secret/", page.url)
+    assert not Message.objects.filter(body="one more thing").exists()

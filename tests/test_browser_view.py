@@ -8,10 +8,12 @@ The browser, the per-user sessions and the server are tests/test_browser.py's.""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
 from chat import moderation, writepath
@@ -463,3 +465,76 @@ def test_a_pasted_or_dropped_file_is_attached(
         Message.objects.filter(attachment__isnull=False).values_list("attachment__name", flat=True)
     )
     assert names == ["dropped.txt", "pasted.txt"]
+
+
+# --- a quoted message far back ---
+
+
+def test_a_quote_of_a_message_far_back_opens_the_room_at_it(
+    sessions: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    parent = writepath.post_message(alice, room, "the old question", "q").message
+    # More than the first page and the two read in place: the parent is far back.
+    post_many(alice, room, 200, "filler")
+    writepath.post_message(bob, room, "the late answer", "a", reply_to=parent.pk)
+    read_up_to(bob, room)  # the page opens at the bottom, not at an unread line
+    b = sessions(bob, **DESKTOP)
+    page = b.open("general")
+    expect(b.message("the late answer")).to_have_count(1)
+    expect(b.item(parent)).to_have_count(0)
+    page.locator(".message", has_text="the late answer").locator(".reply-quote").click()
+    expect(page).to_have_url(re.compile(rf"/rooms/general/\?around={parent.posted_seq}$"))
+    anchor = page.locator("#messages li.anchor")
+    expect(anchor).to_have_attribute("data-id", str(parent.pk))
+    expect(anchor).to_contain_text("the old question")
+    expect(anchor).to_be_in_viewport()
+
+
+# --- how a run of messages reads ---
+
+
+def test_runs_days_delivery_marks_and_the_two_kinds_of_removal(
+    sessions: Any, alice: Any, bob: Any, room: Room
+) -> None:
+    def post(user: Any, body: str, created: Any = None) -> Message:
+        message = writepath.post_message(user, room, body, body).message
+        if created is not None:
+            Message.objects.filter(pk=message.pk).update(created=created)
+        return message
+
+    # Three days back at noon, so that the day is neither today nor yesterday in any time zone.
+    back = (timezone.now() - timedelta(days=3)).replace(hour=12, minute=0, second=0, microsecond=0)
+    first = post(alice, "first of the run", back)
+    second = post(alice, "second of the run", back + timedelta(minutes=2))
+    later = post(alice, "after a long pause", back + timedelta(minutes=30))
+    answer = post(bob, "bob answers", back + timedelta(minutes=31))
+    today = post(alice, "a new day")
+    mine = post(bob, "bob today")
+    deleted = post(alice, "alice takes this back")
+    hidden = post(alice, "over the line")
+    writepath.delete_message(alice, room, deleted.pk)
+    moderation.hide_message(boss(), room, hidden.pk)
+
+    b = sessions(bob, timezone_id="UTC", **DESKTOP)
+    b.open("general")
+    expect(b.item(hidden)).to_contain_text("removed by a moderator")
+    # One author closely in a row reads as one block; a new author or a long pause starts one.
+    expect(b.item(second)).to_have_class(re.compile(r"\bgrouped\b"))
+    for message in (first, later, answer, today, mine):
+        expect(b.item(message)).not_to_have_class(re.compile(r"\bgrouped\b"))
+    # The first message of each day carries the day's separator, and only it.
+    day = b.item(first).get_attribute("data-day")
+    assert day and day not in ("Today", "Yesterday")
+    expect(b.item(today)).to_have_attribute("data-day", "Today")
+    for message in (second, later, answer, mine):
+        expect(b.item(message)).not_to_have_attribute("data-day", re.compile(".*"))
+    # The delivery mark is on bob's own messages, not on anyone else's.
+    for message in (answer, mine):
+        expect(b.item(message).locator(".meta .state")).to_have_text("✓")
+    for message in (first, second, later, today):
+        expect(b.item(message).locator(".meta .state")).to_have_count(0)
+    # Deleted by its author and hidden by a moderator read differently, and neither shows the text.
+    expect(b.item(deleted).locator(".body")).to_have_text("message deleted")
+    expect(b.item(hidden).locator(".body")).to_have_text("removed by a moderator")
+    expect(b.page.locator("#messages")).not_to_contain_text("alice takes this back")
+    expect(b.page.locator("#messages")).not_to_contain_text("over the line")

@@ -37,11 +37,18 @@ def test_a_reply_carries_its_parents_excerpt(alice: Any, bob: Any, room: Room) -
     event = Message.objects.with_author().get(pk=reply.pk).to_event()
     assert event["reply_to"] == {
         "id": parent.pk,
+        "seq": parent.posted_seq,
         "author": "alice",
         "excerpt": "where is the meeting?",
         "deleted": False,
     }
     assert Message.objects.for_room(room).events(room.slug)[-1] == event
+    # The live event (built by the write path) says the same, the parent's seq included.
+    assert reply.to_event()["reply_to"] == event["reply_to"]
+    # Edited since, the parent keeps the seq it was posted at: older events still find it.
+    writepath.edit_message(alice, room, parent.pk, "where is the meeting now?")
+    again = Message.objects.with_author().get(pk=reply.pk).to_event()
+    assert again["reply_to"]["seq"] == parent.posted_seq
 
 
 def test_a_long_parent_is_cut_short(alice: Any, room: Room) -> None:

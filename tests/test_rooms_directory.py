@@ -37,6 +37,12 @@ def kinds(user: Any) -> list[tuple[str, str | None]]:
     return [(e["kind"], e["room"]) for e in reads.user_catch_up(user, 0).changes]
 
 
+def removals(user: Any) -> list[bool]:
+    """Whether each replayed `left` of the user's stream says it was a removal."""
+    changes = reads.user_catch_up(user, 0).changes
+    return [e.get("removed", False) for e in changes if e["kind"] == "left"]
+
+
 @pytest.fixture(autouse=True)
 def _no_lobby(db: Any) -> None:
     """The lobby (a data migration's) would be in every directory listed here."""
@@ -155,6 +161,7 @@ def test_leaving_a_private_room_loses_access(alice: Any, bob: Any, private_room:
     assert send(client, "post", "/api/rooms/secret/leave").status_code == 204
     assert client.get("/api/rooms/secret/messages").status_code == 404
     assert kinds(bob) == [("left", "secret")]  # the room is named even now that bob cannot read it
+    assert removals(bob) == [False]  # by choice: his open tab moves on without a reason
     assert "secret" not in {r["slug"] for r in client.get("/api/rooms/").json()["rooms"]}
 
 
@@ -253,6 +260,7 @@ def test_removal_by_the_owner_or_a_moderator(
     assert removed.status_code == 204
     assert not Membership.objects.filter(room=private_room, user=bob).exists()
     assert kinds(bob) == [("left", "secret")]
+    assert removals(bob) == [True]  # his open tab says why rather than moving on
     assert login(bob).get("/api/rooms/secret/messages").status_code == 404
     assert ModerationAction.objects.filter(action="remove_member", target_user=bob).exists()
     # Again: nothing more to do, and no second event.
@@ -349,7 +357,7 @@ async def test_removal_drops_the_removed_users_subscription_and_their_other_room
             assert r.status == 204, await r.text()
     # Bob is told, on his user stream and about the room, and stops receiving it.
     told = await b.next("notify", timeout=10)
-    assert (told["kind"], told["room"]) == ("left", "secret")
+    assert (told["kind"], told["room"], told["removed"]) == ("left", "secret", True)
     error = await b.next("error", timeout=10)
     assert (error["code"], error["room"]) == ("forbidden", "secret")
     assert error.get("fatal") is not True

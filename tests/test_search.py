@@ -183,8 +183,11 @@ def test_it_never_searches_rooms_left_removed_from_banned_or_others(
     # Left the public room, removed from the private one: neither is searched any more.
     Membership.objects.filter(user=alice, room__in=[room, private_room]).delete()
     assert bodies(find(as_alice, q="zebra")) == ["zebra for alice"]
-    # Naming a room searches it only when it could be read.
-    assert bodies(find(as_alice, q="zebra", room="general")) == ["zebra in general"]
+    # Naming a room does not reach past that: a public room left, or never joined, is refused
+    # (it could be read, but alice is not in it), an unreadable one is not found.
+    for slug in ("general", "elsewhere"):
+        refused = find(as_alice, q="zebra", room=slug)
+        assert refused.status_code == 403 and "join" in refused.json()["detail"], slug
     assert find(as_alice, q="zebra", room="secret").status_code == 404
     assert find(as_alice, q="zebra", room=others.slug).status_code == 404
     Restriction.objects.create(kind=Restriction.BAN, user=alice, room=own_dm)

@@ -399,6 +399,12 @@ export class Channel extends EventTarget {
     }
   }
 
+  // The user's stream said this user was removed from `room`: ended as the server's own refusal
+  // would end it (which may come later, or not at all on this page, and is then not told twice).
+  endRoom(room, reason) {
+    this._ended({ code: "forbidden", detail: reason, room });
+  }
+
   // The server ended this user's access: to one room (with `room`), or to everything (a site
   // ban, or a fatal error without a room). Emits "ended" {room, code, detail}.
   _ended(event) {

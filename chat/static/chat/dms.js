@@ -3,7 +3,7 @@
 // their names completed from the server's user search. Opening asks the server for the room
 // (the same people always get the same one) and goes there.
 
-import { button, el } from "./dom.js";
+import { button, el, userText } from "./dom.js";
 import { request } from "./http.js";
 import { Suggest } from "./suggest.js";
 
@@ -39,7 +39,7 @@ export function startDms({ urls, csrf, me }) {
   const drawChips = () => {
     chips.replaceChildren(
       ...chosen.map((name) => {
-        const li = el("li", "chip", name);
+        const li = userText("li", "chip", name);
         const remove = button("×", "link-button", `Remove ${name}`);
         remove.addEventListener("click", () => {
           chosen.splice(chosen.indexOf(name), 1);

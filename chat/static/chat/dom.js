@@ -8,6 +8,14 @@ export function el(tag, className, text) {
   return node;
 }
 
+// Text someone typed (a name, a title, a message): its own first strong character sets its
+// direction, so a Hebrew or Arabic name reads right-to-left inside a left-to-right page.
+export function userText(tag, className, text) {
+  const node = el(tag, className, text);
+  node.dir = "auto";
+  return node;
+}
+
 // `key` finds the button again after a re-render, to give the keyboard focus back to it.
 export function button(text, className, label, key) {
   const node = el("button", className, text);

@@ -9,7 +9,7 @@
 // up, the latest one again after a resync.
 
 import { ownActions, reactionBar, replyButton, reportButton, scheduleEditExpiry, syncChangeControls } from "./actions.js";
-import { attachmentNode, button, el, humanSize, localTime } from "./dom.js";
+import { attachmentNode, button, el, humanSize, localTime, userText } from "./dom.js";
 import { bodyNodes, mentionsMe } from "./mentions.js";
 import { parentGone } from "./reply.js";
 import { richNodes } from "./richtext.js";
@@ -52,7 +52,10 @@ function regroup(li) {
 }
 
 const PAGE = 50;
-// A quote of a message older than what is loaded reads older pages to show it, at most this many.
+// A quote of a message older than what is loaded reads this many older pages in place (the live
+// view stays as it is); further back, the room opens at the quoted message instead.
+const NEAR_PAGES = 2;
+// A quote that carries no seq cannot open the room at it: older pages are read, at most this many.
 const JUMP_PAGES = 20;
 
 const records = new Map(); // message id -> record (see newRecord)
@@ -226,19 +229,27 @@ function replyQuote(reply) {
   const text = el("span", "reply-excerpt", reply.excerpt);
   text.dir = "auto";
   quote.append(who, " ", text);
-  quote.addEventListener("click", () => showQuoted(reply.id, quote));
+  quote.addEventListener("click", () => showQuoted(reply, quote));
   return quote;
 }
 
 // Scroll to the quoted message and mark it. Not loaded yet, it is older than everything loaded
-// (a reply comes after its parent, and ids follow posting order), so older pages are read until
-// it is in. The reply_to carries no seq, so the page cannot be opened at it with ?around=.
-async function showQuoted(id, quote) {
+// (a reply comes after its parent, and ids follow posting order): a page or two back are read in
+// place, and further back the room opens at it (?around= the seq it was posted at), however far.
+// A quote without a seq (a message kept in the outbox from before quotes carried one) can only
+// page back to it.
+async function showQuoted(reply, quote) {
+  const id = reply.id;
+  const far = reply.seq != null;
   let record = records.get(id);
-  for (let n = 0; !record && pages.hasMore && n < JUMP_PAGES; n += 1) {
+  for (let n = 0; !record && pages.hasMore && n < (far ? NEAR_PAGES : JUMP_PAGES); n += 1) {
     await loadOlder();
     if (view.olderBox.querySelector(".error")) break; // the page did not come
     record = records.get(id);
+  }
+  if (!record && far) {
+    window.location.assign(`${window.location.pathname}?around=${reply.seq}`);
+    return;
   }
   if (!record || !record.li.isConnected) {
     quote.classList.add("missing");
@@ -313,10 +324,10 @@ export function showOutgoing(item) {
     const [short, long] = localTime(new Date().toISOString());
     const time = el("time", null, short);
     time.title = long;
-    meta.append(el("span", "author", view.me), time, el("span", "state"));
+    meta.append(userText("span", "author", view.me), time, el("span", "state"));
     li.append(meta);
     if (item.quote) li.append(replyQuote({ ...item.quote, deleted: false }));
-    if (item.body || !item.fileInfo) li.append(el("div", "body", item.body));
+    if (item.body || !item.fileInfo) li.append(userText("div", "body", item.body));
     if (item.fileInfo) {
       // Not a link yet: the file has no address until it is uploaded.
       const box = el("div", "attachment file");

@@ -27,7 +27,9 @@ export function parentGone(event) {
 // options: box (#reply-preview), input (the composer's text box). Returns {choose(event),
 // current(), clear(), parentGone(event)}.
 export function startReply({ box, input }) {
-  let quote = null; // {id, author, excerpt} of the message being answered
+  // {id, seq, author, excerpt} of the message being answered; any seq the message held opens
+  // the room at it (?around=), as the reply_to's own seq will once the reply is sent.
+  let quote = null;
   const author = box.querySelector(".reply-author");
   const excerpt = box.querySelector(".reply-excerpt");
   const cancel = box.querySelector(".reply-cancel");
@@ -62,7 +64,7 @@ export function startReply({ box, input }) {
 
   active = {
     choose(event) {
-      quote = { id: event.id, author: event.author, excerpt: excerptOf(event) };
+      quote = { id: event.id, seq: event.seq, author: event.author, excerpt: excerptOf(event) };
       show();
       input.focus();
     },

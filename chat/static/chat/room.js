@@ -11,13 +11,17 @@ import { initActions } from "./actions.js";
 import { Channel } from "./channel.js";
 import { startComposer } from "./composer.js";
 import { messageButton, startDms } from "./dms.js";
-import { el } from "./dom.js";
+import { el, userText } from "./dom.js";
 import { csrfToken } from "./http.js";
 import { startMentionSuggestions } from "./mentions.js";
 import { acked, isAtBottom, loadOlder, redraw, redrawOwn, reload, showOutgoing, startList, upsert } from "./messages.js";
 import { Alerts, startLevelControl } from "./notify.js";
 import { startScroll } from "./scroll.js";
 import { RoomsList, startRoomsToggle } from "./sidebar.js";
+
+// Why the open room ended when its owner or a moderator removed the reader (a `left` notify with
+// `removed`); the server's own "You no longer have access to this room." may follow.
+const REMOVED = "You were removed from this room.";
 
 const BADGES = {
   connecting: ["Connecting…", "Opening a connection"],
@@ -178,7 +182,12 @@ class RoomView {
     c.addEventListener("notify", (e) => {
       const event = e.detail;
       // Left or removed (sidebar.js, roomadmin.js): the list drops it, whichever room it is.
-      if (event.kind === "left") this.rooms.apply(event);
+      // Removed from the open room: it ends here with the reason, what waits to be sent fails
+      // with it, and the page stays (the directory would hide why).
+      if (event.kind === "left") {
+        if (event.removed && event.room === this.slug) c.endRoom(this.slug, REMOVED);
+        this.rooms.apply(event);
+      }
       // The open room, looked at, is being read: its counts are about to be zero anyway.
       else if (event.room === this.slug && reading()) this.rooms.read(this.slug);
       else if (!this.rooms.apply(event)) c.user.load(); // a conversation this page has not listed
@@ -300,7 +309,7 @@ class RoomView {
     list.replaceChildren(
       ...sorted.map((name) => {
         const li = el("li", name === this.me ? "me" : null);
-        li.append(el("span", "dot"), el("span", "name", name));
+        li.append(el("span", "dot"), userText("span", "name", name));
         const dm = messageButton(name, this.me);
         if (dm) li.append(" ", dm);
         return li;

@@ -11,7 +11,7 @@
 // five entities decoded), never parsed as HTML.
 
 import { failure, getJson } from "./http.js";
-import { el, localTime } from "./dom.js";
+import { el, localTime, userText } from "./dom.js";
 
 const DEBOUNCE = 300;
 const PAGE = 50;
@@ -112,7 +112,7 @@ class SearchBox {
       if (!list) {
         const section = el("section", "search-group");
         section.dataset.room = hit.room;
-        section.append(el("h3", "search-room", answer.rooms[hit.room] || hit.room));
+        section.append(userText("h3", "search-room", answer.rooms[hit.room] || hit.room));
         list = el("ul", "search-hits");
         section.append(list);
         this.results.append(section);
@@ -132,9 +132,8 @@ class SearchBox {
     const link = el("a");
     link.href = `${this.roomUrl.replace("room-slug", hit.room)}?around=${hit.seq}`;
     const meta = el("span", "search-meta");
-    meta.append(el("span", "author", hit.author), " ", el("time", null, localTime(hit.created)));
-    meta.querySelector("time").dateTime = hit.created;
-    const body = el("span", "search-body");
+    meta.append(userText("span", "author", hit.author), " ", timeNode(hit.created));
+    const body = userText("span", "search-body");
     body.append(...highlightNodes(hit.highlight));
     link.append(meta, body);
     li.append(link);
@@ -144,16 +143,23 @@ class SearchBox {
 
 // --- a room opened at one message ---
 
+// The hour and minute, with the full local date and time on hover.
+function timeNode(iso) {
+  const [short, long] = localTime(iso);
+  const time = el("time", null, short);
+  time.dateTime = iso;
+  time.title = long;
+  return time;
+}
+
 function messageNode(m) {
   const li = el("li", m.deleted ? "message deleted" : "message");
   li.dataset.id = m.id;
   li.dataset.seq = m.seq;
   const meta = el("div", "meta");
-  const time = el("time", null, localTime(m.created));
-  time.dateTime = m.created;
-  meta.append(el("span", "author", m.author), " ", time);
+  meta.append(userText("span", "author", m.author), " ", timeNode(m.created));
   if (m.edited) meta.append(" ", el("small", "edited", "(edited)"));
-  li.append(meta, el("div", "body", m.deleted ? "message deleted" : m.body));
+  li.append(meta, m.deleted ? el("div", "body", "message deleted") : userText("div", "body", m.body));
   if (m.attachment && !m.deleted) {
     const a = el("a", "file-name", m.attachment.name);
     a.href = m.attachment.url;

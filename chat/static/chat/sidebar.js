@@ -14,7 +14,7 @@
 //   none                           nothing.
 // The room that is open in a visible tab shows no badge: it is being read.
 
-import { el } from "./dom.js";
+import { el, userText } from "./dom.js";
 
 export class RoomsList {
   // lists: {room, dm} (<ul>s; dm may be absent); roomUrl: the room page's URL with "room-slug";
@@ -81,7 +81,8 @@ export class RoomsList {
   }
 
   // A room the user left or was removed from, on any device: it goes from the list. The open
-  // room goes to the directory instead of staying on screen (reading it would join it again).
+  // room, left by choice, goes to the directory instead of staying on screen (reading it would
+  // join it again); removed from it, the page stays and says why (room.js).
   remove(slug) {
     this.rooms.delete(slug);
     for (const li of this.items()) if (li.dataset.slug === slug) li.remove();
@@ -93,7 +94,7 @@ export class RoomsList {
   apply(event) {
     if (event.kind === "left" && event.room) {
       this.remove(event.room);
-      if (event.room === this.current) {
+      if (event.room === this.current && !event.removed) {
         const directory = document.getElementById("browse-rooms");
         if (directory) window.location.assign(directory.href);
       }
@@ -160,7 +161,7 @@ export class RoomsList {
     a.href = this.roomUrl.replace("room-slug", room.slug);
     const unread = el("span", "unread");
     unread.hidden = true;
-    a.append(el("span", "room-name", room.title), unread);
+    a.append(userText("span", "room-name", room.title), unread);
     li.append(a);
     // In slug order, as the server lists them.
     const after = [...list.querySelectorAll("li[data-slug]")].find((other) => other.dataset.slug > room.slug);

@@ -2,7 +2,7 @@
 // keys move, Enter or Tab takes one, Escape closes the list. Used by the new-conversation dialog
 // (names from the server) and the composer (@mentions of the room's members).
 
-import { el } from "./dom.js";
+import { el, userText } from "./dom.js";
 
 let counter = 0;
 
@@ -61,7 +61,7 @@ export class Suggest {
     this.active = names.length ? 0 : -1;
     this.list.replaceChildren(
       ...names.map((name, i) => {
-        const li = el("li", null, name);
+        const li = userText("li", null, name);
         li.id = `${this.list.id}-${i}`;
         li.setAttribute("role", "option");
         // Keep the focus in the box: a click must not blur it (which closes the list) first.
