@@ -176,6 +176,28 @@ async def test_post_receive_and_resume_over_the_websocket(
         await back.ws.close()
 
 
+async def test_replies_and_reactions_name_people_by_the_sites_login(
+    hostsite: HostSite, people: dict[str, aiohttp.ClientSession]
+) -> None:
+    """The site's user model has no `username`: a reply's quote and a reaction's people are
+    named by its USERNAME_FIELD (the email) all the same."""
+    alice, bob = people["alice"], people["bob"]
+    parent = await _post(
+        alice, f"{PREFIX}api/rooms/lobby/messages", {"body": "a question", "client_id": "q1"}
+    )
+    reply = await _post(
+        bob,
+        f"{PREFIX}api/rooms/lobby/messages",
+        {"body": "an answer", "client_id": "a1", "reply_to": parent["id"]},
+    )
+    assert reply["reply_to"]["author"] == emails[alice]
+    assert reply["reply_to"]["excerpt"] == "a question"
+    reacted = await _post(
+        bob, f"{PREFIX}api/rooms/lobby/messages/{parent['id']}/reactions", {"emoji": "👍"}
+    )
+    assert reacted["reactions"] == [{"emoji": "👍", "count": 1, "users": [emails[bob]]}]
+
+
 async def test_long_poll_under_the_prefix(
     hostsite: HostSite, people: dict[str, aiohttp.ClientSession]
 ) -> None:
