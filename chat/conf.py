@@ -56,7 +56,8 @@ DEFAULTS: dict[str, Any] = {
     # Redis (presence, the hub): none by default, which keeps both in this process's memory.
     "REDIS_URL": "",
     "CHAT_REDIS_PREFIX": "chat",
-    # Metrics
+    # Health checks and metrics (chat/health.py)
+    "CHAT_READY_TIMEOUT": 1,
     "CHAT_METRICS_TOKEN": "",
     "CHAT_METRICS_EMF": _on_lambda,
     # Serverless (API Gateway and Lambda)

@@ -20,13 +20,13 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
 
 from chat import events, metrics, presence, protocol, reads
+from chat.accesslog import ConnectionLine, header, pick_request_id, set_request_id
 from chat.conf import settings
 from chat.cursor import Cursors, Verdict
 from chat.errors import ChatError
 from chat.fanout import encode
 from chat.hub import get_hub
 from chat.models import Room
-from chatsite.logging import ConnectionLine, header, pick_request_id, set_request_id
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""What the chat counts, for Prometheus (`/metrics`, chatsite/health.py) and, on Lambda, for
+"""What the chat counts, for Prometheus (`/metrics`, chat/health.py) and, on Lambda, for
 CloudWatch (one line in the embedded metric format at the end of each invocation).
 
 The metrics live in prometheus_client's default registry, one per process. Call sites elsewhere

@@ -25,10 +25,10 @@ from django.utils import timezone
 from zappa.websocket import on_connect, on_disconnect, on_message
 
 from chat import apigateway, cleaning, events, fanout, metrics, presence, protocol
+from chat.accesslog import ConnectionLine, pick_request_id, reset_request_id, set_request_id
 from chat.errors import ChatError
 from chat.invocation import reserving, running
 from chat.models import ApiConnection, Room, Subscription
-from chatsite.logging import ConnectionLine, pick_request_id, reset_request_id, set_request_id
 
 log = logging.getLogger(__name__)
 

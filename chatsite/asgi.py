@@ -16,9 +16,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from chat import routing  # noqa: E402
+from chat.accesslog import asgi_access  # noqa: E402
 from chat.consumers import SameOriginOrToken  # noqa: E402
 from chat.protocol import allowed_origins  # noqa: E402
-from chatsite.logging import asgi_access  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

@@ -86,10 +86,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # /healthz and /readyz, before the Host check, sessions and CSRF: a load balancer probes by IP
-    # and carries no cookie (chatsite/health.py).
-    "chatsite.health.middleware",
+    # and carries no cookie (chat/health.py).
+    "chat.health.middleware",
     # The request id (X-Request-ID) in every line of the request, and its access line.
-    "chatsite.logging.middleware",
+    "chat.accesslog.middleware",
     # The Lambda invocation's deadline, from Zappa's context (a no-op elsewhere).
     "chat.invocation.middleware",
     "django.middleware.security.SecurityMiddleware",
@@ -198,7 +198,7 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # Everything goes to the console (stderr: journald, docker logs, CloudWatch on Lambda), each line
 # with the path and user id of its request when it has one, never a body, cookie or token
-# (chatsite/logging.py). Django's own 500s are `django.request` errors and uvicorn's uncaught ASGI
+# (chat/accesslog.py). Django's own 500s are `django.request` errors and uvicorn's uncaught ASGI
 # exceptions are `uvicorn.error`: without handlers here an operator would see only access lines.
 # No level on the uvicorn loggers: `--log-level` decides (and `--no-access-log` silences access).
 # CHAT_LOG_FORMAT=json writes one JSON object per line instead, for a log collector.
@@ -210,7 +210,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "context": {
-            "()": "chatsite.logging."
+            "()": "chat.accesslog."
             + ("JsonFormatter" if CHAT_LOG_FORMAT == "json" else "ContextFormatter")
         }
     },
@@ -226,7 +226,7 @@ LOGGING = {
 }
 
 # Seconds each readiness check (database, Redis) may take before /readyz answers 503.
-CHAT_READY_TIMEOUT = env_int("CHAT_READY_TIMEOUT", 1, minimum=1)
+CHAT_READY_TIMEOUT = env_int("CHAT_READY_TIMEOUT", default("CHAT_READY_TIMEOUT"), minimum=1)
 
 # /metrics (chat/metrics.py) answers only a request with `Authorization: Bearer <this>`; empty, it
 # is off (404). CHAT_METRICS_EMF prints each Lambda invocation's figures as one CloudWatch EMF line

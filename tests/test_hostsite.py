@@ -240,6 +240,19 @@ async def test_the_api_answers_errors_in_json_under_the_prefix(
         assert r.status == 404 and "json" not in r.headers["Content-Type"]
 
 
+async def test_the_probes_answer_and_metrics_are_off_without_a_token(hostsite: HostSite) -> None:
+    """The app's health middleware on a site that sets none of the chat's settings: ready when
+    its database answers, and /metrics off (404)."""
+    async with aiohttp.ClientSession(hostsite.url) as client:
+        async with client.get("/healthz") as live:
+            assert live.status == 200
+        async with client.get("/readyz") as ready:
+            assert ready.status == 200, await ready.text()
+            assert (await ready.json())["checks"] == {"database": "ok"}
+        async with client.get("/metrics") as metrics:
+            assert metrics.status == 404
+
+
 async def test_the_admin_finds_people_by_their_email(
     hostsite: HostSite, people: dict[str, aiohttp.ClientSession]
 ) -> None:

@@ -1,5 +1,5 @@
 """Server errors reach the console with their traceback, the request's path and the user's id, and
-never the body, a token or a cookie (chatsite/logging.py, LOGGING in chatsite/settings.py)."""
+never the body, a token or a cookie (chat/accesslog.py, LOGGING in chatsite/settings.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from django.urls import path
 
-from chatsite.logging import ContextFormatter, JsonFormatter
+from chat.accesslog import ContextFormatter, JsonFormatter
 from tests.conftest import ROOT, free_port
 
 BODY = "the-body-nobody-may-read"
@@ -214,7 +214,7 @@ def test_an_unusable_request_id_is_replaced_by_a_new_one(db: Any, given: str) ->
 
 
 def test_lines_logged_during_a_request_carry_its_id() -> None:
-    from chatsite.logging import reset_request_id, set_request_id
+    from chat.accesslog import reset_request_id, set_request_id
 
     record = logging.LogRecord("chat", logging.WARNING, __file__, 1, "something", (), None)
     token = set_request_id("req-42")

@@ -28,6 +28,9 @@ INSTALLED_APPS = [
     "tests.hostsite.accounts",
 ]
 MIDDLEWARE = [
+    # The chat's probes and /metrics (off: no CHAT_METRICS_TOKEN), and its access lines.
+    "chat.health.middleware",
+    "chat.accesslog.middleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -27,12 +27,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.conf import settings
 from django.db import connections
 from django.db.utils import load_backend
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from chat import metrics
+from chat.conf import settings
 
 log = logging.getLogger("chat.health")
 

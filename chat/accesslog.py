@@ -111,7 +111,8 @@ _request_id: ContextVar[str | None] = ContextVar("chat_request_id", default=None
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Access lines: one per HTTP request, one per WebSocket connection when it closes.
 access_log = logging.getLogger("chat.access")
-_POLL = re.compile(r"^/api/(?:rooms/[^/]+|me)/poll$")
+# Wherever the site mounts the chat (chat.urls): the path ends the same.
+_POLL = re.compile(r"/(?:rooms/[^/]+|me)/poll$")
 
 
 def current_request_id() -> str | None:
@@ -141,7 +142,7 @@ def _shown(user: str) -> str:
 
 def log_request(method: str, path: str, status: int, started: float, user: str) -> None:
     """The access line of one HTTP request: the path only, never its query string (`?token=`)."""
-    transport = "long-poll" if _POLL.match(path) else "http"
+    transport = "long-poll" if _POLL.search(path) else "http"
     duration = round((time.monotonic() - started) * 1000, 1)
     fields = {
         "event": "request",
