@@ -439,6 +439,8 @@ REFUSALS = {
 
 # The most posts one statement writes; the rest wait for the next.
 MAX_BATCH = 256
+# Batches of one room under way at once in a process (see _Groups).
+WRITERS = 2
 
 
 def _write_batch(posts: list[_Post]) -> list[BaseException | None]:
@@ -545,36 +547,47 @@ class _Groups:
 
     Measured on this machine, every post its own transaction: 32 threads posting into one room
     managed about 300 messages/s, each commit waiting for the room lock the one before held
-    through its round trips and its commit. Here the first poster to find the room idle writes
-    (the leader); posts that arrive meanwhile queue, and when the batch has committed and been
-    published the leader answers its batch and wakes the oldest queued post's thread, which
-    writes everything queued by then. A lone post (one writer, Lambda) is written exactly as
-    without grouping. Posts come from threads (sync views, database_sync_to_async, Lambda), so
-    this is threads and Events. Invariants: seq order is still commit order (one transaction
-    under the room lock per batch); nobody is answered before the commit that holds their post;
-    a post the checks refuse is refused alone, and anything unforeseen that fails a batch makes
-    it write its posts one by one, each failing or not on its own.
+    through its round trips and its commit (a commit's flush alone is 3 to 5 ms here). Here a
+    poster that finds fewer than WRITERS batches of the room under way writes what is queued
+    (it leads a batch); posts that arrive meanwhile queue. When a batch has committed and been
+    published, its leader answers the batch and wakes the oldest queued post's thread, which
+    writes everything queued by then. Two batches under way, not one: the second waits for the
+    room lock in the database while the first commits, so the lock passes from one to the next
+    without a round trip through this process (its GIL, the wake-up of a thread) in between. A
+    lone post (one writer, Lambda) is written exactly as without grouping. Posts come from
+    threads (sync views, database_sync_to_async, Lambda), so this is threads and Events.
+
+    Invariants: seq order is still commit order (each batch is one transaction under the room
+    lock, and reads its seq once it holds it); nobody is answered before the commit that holds
+    their post; a post the checks refuse is refused alone, and anything unforeseen that fails a
+    batch makes it write its posts one by one, each failing or not on its own. Two batches
+    may publish out of order by a few milliseconds; readers order events by seq (the room hub
+    waits a moment for a missing one, cursors fill real gaps from the database).
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.queues: dict[int, list[_Waiting]] = {}
-        self.busy: set[int] = set()
+        self.writers: dict[int, int] = {}  # batches under way, per room
 
     def write(self, post: _Post) -> set[Any]:
         me = _Waiting(post)
         room_id = post.message.room_id
         with self.lock:
             self.queues.setdefault(room_id, []).append(me)
-            me.lead = room_id not in self.busy
-            self.busy.add(room_id)
-        while not me.done:
-            if not me.lead:
-                me.woken.wait()
-                me.woken.clear()
+            if self.writers.get(room_id, 0) < WRITERS:
+                self.writers[room_id] = self.writers.get(room_id, 0) + 1
+                me.lead = True
+        while True:
+            # Flags are set before `woken`, and read after clearing it: no wake-up is lost.
             if me.lead:
-                me.lead = False
+                with self.lock:
+                    me.lead = False
                 self._lead(room_id)
+            if me.done:
+                break
+            me.woken.wait()
+            me.woken.clear()
         if me.error is not None:
             raise me.error
         return me.told
@@ -593,7 +606,8 @@ class _Groups:
                 message = waiting.post.message
                 key = (message.author_id, message.client_id)
                 if (
-                    len(batch) >= MAX_BATCH
+                    waiting.lead  # woken to lead a batch of its own
+                    or len(batch) >= MAX_BATCH
                     or (message.client_id is not None and key in keys)
                     or (waiting.post.limited and message.author_id in limited)
                 ):
@@ -612,18 +626,23 @@ class _Groups:
         try:
             if len(batch) == 1:
                 self._one(batch[0])
-            else:
+            elif batch:
                 self._many(batch)
         finally:
             with self.lock:
-                queued = self.queues.get(room_id)
-                if queued:
+                writers = self.writers[room_id] - 1
+                queued = [waiting for waiting in self.queues[room_id] if not waiting.lead]
+                if queued and writers < WRITERS:
                     # The oldest queued post's thread writes the next batch.
                     queued[0].lead = True
                     queued[0].woken.set()
+                    writers += 1
+                if writers:
+                    self.writers[room_id] = writers
                 else:
-                    self.queues.pop(room_id, None)
-                    self.busy.discard(room_id)
+                    del self.writers[room_id]
+                    if not self.queues[room_id]:
+                        del self.queues[room_id]
             for waiting in batch:
                 waiting.done = True
                 waiting.woken.set()
