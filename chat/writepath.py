@@ -368,8 +368,11 @@ def _groups_commits() -> bool:
 
 
 # The room row's lock, taken first in a statement of its own: the batch statement after it then
-# has a snapshot with everything committed before, the room's seq and lock included.
-LOCK_SQL = "SELECT 1 FROM {room} WHERE id = %(room)s FOR UPDATE"
+# has a snapshot with everything committed before, the room's seq and lock included. NO KEY, as
+# the UPDATE of the one-post path takes it: FOR UPDATE would also block every insert whose
+# foreign key names the room (a notification raised meanwhile, holding members' rows that
+# this batch's notifications update, deadlocked with it).
+LOCK_SQL = "SELECT 1 FROM {room} WHERE id = %(room)s FOR NO KEY UPDATE"
 
 BATCH_SQL = """
 WITH current AS (
