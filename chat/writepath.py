@@ -27,6 +27,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -378,12 +379,12 @@ BATCH_SQL = """
 WITH current AS (
     SELECT seq, locked FROM {room} WHERE id = %(room)s
 ), input AS (
-    SELECT * FROM unnest(
-        %(ord)s::int[], %(author)s::bigint[], %(body)s::text[], %(client_id)s::text[],
-        %(attachment)s::uuid[], %(mentions)s::text[], %(html)s::text[], %(reply_to)s::bigint[],
-        %(may_post_locked)s::boolean[], %(rate_limit)s::int[], %(one_to_one)s::boolean[]
-    ) AS i(ord, author, body, client_id, attachment, mentions, html, reply_to, may_post_locked,
-           rate_limit, one_to_one)
+    -- The posts as one JSON array: one parameter, encoded by the json module's C code (eleven
+    -- arrays cost the client a Python loop per element).
+    SELECT * FROM jsonb_to_recordset(%(posts)s::jsonb) AS i(
+        ord int, author bigint, body text, client_id text, attachment uuid, mentions jsonb,
+        html text, reply_to bigint, may_post_locked boolean, rate_limit int, one_to_one boolean
+    )
 ), checked AS (
     -- The checks of INSERT_SQL, per row, and the exact rate limit of the locked path: the caller
     -- holds the room lock, so this statement's snapshot has every earlier post of the room.
@@ -424,7 +425,7 @@ WITH current AS (
         (room_id, author_id, body, client_id, created, deleted, posted_seq, seq, attachment_id,
          mentions, html, reply_to_id, reactions)
     SELECT %(room)s, n.author, n.body, n.client_id, %(created)s, false, n.seq, n.seq,
-        n.attachment, n.mentions::jsonb, n.html, n.reply_to, '[]'::jsonb
+        n.attachment, n.mentions, n.html, n.reply_to, '[]'::jsonb
     FROM numbered n
     RETURNING id, seq
 )
@@ -466,19 +467,24 @@ def _write_batch(posts: list[_Post]) -> list[BaseException | None]:
         "restriction": Restriction._meta.db_table,
         "block": Block._meta.db_table,
     }
-    messages = [post.message for post in posts]
+    data = [
+        {
+            "ord": i,
+            "author": post.message.author_id,
+            "body": post.message.body,
+            "client_id": post.message.client_id,
+            "attachment": str(post.message.attachment_id) if post.message.attachment_id else None,
+            "mentions": post.message.mentions,
+            "html": post.message.html,
+            "reply_to": post.message.reply_to_id,
+            "may_post_locked": post.may_post_locked,
+            "rate_limit": room.rate_limit if post.limited else 0,
+            "one_to_one": post.one_to_one,
+        }
+        for i, post in enumerate(posts)
+    ]
     params = {
-        "ord": list(range(len(posts))),
-        "author": [m.author_id for m in messages],
-        "body": [m.body for m in messages],
-        "client_id": [m.client_id for m in messages],
-        "attachment": [str(m.attachment_id) if m.attachment_id else None for m in messages],
-        "mentions": [json.dumps(m.mentions) for m in messages],
-        "html": [m.html for m in messages],
-        "reply_to": [m.reply_to_id for m in messages],
-        "may_post_locked": [post.may_post_locked for post in posts],
-        "rate_limit": [room.rate_limit if post.limited else 0 for post in posts],
-        "one_to_one": [post.one_to_one for post in posts],
+        "posts": json.dumps(data, cls=DjangoJSONEncoder),
         "room": room.pk,
         "join": not room.private,
         "created": created,
