@@ -555,10 +555,10 @@ class _Groups:
     answered.
 
     Measured on this machine (bench/posting.py), every post its own transaction: 32 threads
-    posting into one room managed 350 to 430 messages/s, each commit waiting for the room lock
+    posting into one room managed 380 to 420 messages/s, each commit waiting for the room lock
     the one before held through its round trips and its commit (a commit's flush alone is 3 to
-    5 ms here); grouped, 720 to 750 at the same load, with p99 from about 300 ms to 95, the
-    process then bound by its CPU (the room lookup, rendering, waking threads). Here a
+    5 ms here); grouped, 730 to 810 at the same load, with p99 from about 310 ms to 120-200,
+    the process then bound by its CPU (the room lookup, waking threads). Here a
     poster that finds fewer than WRITERS batches of the room under way writes what is queued
     (it leads a batch); posts that arrive meanwhile queue. When a batch has committed and been
     published, its leader answers the batch and wakes the oldest queued post's thread, which
