@@ -283,7 +283,8 @@ def post_message(
             may_post_locked=may_post_locked,
             limited=bool(room.rate_limit) and not may_post_locked,
             planned=notify.plan(room, user, mentions),
-            one_to_one=room.is_dm and _one_to_one(room),
+            # The statements of PostgreSQL check a 1:1 block themselves, told whether it is one.
+            one_to_one=room.is_dm and connection.vendor == "postgresql" and _one_to_one(room),
         )
         if _groups_commits():
             told = _groups.write(post)
