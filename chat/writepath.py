@@ -532,7 +532,12 @@ def _refusal(post: _Post, refused: str) -> ChatError:
             _check_rate(post.message.author, post.message.room)
         except ChatError as error:
             return error  # with its retry_after
-        return ChatError("rate_limited", "This room allows fewer messages a minute.")
+        # The oldest counted post has left the window since: sending again now will pass.
+        limit = post.message.room.rate_limit
+        metrics.RATE_LIMITED.labels("room").inc()
+        return ChatError(
+            "rate_limited", f"This room allows {limit} messages a minute.", retry_after=0.001
+        )
     return ChatError(*REFUSALS[refused])
 
 
