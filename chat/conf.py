@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     # Fan-out, notifications and email
     "CHAT_FANOUT_BACKENDS": ["chat.fanout.ChannelLayerBackend"],
     "CHAT_UNREAD_INLINE": False,
+    "CHAT_GROUP_COMMIT": True,
     "CHAT_EMAIL_DELAY": 10,
     "CHAT_SITE_URL": "http://127.0.0.1:8000",
     # Redis (presence, the hub): none by default, which keeps both in this process's memory.

@@ -266,6 +266,10 @@ CHAT_DM_MAX_OTHERS = env_int("CHAT_DM_MAX_OTHERS", default("CHAT_DM_MAX_OTHERS")
 # Raise `unread` notifications in the writer's thread instead of a worker thread per process
 # (chat/notify.py). Always inline on Lambda.
 CHAT_UNREAD_INLINE = env_bool("CHAT_UNREAD_INLINE", default("CHAT_UNREAD_INLINE"))
+# Concurrent posts to one room from one process's threads are written together: one statement,
+# one commit, a block of seq values (chat/writepath.py). Off: each post its own transaction.
+# SQLite always takes the one-post path.
+CHAT_GROUP_COMMIT = env_bool("CHAT_GROUP_COMMIT", default("CHAT_GROUP_COMMIT"))
 # Minutes a mention or DM stays unread before it goes out in the user's email digest.
 CHAT_EMAIL_DELAY = env_int("CHAT_EMAIL_DELAY", default("CHAT_EMAIL_DELAY"), minimum=1)
 # The site's address as readers reach it (scheme and host, no trailing slash): digests link to

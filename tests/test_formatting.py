@@ -160,3 +160,16 @@ def test_skipping_the_linkifier_never_changes_what_is_drawn(body: str) -> None:
     tokens = full.parse(body, {})
     expected = formatting.sanitize(full.renderer.render(tokens, full.options, {})).strip()
     assert formatting.render(body) == (expected if body else "")
+
+
+@given(
+    st.text(alphabet=st.sampled_from(list("aZ09 ,.?!'")), min_size=1, max_size=40)
+    | st.sampled_from(["1. one", "12. twelve", "ok.", "a.bc", "x  y", "Hi, bob!", "1.5 kg"])
+)
+@settings(max_examples=400, deadline=None)
+def test_plain_lines_skip_markdown_and_draw_the_same(body: str) -> None:
+    # A line the shortcut takes must draw exactly as markdown and the sanitizer draw it.
+    full = formatting._md
+    tokens = full.parse(body, {})
+    expected = formatting.sanitize(full.renderer.render(tokens, full.options, {})).strip()
+    assert formatting.render(body) == expected
