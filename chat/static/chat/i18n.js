@@ -19,7 +19,13 @@ export function interpolate(format, values, named = false) {
   return format.replace(/%s/g, () => String(values[index++]));
 }
 
-// The page's language (<html lang>), for dates and numbers.
+// The locale for dates and numbers: the page's language (<html lang>), in the browser's own
+// variant of it when it has one (en-GB keeps its 24-hour clock on an "en" page). The time zone is
+// the browser's: Intl uses it unless told otherwise.
 export function locale() {
-  return document.documentElement.lang || undefined;
+  const lang = document.documentElement.lang;
+  if (!lang) return undefined;
+  const base = lang.split("-")[0].toLowerCase();
+  const own = (navigator.languages || []).find((tag) => tag.split("-")[0].toLowerCase() === base);
+  return own || lang;
 }

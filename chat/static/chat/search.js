@@ -12,6 +12,7 @@
 
 import { failure, getJson } from "./http.js";
 import { el, localTime } from "./dom.js";
+import { _, interpolate } from "./i18n.js";
 
 const DEBOUNCE = 300;
 const PAGE = 50;
@@ -123,7 +124,9 @@ class SearchBox {
     this.next = answer.next;
     this.more.hidden = answer.next === null;
     const shown = this.results.querySelectorAll(".search-hit").length;
-    this.status.textContent = shown ? `${shown}${answer.next === null ? "" : "+"} found` : "Nothing found.";
+    this.status.textContent = shown
+      ? interpolate(_("%(count)s found"), { count: `${shown}${answer.next === null ? "" : "+"}` }, true)
+      : _("Nothing found.");
   }
 
   hit(hit) {
@@ -152,8 +155,8 @@ function messageNode(m) {
   const time = el("time", null, localTime(m.created));
   time.dateTime = m.created;
   meta.append(el("span", "author", m.author), " ", time);
-  if (m.edited) meta.append(" ", el("small", "edited", "(edited)"));
-  li.append(meta, el("div", "body", m.deleted ? "message deleted" : m.body));
+  if (m.edited) meta.append(" ", el("small", "edited", _("(edited)")));
+  li.append(meta, el("div", "body", m.deleted ? _("message deleted") : m.body));
   if (m.attachment && !m.deleted) {
     const a = el("a", "file-name", m.attachment.name);
     a.href = m.attachment.url;
@@ -230,7 +233,7 @@ class AroundPage {
       }
     } catch (err) {
       const alert = document.getElementById("page-alert");
-      alert.textContent = `Could not load more messages: ${failure(err).detail}`;
+      alert.textContent = interpolate(_("Could not load more messages: %(reason)s"), { reason: failure(err).detail }, true);
       alert.hidden = false;
     } finally {
       this.loading[side] = false;
