@@ -23,5 +23,5 @@ export function announce(event) {
   const region = document.getElementById("announcer");
   if (!region || event.deleted) return;
   const body = event.body || (event.attachment ? interpolate(_("sent %(name)s"), { name: event.attachment.name }, true) : "");
-  region.textContent = `${event.author}: ${body}`;
+  region.textContent = interpolate(_("%(author)s: %(body)s"), { author: event.author, body }, true);
 }

@@ -46,7 +46,8 @@ export function ownActions(record) {
 // one's own change is in flight, like Edit and Delete: the keyboard then waits on the message
 // and comes back to Edit (messages.js, keepFocus; change below).
 export function replyButton(record) {
-  const reply = button(_("Reply"), "link-button reply-button", interpolate(_("Reply to %(author)s"), { author: record.event.author }, true), "reply");
+  const label = interpolate(_("Reply to %(author)s"), { author: record.event.author }, true);
+  const reply = button(_("Reply"), "link-button reply-button", label, "reply");
   reply.disabled = Boolean(record.change);
   reply.addEventListener("click", () => replyTo(record.event));
   return reply;

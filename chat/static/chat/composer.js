@@ -86,7 +86,9 @@ export function startComposer({ root, channel, slug }) {
       types.some(
         (t) => t === type || (t.endsWith("/*") && type.startsWith(t.slice(0, -1))) || (t.startsWith(".") && name.endsWith(t)),
       );
-    if (!allowed) return interpolate(_("%(name)s cannot be sent here: %(type)s files are not accepted."), { name: candidate.name, type }, true);
+    if (!allowed) {
+      return interpolate(_("%(name)s cannot be sent here: %(type)s files are not accepted."), { name: candidate.name, type }, true);
+    }
     return null;
   }
 

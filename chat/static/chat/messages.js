@@ -343,7 +343,8 @@ export function showOutgoing(item) {
     state.textContent = _("Sending…");
     return;
   }
-  state.append(el("span", null, item.manual ? interpolate(_("Not sent: %(reason)s"), { reason: item.error }, true) : _("Not sent, retrying… ")));
+  const why = item.manual ? interpolate(_("Not sent: %(reason)s"), { reason: item.error }, true) : _("Not sent, retrying… ");
+  state.append(el("span", null, why));
   const retry = button(_("Retry now"), "link-button");
   retry.addEventListener("click", () => view.channel.retry(item.client_id));
   state.append(retry);

@@ -37,8 +37,10 @@ export class Alerts {
     const room = this.list.get(event.room);
     const where = room ? room.title : event.room;
     let title;
-    if (event.kind === "dm") title = room && room.members && room.members.length > 2 ? interpolate(_("%(author)s in %(room)s"), { author: message.author, room: where }, true) : message.author;
-    else title = interpolate(_("%(author)s mentioned you in %(room)s"), { author: message.author, room: where }, true);
+    const names = { author: message.author, room: where };
+    const group = room && room.members && room.members.length > 2;
+    if (event.kind === "dm") title = group ? interpolate(_("%(author)s in %(room)s"), names, true) : message.author;
+    else title = interpolate(_("%(author)s mentioned you in %(room)s"), names, true);
     let body = message.body || (message.attachment ? message.attachment.name : "");
     if (body.length > 200) body = `${body.slice(0, 199)}…`;
     // The same tag in every tab of the user: the system shows the one notification once.
