@@ -12,6 +12,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from chat import cleaning
 from chat.errors import ChatError
@@ -67,7 +68,7 @@ def can_moderate(user: Any, room: Room | None, perm: str) -> bool:
 
 def require(user: Any, room: Room | None, perm: str) -> None:
     if not can_moderate(user, room, perm):
-        raise ChatError("forbidden", "Only this room's moderators may do that.")
+        raise ChatError("forbidden", _("Only this room's moderators may do that."))
 
 
 def is_owner(user: Any, room: Room) -> bool:
@@ -192,13 +193,13 @@ def room_with_user_flags(slug: str, user: Any) -> Room | None:
 def get_room(user: Any, slug: Any) -> Room:
     """The room the user may read. A private room of someone else is `not_found`, so slugs do not leak."""
     if not user.is_authenticated:
-        raise ChatError("unauthorized", "Log in first.")
+        raise ChatError("unauthorized", _("Log in first."))
     slug = cleaning.clean_slug(slug, "room")
     room = room_with_user_flags(slug, user)
     if room is None or not can_read(user, room):
-        raise ChatError("not_found", f"There is no room {slug!r}.")
+        raise ChatError("not_found", _("There is no room %(slug)r.") % {"slug": slug})
     if restriction(user, room) == Restriction.BAN:
-        raise ChatError("forbidden", "You are banned from this room.")
+        raise ChatError("forbidden", _("You are banned from this room."))
     return room
 
 
@@ -213,16 +214,16 @@ def with_flags(user: Any, room: Room) -> Room:
 
 def check_can_post(user: Any, room: Room) -> None:
     if not user.is_authenticated or not user.is_active:
-        raise ChatError("unauthorized", "Log in first.")
+        raise ChatError("unauthorized", _("Log in first."))
     kind = restriction(user, room)
     if kind == Restriction.BAN:
-        raise ChatError("forbidden", "You are banned from this room.")
+        raise ChatError("forbidden", _("You are banned from this room."))
     if kind == Restriction.MUTE:
-        raise ChatError("forbidden", "You are muted in this room.")
+        raise ChatError("forbidden", _("You are muted in this room."))
     if room.locked and not is_moderator(user, room):
-        raise ChatError("forbidden", "This room is locked.")
+        raise ChatError("forbidden", _("This room is locked."))
     if blocked_in_dm(user, room):
-        raise ChatError("forbidden", "You cannot message this person.")
+        raise ChatError("forbidden", _("You cannot message this person."))
 
 
 def may_read(user: Any, room: Room) -> bool:
@@ -237,5 +238,5 @@ def find_user(value: Any) -> Any:
     users = get_user_model()
     user = users.objects.filter(**{users.USERNAME_FIELD: value}).first()
     if user is None:
-        raise ChatError("not_found", "There is no such user.")
+        raise ChatError("not_found", _("There is no such user."))
     return user

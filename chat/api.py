@@ -24,6 +24,7 @@ from django.http import (
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import NoReverseMatch, reverse
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
 from chat import (
@@ -67,19 +68,23 @@ def api(*methods: str) -> Callable[[View], View]:
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in methods:
-                response = error("method_not_allowed", f"Use {' or '.join(methods)}.", 405)
+                response = error(
+                    "method_not_allowed",
+                    _("Use %(methods)s.") % {"methods": _(" or ").join(methods)},
+                    405,
+                )
                 response["Allow"] = ", ".join(methods)
                 return response
             try:
                 if not request.user.is_authenticated:
-                    return error("unauthorized", "Log in first.", 401)
+                    return error("unauthorized", _("Log in first."), 401)
                 return view(request, *args, **kwargs)
             except ChatError as exc:
                 return chat_error(exc)
             except DatabaseError:
                 # Not stored, not acknowledged: the client retries with the same client_id.
                 log.exception("database error in %s", view.__name__)
-                return error("server_error", "Try again: the server could not store it.", 500)
+                return error("server_error", _("Try again: the server could not store it."), 500)
 
         return wrapper
 
@@ -90,13 +95,13 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
     try:
         raw = request.body
     except RequestDataTooBig:
-        raise ChatError("too_large", "The request body is too large.") from None
+        raise ChatError("too_large", _("The request body is too large.")) from None
     try:
         data = json.loads(raw or b"{}")
     except (ValueError, RecursionError):
-        raise ChatError("bad_request", "The body must be a JSON object.") from None
+        raise ChatError("bad_request", _("The body must be a JSON object.")) from None
     if not isinstance(data, dict):
-        raise ChatError("bad_request", "The body must be a JSON object.")
+        raise ChatError("bad_request", _("The body must be a JSON object."))
     return data
 
 
@@ -240,7 +245,7 @@ async def my_poll(request: HttpRequest) -> HttpResponse:
     """`GET /api/me/poll` as a Django view (WSGI, Lambda); the ASGI server routes the same path
     to chat.longpoll.PollConsumer."""
     if request.method != "GET":
-        return error("method_not_allowed", "Use GET.", 405)
+        return error("method_not_allowed", _("Use GET."), 405)
     user = await request.auser()
     try:
         answer = await longpoll.poll_user(
@@ -361,8 +366,8 @@ def restriction(request: HttpRequest, restriction_id: int) -> HttpResponse:
     if row is None:
         # Whoever may lift nothing gets the same refusal whether or not the id exists.
         if not access.may_lift_any(request.user):
-            raise ChatError("forbidden", "Only this room's moderators may do that.")
-        raise ChatError("not_found", "There is no such ban or mute.")
+            raise ChatError("forbidden", _("Only this room's moderators may do that."))
+        raise ChatError("not_found", _("There is no such ban or mute."))
     moderation.lift(request.user, row, json_body(request).get("reason"))
     return HttpResponse(status=204)
 
@@ -385,7 +390,7 @@ async def poll(request: HttpRequest, slug: str) -> HttpResponse:
     """The long-poll as a Django view: what WSGI and Lambda serve (the ASGI server routes the same
     path to chat.longpoll.PollConsumer)."""
     if request.method != "GET":
-        return error("method_not_allowed", "Use GET.", 405)
+        return error("method_not_allowed", _("Use GET."), 405)
     user = await request.auser()
     try:
         answer = await longpoll.poll(
@@ -399,7 +404,7 @@ async def poll(request: HttpRequest, slug: str) -> HttpResponse:
 @api("POST")
 def ws_token(request: HttpRequest) -> HttpResponse:
     if access.site_banned(request.user):
-        raise ChatError("forbidden", "You are banned.")
+        raise ChatError("forbidden", _("You are banned."))
     ws_url = settings.CHAT_WS_URL or _default_ws_url(request)
     return JsonResponse(
         {
@@ -438,16 +443,18 @@ def upload(request: HttpRequest, attachment_id: str) -> HttpResponse:
     # Refuse an oversized body before Django reads it into memory or a temporary file.
     if declared.isascii() and declared.isdigit():
         if int(declared) > settings.CHAT_ATTACHMENT_MAX_SIZE + 64 * 1024:
-            raise ChatError("too_large", "The file is larger than allowed.")
+            raise ChatError("too_large", _("The file is larger than allowed."))
     try:
         upload = request.FILES.get("file")
     except RequestDataTooBig:
-        raise ChatError("too_large", "The request body is too large.") from None
+        raise ChatError("too_large", _("The request body is too large.")) from None
     except (MultiPartParserError, SuspiciousOperation):
         # A malformed body (a part header over Django's limit, too many parts or fields): the
         # CSRF middleware would read it first and answer Django's HTML 400, so the check that
         # it skips for this view runs here, after parsing, and every refusal is the API's JSON.
-        raise ChatError("bad_request", "The body must be a multipart form with a `file`.") from None
+        raise ChatError(
+            "bad_request", _("The body must be a multipart form with a `file`.")
+        ) from None
     refused = CsrfViewMiddleware(lambda request: HttpResponse()).process_view(request, None, (), {})
     if refused is not None:
         return refused
@@ -467,7 +474,7 @@ def download(request: HttpRequest, attachment_id: str, thumbnail: bool = False) 
     """The file for those who may read its room: served here, or a redirect to a signed URL."""
     attachment = attachments.for_download(request.user, attachment_id)
     if thumbnail and not attachment.thumbnail:
-        raise ChatError("not_found", "This file has no thumbnail.")
+        raise ChatError("not_found", _("This file has no thumbnail."))
     if attachments.direct_upload():
         response: HttpResponse = HttpResponseRedirect(attachments.signed_url(attachment, thumbnail))
     else:
@@ -513,7 +520,7 @@ def under_api(request: HttpRequest) -> bool:
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF refusals under /api/ are JSON like every other API error."""
     if under_api(request):
-        return error("forbidden", f"CSRF check failed: {reason}", 403)
+        return error("forbidden", _("CSRF check failed: %(reason)s") % {"reason": reason}, 403)
     from django.views.csrf import csrf_failure as default
 
     return default(request, reason)
@@ -523,7 +530,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     """Django's 404 (an unknown /api/ path, a path converter that did not match) as JSON under
     /api/; the pages keep Django's page."""
     if under_api(request):
-        return error("not_found", "There is no such endpoint.", 404)
+        return error("not_found", _("There is no such endpoint."), 404)
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)  # type: ignore[arg-type]
@@ -532,7 +539,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 def server_error(request: HttpRequest) -> HttpResponse:
     """An uncaught exception (already logged by Django with its traceback) as JSON under /api/."""
     if under_api(request):
-        return error("server_error", "Something went wrong on our side.", 500)
+        return error("server_error", _("Something went wrong on our side."), 500)
     from django.views.defaults import server_error as default
 
     return default(request)

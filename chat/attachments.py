@@ -38,6 +38,7 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import get_valid_filename
+from django.utils.translation import gettext as _
 
 from chat import access
 from chat.conf import settings
@@ -89,12 +90,12 @@ def direct_upload() -> bool:
 
 def clean_name(name: Any) -> str:
     if not isinstance(name, str):
-        raise ChatError("bad_request", "`name` must be the file's name.")
+        raise ChatError("bad_request", _("`name` must be the file's name."))
     # Only the last path component, printable, and short enough for the column and the key.
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
     if not name or name in (".", ".."):
-        raise ChatError("bad_request", "`name` must be the file's name.")
+        raise ChatError("bad_request", _("`name` must be the file's name."))
     if len(name) > 255:
         stem, dot, ext = name.rpartition(".")
         name = (stem[: 254 - len(ext)] + dot + ext) if dot and len(ext) < 16 else name[:255]
@@ -113,21 +114,25 @@ def storage_name(name: str) -> str:
 
 def clean_size(size: Any) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ChatError("bad_request", "`size` must be the file's size in bytes.")
+        raise ChatError("bad_request", _("`size` must be the file's size in bytes."))
     limit = settings.CHAT_ATTACHMENT_MAX_SIZE
     if size > limit:
-        raise ChatError("too_large", f"A file is at most {human_size(limit)}.")
+        raise ChatError(
+            "too_large", _("A file is at most %(limit)s.") % {"limit": human_size(limit)}
+        )
     return size
 
 
 def clean_type(content_type: Any) -> str:
     if not isinstance(content_type, str) or not content_type:
-        raise ChatError("bad_request", "`content_type` must be the file's type.")
+        raise ChatError("bad_request", _("`content_type` must be the file's type."))
     content_type = content_type.split(";", 1)[0].strip().lower()
     if content_type not in settings.CHAT_ATTACHMENT_TYPES:
         allowed = ", ".join(settings.CHAT_ATTACHMENT_TYPES)
         raise ChatError(
-            "bad_request", f"Files of type {content_type[:60]!r} are not allowed: {allowed}."
+            "bad_request",
+            _("Files of type %(type)r are not allowed: %(allowed)s.")
+            % {"type": content_type[:60], "allowed": allowed},
         )
     return content_type
 
@@ -140,7 +145,7 @@ def clean_id(value: Any) -> uuid.UUID:
             return uuid.UUID(value)
     except ValueError:
         pass
-    raise ChatError("bad_request", "`attachment` must be an attachment id.")
+    raise ChatError("bad_request", _("`attachment` must be an attachment id."))
 
 
 def human_size(size: int) -> str:
@@ -175,8 +180,8 @@ def start_upload(user: Any, room: Room, name: Any, size: Any, content_type: Any)
         if used + size > quota:
             raise ChatError(
                 "too_large",
-                f"You may upload {human_size(quota)} a day; "
-                f"{human_size(max(quota - used, 0))} are left.",
+                _("You may upload %(quota)s a day; %(left)s are left.")
+                % {"quota": human_size(quota), "left": human_size(max(quota - used, 0))},
             )
         return Attachment.objects.create(
             id=pk,
@@ -217,7 +222,7 @@ def _pending(user: Any, pk: Any) -> Attachment:
         .first()
     )
     if attachment is None:
-        raise ChatError("not_found", "There is no such upload.")
+        raise ChatError("not_found", _("There is no such upload."))
     return attachment
 
 
@@ -227,19 +232,23 @@ def _pending(user: Any, pk: Any) -> Attachment:
 def receive(user: Any, pk: Any, upload: Any) -> Attachment:
     """Store the bytes of a pending upload (file-system storage only)."""
     if direct_upload():
-        raise ChatError("bad_request", "Send the file to the `upload` address of its declaration.")
+        raise ChatError(
+            "bad_request", _("Send the file to the `upload` address of its declaration.")
+        )
     attachment = _pending(user, pk)
     if attachment.status != Attachment.PENDING:
-        raise ChatError("bad_request", "This upload is already complete.")
+        raise ChatError("bad_request", _("This upload is already complete."))
     if upload is None:
-        raise ChatError("bad_request", "Send the file as the multipart field `file`.")
+        raise ChatError("bad_request", _("Send the file as the multipart field `file`."))
     if upload.size != attachment.size:
         discard(attachment)
         raise ChatError(
-            "bad_request", f"The file has {upload.size} bytes, not the {attachment.size} declared."
+            "bad_request",
+            _("The file has %(size)s bytes, not the %(declared)s declared.")
+            % {"size": upload.size, "declared": attachment.size},
         )
     if default_storage.exists(attachment.file.name):
-        raise ChatError("bad_request", "This upload already has its file.")
+        raise ChatError("bad_request", _("This upload already has its file."))
     stored = default_storage.save(attachment.file.name, upload)
     if stored != attachment.file.name:
         Attachment.objects.filter(pk=attachment.pk).update(file=stored)
@@ -257,12 +266,14 @@ def complete(user: Any, pk: Any) -> Attachment:
         return attachment  # a retried complete changes nothing
     key = attachment.file.name
     if not default_storage.exists(key):
-        raise ChatError("bad_request", "The file has not been uploaded yet.")
+        raise ChatError("bad_request", _("The file has not been uploaded yet."))
     try:
         size = default_storage.size(key)
         if size != attachment.size:  # the declared size was checked against the limit
             raise ChatError(
-                "bad_request", f"The file has {size} bytes, not the {attachment.size} declared."
+                "bad_request",
+                _("The file has %(size)s bytes, not the %(declared)s declared.")
+                % {"size": size, "declared": attachment.size},
             )
         # Images are opened whole (to verify and thumbnail them); other types only sniffed.
         whole = attachment.content_type in IMAGE_FORMATS
@@ -280,7 +291,9 @@ def complete(user: Any, pk: Any) -> Attachment:
 def _check_content(attachment: Attachment, data: bytes) -> None:
     """Refuse content that is not what its declared type says; thumbnail images."""
     declared = attachment.content_type
-    mismatch = ChatError("bad_request", f"The file's content is not {declared}.")
+    mismatch = ChatError(
+        "bad_request", _("The file's content is not %(type)s.") % {"type": declared}
+    )
     if declared in IMAGE_FORMATS:
         pil = _pillow()
         Image = pil.Image
@@ -290,8 +303,11 @@ def _check_content(attachment: Attachment, data: bytes) -> None:
             log.error("Pillow cannot read %s here: its %s codec is missing", declared, decoder)
             raise ChatError(
                 "bad_request",
-                f"This server cannot read {declared} images (its image library lacks the "
-                "codec); send the picture in another format.",
+                _(
+                    "This server cannot read %(type)s images (its image library lacks the "
+                    "codec); send the picture in another format."
+                )
+                % {"type": declared},
             )
         try:
             with warnings.catch_warnings():
@@ -351,7 +367,7 @@ def _thumbnail(attachment: Attachment, image: PIL.Image.Image) -> None:
         name = f"{attachment.file.name}.thumb{suffix}"
         attachment.thumbnail.name = default_storage.save(name, ContentFile(out.getvalue()))
         return
-    raise ChatError("bad_request", "This server cannot make a thumbnail of this image.")
+    raise ChatError("bad_request", _("This server cannot make a thumbnail of this image."))
 
 
 def _thumbnail_formats(mode: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -397,7 +413,7 @@ def for_message(user: Any, room: Room, pk: Any) -> Attachment:
         .first()
     )
     if attachment is None:
-        raise ChatError("bad_request", "There is no such attachment to send (upload it first).")
+        raise ChatError("bad_request", _("There is no such attachment to send (upload it first)."))
     return attachment
 
 
@@ -409,9 +425,9 @@ def for_download(user: Any, pk: Any) -> Attachment:
     try:
         key = clean_id(pk)
     except ChatError:
-        raise ChatError("not_found", "There is no such file.") from None
+        raise ChatError("not_found", _("There is no such file.")) from None
     attachment = Attachment.objects.select_related("room", "message").filter(pk=key).first()
-    missing = ChatError("not_found", "There is no such file.")
+    missing = ChatError("not_found", _("There is no such file."))
     if attachment is None or attachment.status != Attachment.READY:
         raise missing
     room = access.with_flags(user, attachment.room)  # the user's flags, read once

@@ -25,6 +25,7 @@ from typing import Any
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
 
 from chat.errors import ChatError
 
@@ -62,13 +63,15 @@ def _string(
     value: Any, field: str, max_length: int, refused: re.Pattern[str], why: str, required: bool
 ) -> str:
     if not isinstance(value, str):
-        raise _refuse(field, "must be a string.")
+        raise _refuse(field, _("must be a string."))
     if len(value) > max_length:
-        raise _refuse(field, f"is at most {max_length} characters.", "too_large")
+        raise _refuse(
+            field, _("is at most %(limit)s characters.") % {"limit": max_length}, "too_large"
+        )
     if refused.search(value):
         raise _refuse(field, why)
     if required and not value.strip():
-        raise _refuse(field, "cannot be empty.")
+        raise _refuse(field, _("cannot be empty."))
     return value
 
 
@@ -83,7 +86,7 @@ def clean_text(
     """Free text that may span lines (a message body, a reason): a str of at most `max_length`
     characters with no NUL and no lone surrogate. `required` refuses text that is empty or only
     whitespace; `strip` returns it without surrounding whitespace (the limit applies before)."""
-    why = "cannot contain NUL or unpaired surrogate characters."
+    why = _("cannot contain NUL or unpaired surrogate characters.")
     value = _string(value, field, max_length, _FORBIDDEN, why, required)
     return value.strip() if strip else value
 
@@ -102,7 +105,7 @@ def clean_line(value: Any, field: str, *, max_length: int, required: bool = True
     """A short single line (a room title): stripped, at most `max_length` characters, and no
     control character at all (tabs and newlines included): it is shown in headers, lists and the
     admin, where a line break or an escape sequence would only deceive."""
-    why = "must be one line without control characters."
+    why = _("must be one line without control characters.")
     return _string(value, field, max_length, _CONTROL, why, required).strip()
 
 
@@ -114,11 +117,19 @@ def clean_identifier(value: Any, field: str, *, max_length: int) -> str:
     `max_length` characters with no control characters. Too long is refused, never cut: a cut
     name is another name."""
     if not isinstance(value, str) or not value:
-        raise _refuse(field, f"must be a non-empty string of at most {max_length} characters.")
+        raise _refuse(
+            field,
+            _("must be a non-empty string of at most %(limit)s characters.")
+            % {"limit": max_length},
+        )
     if len(value) > max_length:
-        raise _refuse(field, f"must be a non-empty string of at most {max_length} characters.")
+        raise _refuse(
+            field,
+            _("must be a non-empty string of at most %(limit)s characters.")
+            % {"limit": max_length},
+        )
     if _CONTROL.search(value):
-        raise _refuse(field, "cannot contain control or unpaired surrogate characters.")
+        raise _refuse(field, _("cannot contain control or unpaired surrogate characters."))
     return value
 
 
@@ -133,11 +144,11 @@ def clean_slug(value: Any, field: str = "room") -> str:
     """The slug of a room to look up. A string that cannot be a room's slug (too long, other
     characters) is `not_found`, like a room that does not exist, and is never cut to fit."""
     if not isinstance(value, str) or not value:
-        raise _refuse(field, "must be a room slug.")
+        raise _refuse(field, _("must be a room slug."))
     if _CONTROL.search(value):
-        raise _refuse(field, "cannot contain control or unpaired surrogate characters.")
+        raise _refuse(field, _("cannot contain control or unpaired surrogate characters."))
     if len(value) > SLUG_MAX or not _ROOM_SLUG.fullmatch(value):
-        raise ChatError("not_found", "There is no such room.")
+        raise ChatError("not_found", _("There is no such room."))
     return value
 
 
@@ -152,21 +163,23 @@ def clean_new_slug(value: Any, field: str = "slug") -> str:
     if not isinstance(value, str) or len(value) > SLUG_MAX or not _ROOM_SLUG.fullmatch(value):
         raise _refuse(
             field,
-            "is 1–50 lowercase letters, digits and dashes, not starting or ending with a dash.",
+            _("is 1–50 lowercase letters, digits and dashes, not starting or ending with a dash."),
         )
     if value in RESERVED_SLUGS:
-        raise _refuse(field, f"cannot be {value!r}: that name is taken by the site.")
+        raise _refuse(
+            field, _("cannot be %(name)r: that name is taken by the site.") % {"name": value}
+        )
     return value
 
 
 def clean_username(value: Any, field: str = "user") -> str:
     """A username to look up; one too long to exist is `not_found`."""
     if not isinstance(value, str) or not value:
-        raise _refuse(field, "must be a username.")
+        raise _refuse(field, _("must be a username."))
     if _CONTROL.search(value):
-        raise _refuse(field, "cannot contain control or unpaired surrogate characters.")
+        raise _refuse(field, _("cannot contain control or unpaired surrogate characters."))
     if len(value) > USERNAME_MAX:
-        raise ChatError("not_found", "There is no such user.")
+        raise ChatError("not_found", _("There is no such user."))
     return value
 
 
@@ -188,7 +201,7 @@ def clean_int(value: Any, field: str, *, lo: int, hi: int) -> int:
     ):
         number = int(value)
     if number is None or not lo <= number <= hi:
-        raise _refuse(field, f"must be an integer from {lo} to {hi}.")
+        raise _refuse(field, _("must be an integer from %(lo)s to %(hi)s.") % {"lo": lo, "hi": hi})
     return number
 
 
@@ -222,7 +235,7 @@ def clean_seconds(value: Any, field: str, *, cap: float, default: float) -> floa
     elif isinstance(value, str) and _DECIMAL.fullmatch(value):
         seconds = float(value)
     if seconds is None or not 0 <= seconds <= 3600:
-        raise _refuse(field, "must be a number of seconds from 0 to 3600.")
+        raise _refuse(field, _("must be a number of seconds from 0 to 3600."))
     return min(seconds, float(cap))
 
 
@@ -238,14 +251,14 @@ def clean_until(value: Any, field: str = "until") -> datetime | None:
     if isinstance(value, datetime):
         parsed: datetime | None = value  # from the admin's form or the code itself
     elif not isinstance(value, str) or len(value) > 64 or not _ISO_TIME.fullmatch(value):
-        raise _refuse(field, "must be an ISO 8601 date and time.")
+        raise _refuse(field, _("must be an ISO 8601 date and time."))
     else:
         try:
             parsed = parse_datetime(value)
         except ValueError:  # a month 13, an offset of 99 hours
             parsed = None
     if parsed is None:
-        raise _refuse(field, "must be an ISO 8601 date and time.")
+        raise _refuse(field, _("must be an ISO 8601 date and time."))
     if timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed)
     try:
@@ -253,9 +266,9 @@ def clean_until(value: Any, field: str = "until") -> datetime | None:
     except (OverflowError, ValueError):
         in_utc = MAX_UNTIL
     if in_utc >= MAX_UNTIL:
-        raise _refuse(field, "is too far in the future.")
+        raise _refuse(field, _("is too far in the future."))
     if in_utc <= timezone.now():
-        raise _refuse(field, "must be in the future.")
+        raise _refuse(field, _("must be in the future."))
     return parsed
 
 
@@ -273,5 +286,5 @@ def clean_bool(value: Any, field: str, default: bool | None = None) -> bool:
     if value is None and default is not None:
         return default
     if not isinstance(value, bool):
-        raise _refuse(field, "must be true or false.")
+        raise _refuse(field, _("must be true or false."))
     return value

@@ -18,12 +18,13 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
+from django.utils import translation
 
 from chat import events, metrics, presence, protocol, reads
 from chat.accesslog import ConnectionLine, header, pick_request_id, set_request_id
 from chat.conf import settings
 from chat.cursor import Cursors, Verdict
-from chat.errors import ChatError
+from chat.errors import ChatError, language_from_headers
 from chat.fanout import encode
 from chat.hub import get_hub
 from chat.models import Room
@@ -76,6 +77,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # says how it ended.
         set_request_id(pick_request_id(header(self.scope, b"x-request-id")))
         self.line = ConnectionLine("websocket")
+        # The handshake's Accept-Language, for the details of this socket's refusals: set in this
+        # task's context, it holds for every frame after, and the worker threads inherit it.
+        self.language = language_from_headers(self.scope.get("headers", []))
+        translation.activate(self.language)
         parsed = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         query = {key: values[-1] for key, values in parsed.items()}
         browser = any(name == b"origin" for name, _ in self.scope.get("headers", []))

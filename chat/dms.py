@@ -18,6 +18,7 @@ import secrets
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils.translation import gettext as _
 
 from chat import access, cleaning
 from chat.conf import settings
@@ -32,14 +33,20 @@ def _key(user_ids: list[Any]) -> str:
 def _people(user: Any, usernames: Any) -> list[Any]:
     limit = settings.CHAT_DM_MAX_OTHERS
     if not isinstance(usernames, list) or not usernames:
-        raise ChatError("bad_request", "`users` must be a list of usernames.")
+        raise ChatError("bad_request", _("`users` must be a list of usernames."))
     if len(usernames) > limit + 1:
-        raise ChatError("bad_request", f"A conversation has at most {limit} other people.")
+        raise ChatError(
+            "bad_request",
+            _("A conversation has at most %(limit)s other people.") % {"limit": limit},
+        )
     names = list(dict.fromkeys(cleaning.clean_username(name, "users") for name in usernames))
     me = user.get_username()
     others = [name for name in names if name != me]
     if len(others) > limit:
-        raise ChatError("bad_request", f"A conversation has at most {limit} other people.")
+        raise ChatError(
+            "bad_request",
+            _("A conversation has at most %(limit)s other people.") % {"limit": limit},
+        )
     # A conversation with oneself (notes to self) is allowed, as in most chats.
     return [access.find_user(name) for name in others]
 
@@ -49,12 +56,12 @@ def open_dm(user: Any, usernames: Any) -> tuple[Room, bool]:
     Unknown or deactivated usernames are `not_found` (the same answer for both); a 1:1 with
     someone who blocked the user is `forbidden`."""
     if not user.is_authenticated:
-        raise ChatError("unauthorized", "Log in first.")
+        raise ChatError("unauthorized", _("Log in first."))
     others = _people(user, usernames)
     if any(not other.is_active for other in others):
-        raise ChatError("not_found", "There is no such user.")
+        raise ChatError("not_found", _("There is no such user."))
     if len(others) == 1 and Block.objects.filter(blocker=others[0], blocked=user).exists():
-        raise ChatError("forbidden", "You cannot message this person.")
+        raise ChatError("forbidden", _("You cannot message this person."))
     members = [user, *others]
     key = _key([member.pk for member in members])
     existing = Room.objects.filter(dm_key=key).first()
@@ -86,10 +93,10 @@ def block(user: Any, username: Any) -> bool:
     `not_found`, as in open_dm: the answer must not tell it from a name nobody has."""
     other = access.find_user(username)
     if not other.is_active:
-        raise ChatError("not_found", "There is no such user.")
+        raise ChatError("not_found", _("There is no such user."))
     if other.pk == user.pk:
-        raise ChatError("bad_request", "You cannot block yourself.")
-    _, created = Block.objects.get_or_create(blocker=user, blocked=other)
+        raise ChatError("bad_request", _("You cannot block yourself."))
+    _row, created = Block.objects.get_or_create(blocker=user, blocked=other)
     return created
 
 
@@ -97,9 +104,9 @@ def unblock(user: Any, username: Any) -> None:
     """Lift a block. A deactivated account the user never blocked is `not_found` (as in block());
     one they did block can still be lifted, since they already know the name."""
     other = access.find_user(username)
-    deleted, _ = Block.objects.filter(blocker=user, blocked=other).delete()
+    deleted, _count = Block.objects.filter(blocker=user, blocked=other).delete()
     if not deleted and not other.is_active:
-        raise ChatError("not_found", "There is no such user.")
+        raise ChatError("not_found", _("There is no such user."))
 
 
 def blocked(user: Any) -> list[str]:

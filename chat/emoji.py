@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.translation import gettext as _
+
 from chat.errors import ChatError
 
 # Common reactions first (the picker shows them in this order).
@@ -27,9 +29,11 @@ def clean_emoji(value: Any, name: str = "emoji") -> str:
     """One of REACTIONS. An emoji sent without its variation selector ("❤" for "❤️") is the same
     reaction, so that two clients never show one reaction twice."""
     if not isinstance(value, str) or not value:
-        raise ChatError("bad_request", f"`{name}` must be an emoji.")
+        raise ChatError("bad_request", _("`%(name)s` must be an emoji.") % {"name": name})
     if value in ALLOWED:
         return value
     if len(value) <= 2 and value + "\ufe0f" in ALLOWED:
         return value + "\ufe0f"
-    raise ChatError("bad_request", f"`{name}` must be one of the reaction emoji.")
+    raise ChatError(
+        "bad_request", _("`%(name)s` must be one of the reaction emoji.") % {"name": name}
+    )

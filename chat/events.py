@@ -6,6 +6,8 @@ spells an event by hand.
 
 from typing import Any
 
+from django.utils.translation import gettext_noop
+
 Event = dict[str, Any]
 
 
@@ -100,8 +102,10 @@ def error(
 
 
 # Told to connections that moderation removes, on every transport (the detail is what people read).
-BANNED = "You are banned."
-NO_ACCESS = "You no longer have access to this room."
+# Marked for the catalogs only: a fanned-out event is built once for every reader, so it stays in
+# the default language; a refusal raised for one request translates it (protocol.py).
+BANNED = gettext_noop("You are banned.")
+NO_ACCESS = gettext_noop("You no longer have access to this room.")
 
 
 def banned(room: str | None = None) -> Event:

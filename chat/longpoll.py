@@ -27,11 +27,13 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.http import AsyncHttpConsumer
 from django.db import connection as db_connection
+from django.utils import translation
+from django.utils.translation import gettext as _
 
 from chat import access, cleaning, events, metrics, presence, reads
 from chat.conf import settings
 from chat.cursor import Cursors, Verdict
-from chat.errors import ChatError
+from chat.errors import ChatError, language_from_headers
 from chat.fanout import notify_channel, user_channel
 from chat.hub import get_hub
 from chat.models import Room
@@ -228,9 +230,9 @@ WAITS = {"hub": wait_hub, "database": wait_database}
 
 def _poll_args(user: Any, after_raw: Any, timeout_raw: Any) -> tuple[int, float]:
     if not user.is_authenticated:
-        raise ChatError("unauthorized", "Log in first.")
+        raise ChatError("unauthorized", _("Log in first."))
     if after_raw is None:
-        raise ChatError("bad_request", "Send `after`, the last seq you have.")
+        raise ChatError("bad_request", _("Send `after`, the last seq you have."))
     after = cleaning.clean_cursor(after_raw, "after")
     cap = float(settings.CHAT_POLL_MAX_TIMEOUT)
     return after, cleaning.clean_seconds(timeout_raw, "timeout", cap=cap, default=cap)
@@ -285,8 +287,13 @@ class PollConsumer(AsyncHttpConsumer):
         )
 
     async def _answer(self) -> tuple[int, dict[str, Any]]:
+        # No LocaleMiddleware on this route: the details follow Accept-Language all the same.
+        with translation.override(language_from_headers(self.scope.get("headers", []))):
+            return await self._answer_in_language()
+
+    async def _answer_in_language(self) -> tuple[int, dict[str, Any]]:
         if self.scope["method"] != "GET":
-            return 405, {"error": "method_not_allowed", "detail": "Use GET."}
+            return 405, {"error": "method_not_allowed", "detail": _("Use GET.")}
         # Undecodable bytes become U+FFFD, which no cursor or number accepts.
         raw = self.scope["query_string"].decode("utf-8", "replace")
         query = {k: v[-1] for k, v in parse_qs(raw).items()}
@@ -301,4 +308,4 @@ class PollConsumer(AsyncHttpConsumer):
         except Exception:
             # Never Channels' plain-text 500: the client reads JSON and retries with its cursor.
             log.exception("long-poll failed")
-            return 500, {"error": "server_error", "detail": "Something went wrong on our side."}
+            return 500, {"error": "server_error", "detail": _("Something went wrong on our side.")}

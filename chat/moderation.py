@@ -17,6 +17,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
+from django.utils.translation import gettext as _
 
 from chat import cleaning, events, fanout
 from chat.access import can_manage, is_room_moderator, require, restriction
@@ -126,7 +127,7 @@ def moderate_room(actor: Any, room: Room, changes: dict[str, Any], reason: Any =
     for name, value in changes.items():
         kind = ROOM_FIELDS.get(name)
         if kind is None or type(value) is not kind:
-            raise ChatError("bad_request", f"`{name}` cannot be set that way.")
+            raise ChatError("bad_request", _("`%(name)s` cannot be set that way.") % {"name": name})
         fields[name] = value
     if "title" in fields:
         fields["title"] = cleaning.clean_line(fields["title"], "title", max_length=100)
@@ -139,7 +140,7 @@ def moderate_room(actor: Any, room: Room, changes: dict[str, Any], reason: Any =
             strip=True,
         )
     if "rate_limit" in fields and not 0 <= fields["rate_limit"] <= 10_000:
-        raise ChatError("bad_request", "`rate_limit` is 0 (none) to 10,000 messages a minute.")
+        raise ChatError("bad_request", _("`rate_limit` is 0 (none) to 10,000 messages a minute."))
     fields = {k: v for k, v in fields.items() if getattr(room, k) != v}
     if not fields:
         return room
@@ -178,12 +179,12 @@ def restrict(
     """Ban or mute a user in a room, or site-wide with room=None (site staff only). A ban closes
     the user's open connections on every transport once committed."""
     if kind not in (Restriction.BAN, Restriction.MUTE):
-        raise ChatError("bad_request", "`kind` is ban or mute.")
+        raise ChatError("bad_request", _("`kind` is ban or mute."))
     require(actor, room, "add_restriction")
     if user.pk == actor.pk:
-        raise ChatError("bad_request", "You cannot restrict yourself.")
+        raise ChatError("bad_request", _("You cannot restrict yourself."))
     if user.is_superuser or (room is not None and is_room_moderator(user, room)):
-        raise ChatError("forbidden", "Moderators cannot be restricted in their own rooms.")
+        raise ChatError("forbidden", _("Moderators cannot be restricted in their own rooms."))
     reason, until = _reason(reason), cleaning.clean_until(until, "until")
     with transaction.atomic():
         row = Restriction.objects.create(
@@ -253,11 +254,11 @@ def report_message(user: Any, room: Room, message_id: Any, reason: Any) -> Repor
     """Report a message to the moderators; reporting it again changes nothing."""
     reason = _reason(reason)
     if not reason:
-        raise ChatError("bad_request", "Say why you report it (`reason`).")
+        raise ChatError("bad_request", _("Say why you report it (`reason`)."))
     if restriction(user, room) == Restriction.BAN:
-        raise ChatError("forbidden", "You are banned from this room.")
+        raise ChatError("forbidden", _("You are banned from this room."))
     message = room_message(room, message_id)
-    report, _ = Report.objects.get_or_create(
+    report, _created = Report.objects.get_or_create(
         message=message, reporter=user, defaults={"reason": reason}
     )
     return report

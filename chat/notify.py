@@ -44,6 +44,7 @@ from django.contrib.auth import get_user_model
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
+from django.utils.translation import gettext as _
 
 from chat import access, fanout, presence, reads
 from chat.conf import settings
@@ -93,7 +94,9 @@ def find_mentions(author: Any, room: Room, body: str) -> Mentions:
     found = Mentions()
     if ROOM_WIDE in candidates:
         if not room.is_dm and not access.is_moderator(author, room):
-            raise ChatError("forbidden", "Only this room's moderators may notify everyone (@room).")
+            raise ChatError(
+                "forbidden", _("Only this room's moderators may notify everyone (@room).")
+            )
         found.room_wide = True
     users = get_user_model()
     name_field = users.USERNAME_FIELD
@@ -378,15 +381,15 @@ def after_read(membership: Membership, old_read: int, new_read: int) -> None:
 
 def set_level(user: Any, room: Room, level: Any) -> str:
     """The user's notification level in the room: `all`, `mentions` or `none`."""
-    choices = {value for value, _ in Membership.LEVELS}
+    choices = {value for value, _label in Membership.LEVELS}
     if not isinstance(level, str) or level not in choices:
-        raise ChatError("bad_request", "`level` must be one of: all, mentions, none.")
+        raise ChatError("bad_request", _("`level` must be one of: all, mentions, none."))
     if room.private:
         membership = Membership.objects.filter(room=room, user=user).first()
         if membership is None:  # a moderator reading a private room is not in it
-            raise ChatError("forbidden", "Only members choose what this room notifies.")
+            raise ChatError("forbidden", _("Only members choose what this room notifies."))
     else:
-        membership, _ = Membership.objects.get_or_create(
+        membership, _created = Membership.objects.get_or_create(
             room=room, user=user, defaults={"read_seq": room.seq}
         )
     Membership.objects.filter(pk=membership.pk).update(notify_level=level)

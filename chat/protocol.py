@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from channels.security.websocket import OriginValidator
 from django.db import DatabaseError
+from django.utils.translation import gettext as _
 
 from chat import (
     access,
@@ -115,9 +116,9 @@ def authenticate(token: str | None, session_user: Any = None) -> Any:
     elif session_user is not None and session_user.is_authenticated and session_user.is_active:
         user = session_user
     if user is None:
-        raise ChatError("unauthorized", "A valid ?token= is required.")
+        raise ChatError("unauthorized", _("A valid ?token= is required."))
     if access.site_banned(user):  # moderation: a banned user cannot reconnect
-        raise ChatError("forbidden", events.BANNED)
+        raise ChatError("forbidden", _(events.BANNED))
     return user
 
 
@@ -170,21 +171,27 @@ def parse(text: str | None, binary: bytes | None = None) -> Frame:
     if text is None:
         size = len(binary or b"")
         if size > settings.CHAT_MAX_FRAME:
-            raise ChatError("too_large", f"Frames are at most {settings.CHAT_MAX_FRAME} bytes.")
-        raise ChatError("bad_request", "Send JSON text frames; binary frames are not accepted.")
+            raise ChatError(
+                "too_large",
+                _("Frames are at most %(limit)s bytes.") % {"limit": settings.CHAT_MAX_FRAME},
+            )
+        raise ChatError("bad_request", _("Send JSON text frames; binary frames are not accepted."))
     if len(text) > settings.CHAT_MAX_FRAME or len(text.encode()) > settings.CHAT_MAX_FRAME:
-        raise ChatError("too_large", f"Frames are at most {settings.CHAT_MAX_FRAME} bytes.")
+        raise ChatError(
+            "too_large",
+            _("Frames are at most %(limit)s bytes.") % {"limit": settings.CHAT_MAX_FRAME},
+        )
     try:
         frame = json.loads(text)
     except (ValueError, RecursionError):
-        raise ChatError("bad_request", "A frame must be a JSON object.") from None
+        raise ChatError("bad_request", _("A frame must be a JSON object.")) from None
     if not isinstance(frame, dict):
-        raise ChatError("bad_request", "A frame must be a JSON object.")
+        raise ChatError("bad_request", _("A frame must be a JSON object."))
     action = frame.get("action")
     if not isinstance(action, str) or not action:
-        raise ChatError("bad_request", "A frame needs an `action`.")
+        raise ChatError("bad_request", _("A frame needs an `action`."))
     if action not in ACTIONS:
-        raise ChatError("unknown_action", f"Unknown action {action[:40]!r}.")
+        raise ChatError("unknown_action", _("Unknown action %(action)r.") % {"action": action[:40]})
     return frame
 
 
@@ -193,7 +200,7 @@ def _room(conn: Connection, frame: Frame, *, default: bool = False) -> Room:
     if slug is None and default:
         slug = conn.default_room
     if slug is None:
-        raise ChatError("bad_request", "Name the `room`.")
+        raise ChatError("bad_request", _("Name the `room`."))
     return access.get_room(conn.user, slug)
 
 
@@ -203,7 +210,7 @@ def _body(frame: Frame, optional: bool = False) -> Any:
             return frame[name]
     if optional:
         return None
-    raise ChatError("bad_request", "A message needs a `body`.")
+    raise ChatError("bad_request", _("A message needs a `body`."))
 
 
 # --- actions ---
@@ -325,7 +332,7 @@ def resume_user(conn: Connection, frame: Frame) -> list[Event]:
     Live events of the stream reach every connection of the user without this; it fills what a
     connection missed while it was away."""
     if "after" not in frame:
-        raise ChatError("bad_request", "Send `after`, the last user_seq you have.")
+        raise ChatError("bad_request", _("Send `after`, the last user_seq you have."))
     after = cleaning.clean_cursor(frame["after"], "after")
     caught = reads.user_catch_up(conn.user, after)
     if caught.resync:
@@ -380,7 +387,9 @@ def admit(
     wait = conn.bucket.take()
     if wait:
         metrics.RATE_LIMITED.labels("frames").inc()
-        return None, _error(ChatError("rate_limited", "Too many frames; slow down.", wait), frame)
+        return None, _error(
+            ChatError("rate_limited", _("Too many frames; slow down."), wait), frame
+        )
     return frame, refused
 
 
@@ -395,12 +404,12 @@ def execute(conn: Connection, frame: Frame) -> list[Event]:
         return [database_error(frame)]
     except Exception:
         log.exception("unexpected error in %s", frame["action"])
-        return [_error(ChatError("server_error", "Something went wrong on our side."), frame)]
+        return [_error(ChatError("server_error", _("Something went wrong on our side.")), frame)]
 
 
 def database_error(frame: Frame | None) -> Event:
     """Nothing was stored or acknowledged: the client retries, with the same client_id."""
-    return _error(ChatError("server_error", "Try again: the server could not store it."), frame)
+    return _error(ChatError("server_error", _("Try again: the server could not store it.")), frame)
 
 
 def frame_of(text: Any) -> Frame | None:

@@ -13,6 +13,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
+from django.utils.translation import gettext as _
 
 from chat import events, metrics
 from chat.conf import settings
@@ -50,7 +51,11 @@ def catch_up(room: Room, after: int, room_seq: int | None = None) -> CatchUp:
     if room_seq is None:
         room_seq = Room.objects.values_list("seq", flat=True).get(pk=room.pk)
     if after > room_seq:
-        raise ChatError("bad_request", f"The cursor {after} is ahead of the room ({room_seq}).")
+        raise ChatError(
+            "bad_request",
+            _("The cursor %(after)s is ahead of the room (%(seq)s).")
+            % {"after": after, "seq": room_seq},
+        )
     if room_seq - after > settings.CHAT_RESUME_LIMIT:
         metrics.RESYNCS.inc()
         return CatchUp(room_seq, resync=True)
@@ -78,7 +83,11 @@ def around(room: Room, seq: int, limit: int) -> dict[str, Any]:
     `older` and `newer` are positions (posted seqs) to page on with `before=` and
     `newer_than=`: exact, so the pages neither overlap nor leave a hole."""
     if seq > room.seq:
-        raise ChatError("bad_request", f"`around` {seq} is ahead of the room ({room.seq}).")
+        raise ChatError(
+            "bad_request",
+            _("`around` %(seq)s is ahead of the room (%(room_seq)s).")
+            % {"seq": seq, "room_seq": room.seq},
+        )
     found = (
         Message.objects.for_room(room)
         .filter(Q(seq=seq) | Q(posted_seq=seq))
@@ -255,7 +264,11 @@ def user_catch_up(user: Any, after: int) -> CatchUp:
     behind (CHAT_RESUME_LIMIT events). A cursor ahead of the stream is refused."""
     seq = user_seq(user)
     if after > seq:
-        raise ChatError("bad_request", f"The cursor {after} is ahead of the stream ({seq}).")
+        raise ChatError(
+            "bad_request",
+            _("The cursor %(after)s is ahead of the stream (%(seq)s).")
+            % {"after": after, "seq": seq},
+        )
     if seq - after > settings.CHAT_RESUME_LIMIT:
         metrics.RESYNCS.inc()
         return CatchUp(seq, resync=True)

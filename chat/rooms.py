@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
+from django.utils.translation import gettext as _
 
 from chat import access, cleaning, fanout, notify
 from chat.errors import ChatError
@@ -82,10 +83,10 @@ def join(user: Any, room: Room) -> bool:
     who may read it (its moderators, site staff): `forbidden`, nothing stored."""
     if room.is_dm or room.private:
         raise ChatError(
-            "forbidden", "This room is private: its owner or a moderator can invite you."
+            "forbidden", _("This room is private: its owner or a moderator can invite you.")
         )
     with transaction.atomic():
-        _, created = Membership.objects.get_or_create(
+        _row, created = Membership.objects.get_or_create(
             room=room, user=user, defaults={"read_seq": room.seq}
         )
         if created:
@@ -102,16 +103,16 @@ def leave(user: Any, room: Room) -> bool:
     if room.is_dm:
         raise ChatError(
             "bad_request",
-            "A direct-message conversation cannot be left; set its notifications to nothing.",
+            _("A direct-message conversation cannot be left; set its notifications to nothing."),
         )
     if room.private and access.is_owner(user, room):
-        raise ChatError("bad_request", "You own this private room, so you cannot leave it.")
+        raise ChatError("bad_request", _("You own this private room, so you cannot leave it."))
     return _drop(None, user, room)
 
 
 def _drop(actor: Any, user: Any, room: Room) -> bool:
     with transaction.atomic():
-        gone, _ = Membership.objects.filter(room=room, user=user).delete()
+        gone, _count = Membership.objects.filter(room=room, user=user).delete()
         if not gone:
             return False
         _event(user.pk, UserEvent.LEFT, room, removed=actor is not None)
@@ -128,12 +129,14 @@ def _drop(actor: Any, user: Any, room: Room) -> bool:
 
 def _managed_private(actor: Any, room: Room, what: str) -> None:
     if room.is_dm:
-        raise ChatError("bad_request", "Nobody is added to or removed from a DM.")
+        raise ChatError("bad_request", _("Nobody is added to or removed from a DM."))
     if not access.can_manage(actor, room):
-        raise ChatError("forbidden", "Only this room's owner and moderators may do that.")
+        raise ChatError("forbidden", _("Only this room's owner and moderators may do that."))
     if not room.private:
         raise ChatError(
-            "bad_request", f"Anyone can join or leave a public room: {what} is for private rooms."
+            "bad_request",
+            _("Anyone can join or leave a public room: %(what)s is for private rooms.")
+            % {"what": what},
         )
 
 
@@ -141,7 +144,7 @@ def _person(value: Any) -> Any:
     """An active user by username; a deactivated account is `not_found`, as nobody."""
     person = access.find_user(value)
     if not person.is_active:
-        raise ChatError("not_found", "There is no such user.")
+        raise ChatError("not_found", _("There is no such user."))
     return person
 
 
@@ -149,13 +152,13 @@ def invite(actor: Any, room: Room, username: Any) -> tuple[Any, bool]:
     """Add someone to a private room (True: newly): an `invite` on their stream puts the room in
     their rooms list. Inviting a member again changes nothing; someone banned from the room is
     refused."""
-    _managed_private(actor, room, "inviting")
+    _managed_private(actor, room, _("inviting"))
     person = _person(username)
     banned = Restriction.objects.applying_to(person, room).filter(kind=Restriction.BAN)
     if banned.exists():
-        raise ChatError("forbidden", "This person is banned from this room.")
+        raise ChatError("forbidden", _("This person is banned from this room."))
     with transaction.atomic():
-        _, created = Membership.objects.get_or_create(
+        _row, created = Membership.objects.get_or_create(
             room=room, user=person, defaults={"read_seq": room.seq}
         )
         if created:
@@ -169,8 +172,8 @@ def remove(actor: Any, room: Room, username: Any) -> bool:
     `left` event says `removed` (a page open on the room says why rather than moving on), and
     their live connections stop receiving it. The owner cannot be removed. Removing oneself is
     leaving (no `removed`)."""
-    _managed_private(actor, room, "removing")
+    _managed_private(actor, room, _("removing"))
     person = _person(username)
     if access.is_owner(person, room):
-        raise ChatError("forbidden", "The room's owner cannot be removed.")
+        raise ChatError("forbidden", _("The room's owner cannot be removed."))
     return _drop(None if person.pk == actor.pk else actor, person, room)

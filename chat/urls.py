@@ -10,6 +10,7 @@ root should include it before `admin.site.urls`, which would otherwise answer th
 """
 
 from django.urls import path
+from django.views.i18n import JavaScriptCatalog
 
 from chat import admin, api, views
 
@@ -18,6 +19,8 @@ app_name = "chat"
 urlpatterns = [
     path("", views.index, name="index"),
     path("signup/", views.signup, name="signup"),
+    # The scripts' strings in the request's language (chat/locale/*/djangojs.po), read by i18n.js.
+    path("jsi18n/", JavaScriptCatalog.as_view(packages=["chat"]), name="jsi18n"),
     path("rooms/directory/", views.directory, name="directory"),
     path("rooms/<slug:slug>/", views.room, name="room"),
     path("email/unsubscribe/<str:token>", views.email_unsubscribe, name="email-unsubscribe"),

@@ -2,6 +2,8 @@
 // that reads out messages from others as they arrive (the list itself is not live, or every
 // page of history loaded above would be read out too).
 
+import { _, interpolate } from "./i18n.js";
+
 // A fragment link moves the tab starting point but does not always focus the target; the
 // textarea should take typing at once.
 export function startSkipLinks() {
@@ -20,6 +22,6 @@ export function startSkipLinks() {
 export function announce(event) {
   const region = document.getElementById("announcer");
   if (!region || event.deleted) return;
-  const body = event.body || (event.attachment ? `sent ${event.attachment.name}` : "");
-  region.textContent = `${event.author}: ${body}`;
+  const body = event.body || (event.attachment ? interpolate(_("sent %(name)s"), { name: event.attachment.name }, true) : "");
+  region.textContent = interpolate(_("%(author)s: %(body)s"), { author: event.author, body }, true);
 }

@@ -4,6 +4,7 @@
 // for a redraw; the list draws the buttons and forms this module builds.
 
 import { button, el, refusal } from "./dom.js";
+import { _, interpolate } from "./i18n.js";
 import { replyTo } from "./reply.js";
 
 // setTimeout takes at most this (about 24 days); a longer edit window is checked again then.
@@ -29,11 +30,11 @@ export function ownActions(record) {
   const box = el("span", "own-actions");
   // The server decides (its clock, its window); the button only goes where it would say no.
   if (editTimeLeft(record.event) > 0 || record.editor) {
-    const edit = button("Edit", "link-button edit-button", "Edit your message", "edit");
+    const edit = button(_("Edit"), "link-button edit-button", _("Edit your message"), "edit");
     edit.addEventListener("click", () => openEditor(record));
     box.append(edit);
   }
-  const remove = button("Delete", "link-button delete-button", "Delete your message", "delete");
+  const remove = button(_("Delete"), "link-button delete-button", _("Delete your message"), "delete");
   remove.addEventListener("click", () => confirmDelete(record));
   box.append(remove);
   for (const node of box.children) node.disabled = ctx.isBlocked() || Boolean(record.change);
@@ -45,7 +46,8 @@ export function ownActions(record) {
 // one's own change is in flight, like Edit and Delete: the keyboard then waits on the message
 // and comes back to Edit (messages.js, keepFocus; change below).
 export function replyButton(record) {
-  const reply = button("Reply", "link-button reply-button", `Reply to ${record.event.author}`, "reply");
+  const label = interpolate(_("Reply to %(author)s"), { author: record.event.author }, true);
+  const reply = button(_("Reply"), "link-button reply-button", label, "reply");
   reply.disabled = Boolean(record.change);
   reply.addEventListener("click", () => replyTo(record.event));
   return reply;
@@ -67,7 +69,7 @@ export function reactionBar(record) {
     toggle.addEventListener("click", () => react(record, reaction.emoji));
     bar.append(toggle);
   }
-  const add = button("☺+", "reaction add-reaction", "Add a reaction", "react-add");
+  const add = button("☺+", "reaction add-reaction", _("Add a reaction"), "react-add");
   add.disabled = ctx.isBlocked();
   add.setAttribute("aria-expanded", String(record.picking));
   add.addEventListener("click", () => {
@@ -78,7 +80,7 @@ export function reactionBar(record) {
   if (record.picking) {
     const picker = el("span", "reaction-picker");
     for (const emoji of QUICK) {
-      const pick = button(emoji, "reaction-choice", `React with ${emoji}`, `pick-${emoji}`);
+      const pick = button(emoji, "reaction-choice", interpolate(_("React with %(emoji)s"), { emoji }, true), `pick-${emoji}`);
       pick.addEventListener("click", () => {
         record.picking = false;
         react(record, emoji);
@@ -96,7 +98,7 @@ async function react(record, emoji) {
     if (answer && answer.type === "message") ctx.settle(answer);
     record.note = null;
   } catch (err) {
-    record.note = changeNote(record, "No reaction", err || {});
+    record.note = changeNote(record, _("No reaction"), err || {});
   }
   ctx.redraw(record);
 }
@@ -131,14 +133,14 @@ function openEditor(record) {
   input.value = record.event.body;
   input.maxLength = ctx.maxBody;
   input.rows = 1;
-  input.setAttribute("aria-label", "Edited message");
-  const hint = el("span", "edit-hint", "Enter saves, Esc cancels");
+  input.setAttribute("aria-label", _("Edited message"));
+  const hint = el("span", "edit-hint", _("Enter saves, Esc cancels"));
   hint.id = `edit-hint-${record.id}`;
   input.setAttribute("aria-describedby", hint.id);
-  const save = el("button", "save", "Save");
+  const save = el("button", "save", _("Save"));
   save.type = "submit";
   save.dataset.go = "";
-  const cancel = button("Cancel", "link-button");
+  const cancel = button(_("Cancel"), "link-button");
   const status = el("p", "edit-status");
   status.setAttribute("role", "status");
   const actions = el("div", "edit-actions");
@@ -174,7 +176,7 @@ function openEditor(record) {
       return;
     }
     if (!body.trim()) {
-      status.textContent = "A message cannot be empty; delete it instead.";
+      status.textContent = _("A message cannot be empty; delete it instead.");
       return;
     }
     if (body.length > ctx.maxBody || ctx.isBlocked()) return;
@@ -199,12 +201,12 @@ function confirmDelete(record) {
   }
   const box = el("div", "confirm-delete");
   box.setAttribute("role", "group");
-  const question = el("span", null, "Delete this message for everyone?");
+  const question = el("span", null, _("Delete this message for everyone?"));
   question.id = `confirm-delete-${record.id}`;
   box.setAttribute("aria-labelledby", question.id);
-  const yes = button("Delete", "danger");
+  const yes = button(_("Delete"), "danger");
   yes.dataset.go = "";
-  const no = button("Cancel", "link-button");
+  const no = button(_("Cancel"), "link-button");
   box.append(question, yes, no);
   const close = () => {
     record.confirm = null;
@@ -245,7 +247,7 @@ async function change(record, kind, body = null) {
   }
   record.change = null;
   if (error) {
-    record.note = changeNote(record, kind === "edit" ? "Not saved" : "Not deleted", error);
+    record.note = changeNote(record, kind === "edit" ? _("Not saved") : _("Not deleted"), error);
     ctx.redraw(record);
   } else {
     ctx.settle(changed(record.event, kind, body, answer));
@@ -273,7 +275,7 @@ function changeNote(record, what, err) {
   const note = el("p", "change-note error");
   note.setAttribute("role", "alert");
   note.dataset.code = err.code || "";
-  const dismiss = button("Dismiss", "link-button", "Dismiss this notice");
+  const dismiss = button(_("Dismiss"), "link-button", _("Dismiss this notice"));
   dismiss.addEventListener("click", () => {
     record.note = null;
     ctx.redraw(record);
@@ -287,8 +289,8 @@ function changeNote(record, what, err) {
 export function reportButton(record) {
   const event = record.event;
   const done = reported.has(event.id);
-  const label = done ? "Reported" : `Report this message by ${event.author}`;
-  const report = button(done ? "Reported" : "Report", "link-button report-button", label, "report");
+  const label = done ? _("Reported") : interpolate(_("Report this message by %(author)s"), { author: event.author }, true);
+  const report = button(done ? _("Reported") : _("Report"), "link-button report-button", label, "report");
   report.disabled = done;
   report.addEventListener("click", () => openReport(record));
   return report;
@@ -303,16 +305,16 @@ function openReport(record) {
   }
   const id = record.id;
   const form = el("form", "report-form");
-  const label = el("label", null, "Why report this message?");
+  const label = el("label", null, _("Why report this message?"));
   const input = el("input");
   input.name = "reason";
   input.required = true;
   input.maxLength = 500;
   input.autocomplete = "off";
   label.append(input);
-  const send = el("button", null, "Send report");
+  const send = el("button", null, _("Send report"));
   send.type = "submit";
-  const cancel = button("Cancel", "link-button");
+  const cancel = button(_("Cancel"), "link-button");
   const status = el("p", "report-status");
   status.setAttribute("role", "status");
   form.append(label, send, cancel, status);
@@ -332,18 +334,18 @@ function openReport(record) {
     if (!reason) return;
     send.disabled = true;
     status.className = "report-status";
-    status.textContent = "Sending…";
+    status.textContent = _("Sending…");
     try {
       await ctx.channel.report(ctx.slug, id, reason);
     } catch (err) {
       send.disabled = false;
       status.className = "report-status error";
       status.dataset.code = err.code || "";
-      status.textContent = refusal("Not reported", err);
+      status.textContent = refusal(_("Not reported"), err);
       return;
     }
     reported.add(id);
-    const thanks = el("p", "report-status ok", "Reported. The moderators will take a look.");
+    const thanks = el("p", "report-status ok", _("Reported. The moderators will take a look."));
     thanks.setAttribute("role", "status");
     record.report = thanks;
     ctx.redraw(record);

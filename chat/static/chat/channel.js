@@ -25,6 +25,7 @@
 
 import { Rooms } from "./cursors.js";
 import { Api, failure } from "./http.js";
+import { _ } from "./i18n.js";
 import { LongPoll } from "./longpoll.js";
 import { Outbox, newClientId } from "./outbox.js";
 import { Socket } from "./socket.js";
@@ -251,12 +252,12 @@ export class Channel extends EventTarget {
       this.connecting = false;
       if (err.status === 403) {
         // A site ban: no token, now or later.
-        this._ended({ code: "forbidden", detail: err.message || "You are banned.", fatal: true });
+        this._ended({ code: "forbidden", detail: err.message || _("You are banned."), fatal: true });
         return;
       }
       if (err.status === 401) {
         this._setState("offline");
-        this._emit("error", { code: "unauthorized", detail: "Log in again." });
+        this._emit("error", { code: "unauthorized", detail: _("Log in again.") });
         return;
       }
       this._failed(probe);
@@ -300,7 +301,7 @@ export class Channel extends EventTarget {
     // A report, edit or delete sent on this socket gets no answer now: the user hears so at once.
     for (const [clientId, waiting] of this.requests) {
       if (waiting.socket !== socket) continue;
-      this._answered(clientId, { code: "network", detail: "The connection was lost; try again." }, "reject");
+      this._answered(clientId, { code: "network", detail: _("The connection was lost; try again.") }, "reject");
     }
     if (this.state === "offline" || this.fatal) return;
     if (socket.alive) {
@@ -349,7 +350,7 @@ export class Channel extends EventTarget {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.requests.delete(clientId);
-        reject({ code: "timeout", detail: "No answer from the server; try again." });
+        reject({ code: "timeout", detail: _("No answer from the server; try again.") });
       }, this.t.ackTimeout);
       this.requests.set(clientId, { resolve, reject, timer, socket: this.socket });
       this.socket.send({ ...frame, client_id: clientId });
@@ -409,7 +410,7 @@ export class Channel extends EventTarget {
   // ban, or a fatal error without a room). Emits "ended" {room, code, detail}.
   _ended(event) {
     const room = event.room || null;
-    const reason = event.detail || "The server closed the connection.";
+    const reason = event.detail || _("The server closed the connection.");
     if (!room && event.code === "unauthorized") {
       this._emit("error", event); // serverless "reconnect with a new token": reconnecting does
       return;

@@ -7,6 +7,7 @@
 
 import { humanSize } from "./dom.js";
 import { Draft } from "./drafts.js";
+import { _, interpolate } from "./i18n.js";
 import { startReply } from "./reply.js";
 
 // options: root (#chat, for its data-* limits), channel, slug. Returns {setBlocked, end}.
@@ -70,7 +71,11 @@ export function startComposer({ root, channel, slug }) {
   // Why the file cannot go, or null.
   function refusal(candidate) {
     if (maxAttachment && candidate.size > maxAttachment) {
-      return `${candidate.name} is ${humanSize(candidate.size)}; files can be up to ${humanSize(maxAttachment)}.`;
+      return interpolate(
+        _("%(name)s is %(size)s; files can be up to %(limit)s."),
+        { name: candidate.name, size: humanSize(candidate.size), limit: humanSize(maxAttachment) },
+        true,
+      );
     }
     const type = (candidate.type || "").toLowerCase();
     const name = candidate.name.toLowerCase();
@@ -81,7 +86,9 @@ export function startComposer({ root, channel, slug }) {
       types.some(
         (t) => t === type || (t.endsWith("/*") && type.startsWith(t.slice(0, -1))) || (t.startsWith(".") && name.endsWith(t)),
       );
-    if (!allowed) return `${candidate.name} cannot be sent here: ${type} files are not accepted.`;
+    if (!allowed) {
+      return interpolate(_("%(name)s cannot be sent here: %(type)s files are not accepted."), { name: candidate.name, type }, true);
+    }
     return null;
   }
 
@@ -158,7 +165,7 @@ export function startComposer({ root, channel, slug }) {
     submit.disabled = blocked;
     if (fileInput) fileInput.disabled = blocked;
     form.classList.toggle("locked", blocked);
-    input.placeholder = ended || (blocked ? "This room is locked" : placeholder);
+    input.placeholder = ended || (blocked ? _("This room is locked") : placeholder);
   }
 
   // The connection ended for good (a ban): nothing can be sent from this page.

@@ -5,6 +5,7 @@
 
 import { button, el, userText } from "./dom.js";
 import { request } from "./http.js";
+import { _, interpolate } from "./i18n.js";
 import { Suggest } from "./suggest.js";
 
 // urls: {dms, users, room (with "room-slug")}; csrf(): the current token.
@@ -22,7 +23,7 @@ export function startDms({ urls, csrf, me }) {
     target.disabled = true;
     open([target.dataset.dmUser]).catch((err) => {
       target.disabled = false;
-      target.title = `Could not open the conversation: ${err.message}`;
+      target.title = interpolate(_("Could not open the conversation: %(reason)s"), { reason: err.message }, true);
       alertLine(err.message);
     });
   });
@@ -40,7 +41,7 @@ export function startDms({ urls, csrf, me }) {
     chips.replaceChildren(
       ...chosen.map((name) => {
         const li = userText("li", "chip", name);
-        const remove = button("×", "link-button", `Remove ${name}`);
+        const remove = button("×", "link-button", interpolate(_("Remove %(name)s"), { name }, true));
         remove.addEventListener("click", () => {
           chosen.splice(chosen.indexOf(name), 1);
           drawChips();
@@ -60,7 +61,7 @@ export function startDms({ urls, csrf, me }) {
 
   new Suggest({
     input,
-    label: "People",
+    label: _("People"),
     token: () => (input.value.trim() ? { prefix: input.value.trim().replace(/^@/, "") } : null),
     source: async (prefix) => {
       const answer = await request("GET", `${urls.users}?q=${encodeURIComponent(prefix)}&limit=8`);
@@ -83,15 +84,15 @@ export function startDms({ urls, csrf, me }) {
     e.preventDefault();
     if (input.value.trim()) add(input.value);
     if (!chosen.length) {
-      status.textContent = "Choose someone to write to.";
+      status.textContent = _("Choose someone to write to.");
       input.focus();
       return;
     }
-    status.textContent = "Opening…";
+    status.textContent = _("Opening…");
     try {
       await open([...chosen]);
     } catch (err) {
-      status.textContent = err.status === 404 ? "Nobody has that username." : err.message;
+      status.textContent = err.status === 404 ? _("Nobody has that username.") : err.message;
     }
   });
 }
@@ -100,14 +101,14 @@ export function startDms({ urls, csrf, me }) {
 function alertLine(text) {
   const line = document.getElementById("page-alert");
   if (!line) return;
-  line.textContent = `Could not open the conversation: ${text}`;
+  line.textContent = interpolate(_("Could not open the conversation: %(reason)s"), { reason: text }, true);
   line.hidden = false;
 }
 
 // "Message" next to a name; nothing for one's own.
 export function messageButton(name, me) {
   if (name === me) return null;
-  const node = button("Message", "link-button dm-button", `Message ${name}`);
+  const node = button(_("Message"), "link-button dm-button", interpolate(_("Message %(name)s"), { name }, true));
   node.dataset.dmUser = name;
   return node;
 }

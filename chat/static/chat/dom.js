@@ -25,16 +25,18 @@ export function button(text, className, label, key) {
   return node;
 }
 
+import { _, interpolate, locale, ngettext } from "./i18n.js";
+
 export function localTime(iso) {
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return ["", ""];
-  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  return [time, date.toLocaleString()];
+  const time = date.toLocaleTimeString(locale(), { hour: "2-digit", minute: "2-digit" });
+  return [time, date.toLocaleString(locale())];
 }
 
 // Sizes as Django's filesizeformat writes them, so server-rendered and live messages agree.
 export function humanSize(bytes) {
-  if (bytes < 1024) return `${bytes}\u00a0${bytes === 1 ? "byte" : "bytes"}`;
+  if (bytes < 1024) return interpolate(ngettext("%(count)s\u00a0byte", "%(count)s\u00a0bytes", bytes), { count: bytes }, true);
   const units = ["KB", "MB", "GB", "TB"];
   let value = bytes / 1024;
   let unit = 0;
@@ -47,8 +49,8 @@ export function humanSize(bytes) {
 
 // The text of a refused change, as the report form words its own.
 export function refusal(what, err) {
-  let text = `${what}: ${err.detail || err.code || "something went wrong"}`;
-  if (err.retry_after) text += ` (try again in ${Math.ceil(err.retry_after)} s)`;
+  let text = interpolate(_("%(what)s: %(why)s"), { what, why: err.detail || err.code || _("something went wrong") }, true);
+  if (err.retry_after) text += interpolate(_(" (try again in %(seconds)s s)"), { seconds: Math.ceil(err.retry_after) }, true);
   return text;
 }
 

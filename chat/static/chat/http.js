@@ -15,6 +15,8 @@ function cookie(name) {
   return match ? decodeURIComponent(match[1]) : "";
 }
 
+import { _ } from "./i18n.js";
+
 // The cookie is the current token (Django rotates it at login); the page's form has the one it
 // was rendered with, for when the cookie cannot be read.
 export function csrfToken(fallback) {
@@ -57,7 +59,7 @@ export function failure(err) {
   const network = !(err instanceof HttpError);
   return {
     code: network ? "network" : err.code,
-    detail: network ? "The server could not be reached; try again." : err.message,
+    detail: network ? _("The server could not be reached; try again.") : err.message,
     retry_after: err.retryAfter,
   };
 }

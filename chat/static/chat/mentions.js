@@ -6,6 +6,7 @@
 // server's rule (chat/notify.py), and never treats the text as HTML.
 
 import { el } from "./dom.js";
+import { _ } from "./i18n.js";
 import { Suggest } from "./suggest.js";
 
 // Django's usernames (letters, digits and @.+-_), not preceded by such a character; a name ending
@@ -63,7 +64,7 @@ export function startMentionSuggestions({ input, channel, slug, me, online }) {
   };
   return new Suggest({
     input,
-    label: "People in this room",
+    label: _("People in this room"),
     token,
     source: async (prefix) => {
       const lower = prefix.toLowerCase();

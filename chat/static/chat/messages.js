@@ -10,6 +10,7 @@
 
 import { ownActions, reactionBar, replyButton, reportButton, scheduleEditExpiry, syncChangeControls } from "./actions.js";
 import { attachmentNode, button, el, humanSize, localTime, userText } from "./dom.js";
+import { _, interpolate, locale } from "./i18n.js";
 import { bodyNodes, mentionsMe } from "./mentions.js";
 import { parentGone } from "./reply.js";
 import { richNodes } from "./richtext.js";
@@ -22,17 +23,17 @@ const GROUP_GAP = 5 * 60 * 1000;
 function shortTime(iso) {
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return ["", ""];
-  return [date.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" }), date.toLocaleString()];
+  return [date.toLocaleTimeString(locale(), { hour: "numeric", minute: "2-digit" }), date.toLocaleString(locale())];
 }
 
 function dayLabel(date) {
   const today = new Date();
   const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
-  if (date.toDateString() === today.toDateString()) return "Today";
-  if (date.toDateString() === yesterday.toDateString()) return "Yesterday";
+  if (date.toDateString() === today.toDateString()) return _("Today");
+  if (date.toDateString() === yesterday.toDateString()) return _("Yesterday");
   const options = { weekday: "long", month: "long", day: "numeric" };
   if (date.getFullYear() !== today.getFullYear()) options.year = "numeric";
-  return date.toLocaleDateString([], options);
+  return date.toLocaleDateString(locale(), options);
 }
 
 // A message's place in a run: the first of a new day carries the day's label, one that follows
@@ -160,7 +161,7 @@ function render(record) {
   } else {
     // The name is the way to a direct conversation with its author (dms.js).
     const author = button(event.author, "author link-button");
-    author.title = `Message ${event.author}`;
+    author.title = interpolate(_("Message %(name)s"), { name: event.author }, true);
     author.dataset.dmUser = event.author;
     author.dir = "auto";
     meta.append(author);
@@ -170,13 +171,13 @@ function render(record) {
   time.dateTime = event.created;
   time.title = long;
   meta.append(time);
-  if (event.edited && !event.deleted) meta.append(el("span", "edited", "edited"));
+  if (event.edited && !event.deleted) meta.append(el("span", "edited", _("edited")));
   if (pending) {
-    meta.append(el("span", "state", pending.kind === "edit" ? "Saving…" : "Deleting…"));
+    meta.append(el("span", "state", pending.kind === "edit" ? _("Saving…") : _("Deleting…")));
   } else if (mine) {
     // Delivery state means something only to whoever sent it.
     meta.append(el("span", "state", "✓"));
-    meta.lastChild.setAttribute("aria-label", "sent");
+    meta.lastChild.setAttribute("aria-label", _("sent"));
   }
   const parts = [meta];
   if (event.reply_to && !event.deleted) parts.push(replyQuote(event.reply_to));
@@ -186,7 +187,7 @@ function render(record) {
     // A message may be only a file; an empty body then takes no room.
     const body = el("div", "body");
     body.dir = "auto";
-    if (event.deleted) body.textContent = event.hidden ? "removed by a moderator" : "message deleted";
+    if (event.deleted) body.textContent = event.hidden ? _("removed by a moderator") : _("message deleted");
     else if (pending && pending.kind === "edit") body.textContent = pending.body;
     else if (event.html) body.append(...richNodes(event.html, view.me));
     else body.append(...bodyNodes(event.body, event.mentions, view.me));
@@ -223,7 +224,7 @@ function render(record) {
 function replyQuote(reply) {
   const quote = button(null, "reply-quote" + (reply.deleted ? " removed" : ""), null, "quote");
   quote.dataset.replyTo = reply.id;
-  quote.title = "Show the quoted message";
+  quote.title = _("Show the quoted message");
   const who = el("span", "reply-author", reply.author || "");
   who.dir = "auto";
   const text = el("span", "reply-excerpt", reply.excerpt);
@@ -253,7 +254,7 @@ async function showQuoted(reply, quote) {
   }
   if (!record || !record.li.isConnected) {
     quote.classList.add("missing");
-    quote.title = "The quoted message is too far back to show here";
+    quote.title = _("The quoted message is too far back to show here");
     return;
   }
   // An attribute, not a class: a redraw sets the class list again. It goes and comes back, so
@@ -273,7 +274,7 @@ async function showQuoted(reply, quote) {
 function settleQuotes(event) {
   for (const quote of view.list.querySelectorAll(`.reply-quote[data-reply-to="${event.id}"]`)) {
     quote.classList.add("removed");
-    quote.querySelector(".reply-excerpt").textContent = event.hidden ? "removed by a moderator" : "message deleted";
+    quote.querySelector(".reply-excerpt").textContent = event.hidden ? _("removed by a moderator") : _("message deleted");
   }
 }
 
@@ -346,19 +347,20 @@ export function showOutgoing(item) {
   state.replaceChildren();
   if (uploading) {
     const percent = item.progress ? ` ${Math.floor(item.progress * 100)}%` : "";
-    state.textContent = `Uploading…${percent}`;
+    state.textContent = interpolate(_("Uploading…%(percent)s"), { percent }, true);
     return;
   }
   if (!failed) {
-    state.textContent = "Sending…";
+    state.textContent = _("Sending…");
     return;
   }
-  state.append(el("span", null, item.manual ? `Not sent: ${item.error}` : "Not sent, retrying… "));
-  const retry = button("Retry now", "link-button");
+  const why = item.manual ? interpolate(_("Not sent: %(reason)s"), { reason: item.error }, true) : _("Not sent, retrying… ");
+  state.append(el("span", null, why));
+  const retry = button(_("Retry now"), "link-button");
   retry.addEventListener("click", () => view.channel.retry(item.client_id));
   state.append(retry);
   if (item.manual) {
-    const drop = button("Discard", "link-button");
+    const drop = button(_("Discard"), "link-button");
     drop.addEventListener("click", () => {
       view.channel.discard(item.client_id);
       unacked.delete(item.client_id);
@@ -384,7 +386,7 @@ export function acked(ack) {
   li.dataset.seq = 0;
   const state = li.querySelector(".state");
   state.textContent = "✓";
-  state.setAttribute("aria-label", "sent");
+  state.setAttribute("aria-label", _("sent"));
   const record = newRecord(ack.id, li);
   records.set(ack.id, record);
   place(record);
@@ -394,7 +396,7 @@ function renderEmpty() {
   const empty = view.list.querySelector(".empty");
   const count = records.size + unacked.size;
   if (count && empty) empty.remove();
-  if (!count && !empty) view.list.append(el("li", "empty", "No messages yet. Say hello!"));
+  if (!count && !empty) view.list.append(el("li", "empty", _("No messages yet. Say hello!")));
 }
 
 // --- scrolling ---
@@ -421,11 +423,11 @@ function addPage(messages, hasMore, before = null) {
   const box = view.olderBox;
   box.replaceChildren();
   if (pages.hasMore) {
-    const older = button("Load older messages", "link-button");
+    const older = button(_("Load older messages"), "link-button");
     older.addEventListener("click", () => loadOlder());
     box.append(older);
   } else if (records.size) {
-    box.append(el("span", "muted", "Beginning of the conversation"));
+    box.append(el("span", "muted", _("Beginning of the conversation")));
   }
 }
 
@@ -452,8 +454,8 @@ async function readOlder() {
     // Keep what the reader is looking at where it was.
     scroller.scrollTop = top + (scroller.scrollHeight - height);
   } catch (err) {
-    view.olderBox.replaceChildren(el("span", "error", "Could not load older messages."));
-    const again = button("Try again", "link-button");
+    view.olderBox.replaceChildren(el("span", "error", _("Could not load older messages.")));
+    const again = button(_("Try again"), "link-button");
     again.addEventListener("click", () => loadOlder());
     view.olderBox.append(" ", again);
   } finally {

@@ -3,6 +3,7 @@
 // permission is asked from a button, never by itself), and the room's notification level.
 
 import { request } from "./http.js";
+import { _, interpolate } from "./i18n.js";
 
 export class Alerts {
   // list: the RoomsList (sidebar.js); roomUrl: the room page's URL with "room-slug";
@@ -36,8 +37,10 @@ export class Alerts {
     const room = this.list.get(event.room);
     const where = room ? room.title : event.room;
     let title;
-    if (event.kind === "dm") title = room && room.members && room.members.length > 2 ? `${message.author} in ${where}` : message.author;
-    else title = `${message.author} mentioned you in ${where}`;
+    const names = { author: message.author, room: where };
+    const group = room && room.members && room.members.length > 2;
+    if (event.kind === "dm") title = group ? interpolate(_("%(author)s in %(room)s"), names, true) : message.author;
+    else title = interpolate(_("%(author)s mentioned you in %(room)s"), names, true);
     let body = message.body || (message.attachment ? message.attachment.name : "");
     if (body.length > 200) body = `${body.slice(0, 199)}…`;
     // The same tag in every tab of the user: the system shows the one notification once.
@@ -58,7 +61,7 @@ export class Alerts {
       const state = Notification.permission;
       box.hidden = state === "granted";
       ask.hidden = state !== "default";
-      note.textContent = state === "denied" ? "Notifications are blocked for this site in the browser's settings." : "";
+      note.textContent = state === "denied" ? _("Notifications are blocked for this site in the browser's settings.") : "";
     };
     ask.addEventListener("click", async () => {
       try {
@@ -86,9 +89,9 @@ export function startLevelControl({ select, url, csrf, list, slug }) {
       const answer = await request("POST", url, { data: { level: wanted }, csrf: csrf() });
       level = answer.level;
       list.setLevel(slug, level);
-      status.textContent = "Saved";
+      status.textContent = _("Saved");
     } catch (err) {
-      status.textContent = `Not changed: ${err.message}`;
+      status.textContent = interpolate(_("Not changed: %(reason)s"), { reason: err.message }, true);
     } finally {
       select.value = level;
       select.disabled = false;

@@ -14,12 +14,13 @@
 // attempt names the same parent and the message waiting to be sent can draw its quote.
 
 import { failure } from "./http.js";
+import { _ } from "./i18n.js";
 import { jitter } from "./timing.js";
 
 // Sending these again would fail the same way.
 const PERMANENT = new Set(["bad_request", "forbidden", "not_found", "too_large", "unauthorized"]);
 
-const LOST_FILE = "The page was reloaded before the file was uploaded; attach it again.";
+const LOST_FILE = _("The page was reloaded before the file was uploaded; attach it again.");
 
 export function newClientId() {
   if (window.crypto && crypto.randomUUID) return crypto.randomUUID().replace(/-/g, "");
@@ -174,7 +175,7 @@ export class Outbox {
         socket.send(frame);
         setTimeout(() => {
           if (item.state === "sending" && item.via === socket) {
-            this.failed(item.client_id, { code: "timeout", detail: "No answer from the server." });
+            this.failed(item.client_id, { code: "timeout", detail: _("No answer from the server.") });
           }
         }, this.t.ackTimeout);
       }
@@ -237,7 +238,7 @@ export class Outbox {
       item.state = "failed";
       item.manual = true;
       item.progress = null;
-      item.error = err.message || "The file could not be uploaded.";
+      item.error = err.message || _("The file could not be uploaded.");
       this.save();
       this.emit("outgoing", item);
     }

@@ -2,6 +2,8 @@
 // it above the text box, author and excerpt, until the message is sent or the reply is cancelled
 // (the × or Escape). The outbox keeps it with the message, so every attempt names the same parent.
 
+import { _, interpolate } from "./i18n.js";
+
 // The server cuts its excerpts here (chat/models.py, EXCERPT_LENGTH); the preview agrees with the
 // quote the reply will carry.
 const EXCERPT_LENGTH = 100;
@@ -41,7 +43,7 @@ export function startReply({ box, input }) {
     author.textContent = quote.author;
     excerpt.textContent = quote.excerpt;
     box.classList.toggle("removed", Boolean(quote.gone));
-    cancel.setAttribute("aria-label", `Cancel the reply to ${quote.author}`);
+    cancel.setAttribute("aria-label", interpolate(_("Cancel the reply to %(author)s"), { author: quote.author }, true));
   }
 
   function clear() {
@@ -76,7 +78,7 @@ export function startReply({ box, input }) {
     // writer's eyes.
     parentGone(event) {
       if (!quote || quote.id !== event.id) return;
-      quote = { ...quote, gone: true, excerpt: event.hidden ? "removed by a moderator" : "message deleted" };
+      quote = { ...quote, gone: true, excerpt: event.hidden ? _("removed by a moderator") : _("message deleted") };
       show();
     },
   };

@@ -13,6 +13,7 @@ import { startComposer } from "./composer.js";
 import { messageButton, startDms } from "./dms.js";
 import { el, userText } from "./dom.js";
 import { csrfToken } from "./http.js";
+import { _, interpolate, ngettext } from "./i18n.js";
 import { startMentionSuggestions } from "./mentions.js";
 import { acked, isAtBottom, loadOlder, redraw, redrawOwn, reload, showOutgoing, startList, upsert } from "./messages.js";
 import { Alerts, startLevelControl } from "./notify.js";
@@ -24,12 +25,12 @@ import { RoomsList, startRoomsToggle } from "./sidebar.js";
 const REMOVED = "You were removed from this room.";
 
 const BADGES = {
-  connecting: ["Connecting…", "Opening a connection"],
-  live: ["Live", "Connected over WebSocket"],
-  fallback: ["Fallback", "WebSockets are unavailable; using long-polling"],
-  reconnecting: ["Reconnecting…", "Connection lost; trying again"],
-  offline: ["Offline", "No network; messages will be sent when you are back"],
-  ended: ["Disconnected", "The server ended this connection"],
+  connecting: [_("Connecting…"), _("Opening a connection")],
+  live: [_("Live"), _("Connected over WebSocket")],
+  fallback: [_("Fallback"), _("WebSockets are unavailable; using long-polling")],
+  reconnecting: [_("Reconnecting…"), _("Connection lost; trying again")],
+  offline: [_("Offline"), _("No network; messages will be sent when you are back")],
+  ended: [_("Disconnected"), _("The server ended this connection")],
 };
 
 // Timings other than the defaults (timing.js) come from the query string (tests use short ones):
@@ -265,7 +266,7 @@ class RoomView {
   end(reason) {
     this.ended = reason;
     const alert = document.getElementById("page-alert");
-    alert.textContent = `${reason} You can still read what is on this page, but not send.`;
+    alert.textContent = interpolate(_("%(reason)s You can still read what is on this page, but not send."), { reason }, true);
     alert.hidden = false;
     this.composer.end(reason);
     this.showState("ended");
@@ -296,9 +297,9 @@ class RoomView {
   renderTyping() {
     const names = [...this.typists.keys()];
     let text = "";
-    if (names.length === 1) text = `${names[0]} is typing…`;
-    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
-    else if (names.length > 2) text = "Several people are typing…";
+    if (names.length === 1) text = interpolate(_("%(name)s is typing…"), { name: names[0] }, true);
+    else if (names.length === 2) text = interpolate(_("%(first)s and %(second)s are typing…"), { first: names[0], second: names[1] }, true);
+    else if (names.length > 2) text = _("Several people are typing…");
     this.typingLine.textContent = text;
   }
 
@@ -315,9 +316,9 @@ class RoomView {
         return li;
       }),
     );
-    if (!sorted.length) list.append(el("li", "muted", "Nobody"));
+    if (!sorted.length) list.append(el("li", "muted", _("Nobody")));
     const count = document.getElementById("online-count");
-    count.textContent = `${sorted.length} online`;
+    count.textContent = interpolate(ngettext("%(count)s online", "%(count)s online", sorted.length), { count: sorted.length }, true);
     count.title = sorted.join(", ");
     count.hidden = false;
   }
@@ -328,7 +329,7 @@ class RoomView {
     if (!title || (this.dm && kind !== "dm")) return;
     this.root.querySelector(".room-title-text").textContent = title;
     this.alerts.setTitle(title);
-    this.scroller.setAttribute("aria-label", `Messages in ${title}`);
+    this.scroller.setAttribute("aria-label", interpolate(_("Messages in %(title)s"), { title }, true));
     const entry = this.rooms.get(this.slug);
     if (entry) {
       entry.title = title;
@@ -349,8 +350,8 @@ class RoomView {
     const notice = document.getElementById("locked-notice");
     notice.hidden = !locked;
     notice.textContent = this.moderator
-      ? "This room is locked. You can still post as a moderator."
-      : "This room is locked. Only moderators can post.";
+      ? _("This room is locked. You can still post as a moderator.")
+      : _("This room is locked. Only moderators can post.");
     this.composer.setBlocked(blocked);
   }
 }

@@ -5,6 +5,7 @@
 
 import { el } from "./dom.js";
 import { csrfToken, request } from "./http.js";
+import { _, interpolate } from "./i18n.js";
 
 const box = document.getElementById("room-admin");
 const description = document.getElementById("room-description");
@@ -51,14 +52,14 @@ function start() {
   const parts = [];
   if (manage) {
     const { f, input } = form(
-      "Description",
+      _("Description"),
       "description",
-      "Save",
+      _("Save"),
       async (value) => {
         const room = await request("POST", d.apiModerate, { data: { description: value }, csrf: csrf() });
         description.textContent = room.description;
         description.hidden = !room.description;
-        return "Saved.";
+        return _("Saved.");
       },
       true,
     );
@@ -67,22 +68,22 @@ function start() {
     parts.push(f);
   }
   if (manage && d.private === "true") {
-    const invite = form("Invite", "invite", "Invite", async (value, input) => {
+    const invite = form(_("Invite"), "invite", _("Invite"), async (value, input) => {
       const answer = await request("POST", d.apiMembers, { data: { user: value.trim() }, csrf: csrf() });
       input.value = "";
-      return `${answer.user} is in the room.`;
+      return interpolate(_("%(name)s is in the room."), { name: answer.user }, true);
     });
-    const remove = form("Remove", "remove", "Remove", async (value, input) => {
+    const remove = form(_("Remove"), "remove", _("Remove"), async (value, input) => {
       const user = value.trim();
       await request("DELETE", d.apiMembers, { data: { user }, csrf: csrf() });
       input.value = "";
-      return `${user} is no longer in the room.`;
+      return interpolate(_("%(name)s is no longer in the room."), { name: user }, true);
     });
     parts.push(invite.f, remove.f);
   }
   // The owner of a private room cannot leave it (the server says so too).
   if (d.joined === "true" && !(d.owner === "true" && d.private === "true")) {
-    const leave = el("button", "link-button", "Leave room");
+    const leave = el("button", "link-button", _("Leave room"));
     leave.type = "button";
     leave.id = "room-leave";
     leave.addEventListener("click", async () => {

@@ -12,6 +12,7 @@
 // line, not at the bottom; the room is marked read once the reader reaches the bottom.
 
 import { el } from "./dom.js";
+import { _, interpolate, ngettext } from "./i18n.js";
 
 // How many older pages (of 50) the page reads at most to open at the reader's cursor.
 const OPEN_PAGES = 8;
@@ -90,7 +91,7 @@ export function startScroll({ root, scroller, list, button, isAtBottom, onBottom
     divider = el("li", "new-divider");
     // A list item like the messages around it (a separator role would leave the list with a
     // child that is not an item); its text says what it marks.
-    const text = `${unread} new message${unread === 1 ? "" : "s"}`;
+    const text = interpolate(ngettext("%(count)s new message", "%(count)s new messages", unread), { count: unread }, true);
     divider.append(el("span", null, text));
     placeDivider();
     // History pages and live messages come in through messages.js: the line follows them.
@@ -102,7 +103,7 @@ export function startScroll({ root, scroller, list, button, isAtBottom, onBottom
     const bottom = isAtBottom();
     if (bottom) arrived = 0;
     button.hidden = bottom;
-    button.textContent = arrived ? `Jump to latest · ${arrived} new` : "Jump to latest";
+    button.textContent = arrived ? interpolate(_("Jump to latest · %(count)s new"), { count: arrived }, true) : _("Jump to latest");
   }
 
   scroller.addEventListener("scroll", () => {

@@ -12,6 +12,7 @@
 
 import { failure, getJson } from "./http.js";
 import { el, localTime, userText } from "./dom.js";
+import { _, interpolate } from "./i18n.js";
 
 const DEBOUNCE = 300;
 const PAGE = 50;
@@ -123,7 +124,9 @@ class SearchBox {
     this.next = answer.next;
     this.more.hidden = answer.next === null;
     const shown = this.results.querySelectorAll(".search-hit").length;
-    this.status.textContent = shown ? `${shown}${answer.next === null ? "" : "+"} found` : "Nothing found.";
+    this.status.textContent = shown
+      ? interpolate(_("%(count)s found"), { count: `${shown}${answer.next === null ? "" : "+"}` }, true)
+      : _("Nothing found.");
   }
 
   hit(hit) {
@@ -158,8 +161,8 @@ function messageNode(m) {
   li.dataset.seq = m.seq;
   const meta = el("div", "meta");
   meta.append(userText("span", "author", m.author), " ", timeNode(m.created));
-  if (m.edited) meta.append(" ", el("small", "edited", "(edited)"));
-  li.append(meta, m.deleted ? el("div", "body", "message deleted") : userText("div", "body", m.body));
+  if (m.edited) meta.append(" ", el("small", "edited", _("(edited)")));
+  li.append(meta, m.deleted ? el("div", "body", _("message deleted")) : userText("div", "body", m.body));
   if (m.attachment && !m.deleted) {
     const a = el("a", "file-name", m.attachment.name);
     a.href = m.attachment.url;
@@ -236,7 +239,7 @@ class AroundPage {
       }
     } catch (err) {
       const alert = document.getElementById("page-alert");
-      alert.textContent = `Could not load more messages: ${failure(err).detail}`;
+      alert.textContent = interpolate(_("Could not load more messages: %(reason)s"), { reason: failure(err).detail }, true);
       alert.hidden = false;
     } finally {
       this.loading[side] = false;

@@ -15,6 +15,7 @@
 // The room that is open in a visible tab shows no badge: it is being read.
 
 import { el, userText } from "./dom.js";
+import { _, interpolate, ngettext } from "./i18n.js";
 
 export class RoomsList {
   // lists: {room, dm} (<ul>s; dm may be absent); roomUrl: the room page's URL with "room-slug";
@@ -133,9 +134,9 @@ export class RoomsList {
     if (room.slug === this.current && this.isReading()) return { count: 0, active: false, label: "" };
     if (room.level === "none") return { count: 0, active: false, label: "" };
     if (room.kind === "dm" || room.level === "all") {
-      return { count: room.unread, active: room.unread > 0, label: `${room.unread} unread` };
+      return { count: room.unread, active: room.unread > 0, label: interpolate(_("%(count)s unread"), { count: room.unread }, true) };
     }
-    const label = room.mentions === 1 ? "1 mention" : `${room.mentions} mentions`;
+    const label = interpolate(ngettext("%(count)s mention", "%(count)s mentions", room.mentions), { count: room.mentions }, true);
     return { count: room.mentions, active: room.unread > 0 || room.mentions > 0, label };
   }
 

@@ -3,6 +3,7 @@
 // (names from the server) and the composer (@mentions of the room's members).
 
 import { el, userText } from "./dom.js";
+import { _ } from "./i18n.js";
 
 let counter = 0;
 
@@ -21,7 +22,7 @@ export class Suggest {
     this.list = el("ul", "suggestions");
     this.list.id = `suggestions-${counter}`;
     this.list.setAttribute("role", "listbox");
-    this.list.setAttribute("aria-label", label || "Usernames");
+    this.list.setAttribute("aria-label", label || _("Usernames"));
     this.list.hidden = true;
     input.insertAdjacentElement("afterend", this.list);
     input.setAttribute("role", "combobox");

@@ -4,6 +4,7 @@
 // when; this only moves the bytes.
 
 import { HttpError } from "./http.js";
+import { _ } from "./i18n.js";
 
 // The page renders the attachment's complete URL for this id; the real one goes in its place.
 const NIL_ID = "00000000-0000-0000-0000-000000000000";
@@ -71,7 +72,7 @@ export class Uploads {
         }
         reject(new HttpError(xhr.status, data));
       });
-      const network = () => reject(new HttpError(0, { error: "network", detail: "The upload was interrupted." }));
+      const network = () => reject(new HttpError(0, { error: "network", detail: _("The upload was interrupted.") }));
       xhr.addEventListener("error", network);
       xhr.addEventListener("abort", network);
       xhr.send(form);
