@@ -31,6 +31,7 @@ from django.db import connection
 from django.db.models import Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils.html import escape
+from django.utils.translation import gettext as _
 
 from chat import access, cleaning, reads
 from chat.errors import ChatError
@@ -98,7 +99,7 @@ def clean_query(value: Any) -> tuple[str, Parsed]:
     q = cleaning.clean_text(value, "q", max_length=QUERY_MAX, strip=True)
     parsed = parse(q)
     if not any(not c.negated for group in parsed.groups for c in group):
-        raise ChatError("bad_request", "`q` needs at least one word to look for.")
+        raise ChatError("bad_request", _("`q` needs at least one word to look for."))
     return q, parsed
 
 
@@ -122,10 +123,12 @@ def scope(user: Any, slug: Any) -> list[Room]:
     if slug is not None:
         room = access.get_room(user, slug)
         if not Membership.objects.filter(room=room, user=user).exists():
-            raise ChatError("forbidden", "Search covers the rooms you are in: join this one first.")
+            raise ChatError(
+                "forbidden", _("Search covers the rooms you are in: join this one first.")
+            )
         return [room]
     if access.site_banned(user):
-        raise ChatError("forbidden", "You are banned.")
+        raise ChatError("forbidden", _("You are banned."))
     ids = Membership.objects.filter(user=user).values_list("room_id", flat=True)
     readable = reads.readable_rooms(user.pk, list(ids))
     return list(Room.objects.filter(pk__in=readable))
@@ -195,7 +198,7 @@ def search(
         }
         for pk, room_id, seq, name, created, body in rows
     ]
-    found = {by_id[room_id] for _, room_id, *_ in rows}
+    found = {by_id[room_id] for _hit, room_id, *_rest in rows}
     people = reads.dm_members([r for r in found if r.is_dm])
     titles = {
         r.slug: reads.dm_view(r, people.get(r.pk, []), user)["title"] if r.is_dm else r.title

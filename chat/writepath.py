@@ -29,6 +29,8 @@ from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from chat import attachments, cleaning, emoji, events, fanout, formatting, metrics, notify
 from chat.access import blocked_in_dm, can_read, check_can_post, is_moderator, with_flags
@@ -60,12 +62,14 @@ def create_room(user: Any, slug: Any, title: Any, private: Any) -> Room:
             room = Room.objects.create(slug=slug, title=title, private=private, created_by=user)
             Membership.objects.create(room=room, user=user)
     except IntegrityError:
-        raise ChatError("bad_request", f"The room {slug!r} already exists.") from None
+        raise ChatError(
+            "bad_request", _("The room %(slug)r already exists.") % {"slug": slug}
+        ) from None
     return room
 
 
 def ensure_lobby() -> Room:
-    room, _ = Room.objects.get_or_create(slug="lobby", defaults={"title": "Lobby"})
+    room, _created = Room.objects.get_or_create(slug="lobby", defaults={"title": "Lobby"})
     return room
 
 
@@ -93,7 +97,7 @@ def _check_rate(user: Any, room: Room) -> None:
         metrics.RATE_LIMITED.labels("room").inc()
         raise ChatError(
             "rate_limited",
-            f"This room allows {limit} messages a minute.",
+            _("This room allows %(limit)s messages a minute.") % {"limit": limit},
             retry_after=round(max(wait, 0.001), 3),
         )
 
@@ -183,10 +187,10 @@ def _insert_in_one_statement(
     if row is None:
         # Locked, banned, muted or blocked since the checks: say which, as the checks would have.
         if Restriction.objects.applying_to(message.author, message.room_id).exists():
-            raise ChatError("forbidden", "You may not post in this room.")
+            raise ChatError("forbidden", _("You may not post in this room."))
         if one_to_one:
-            raise ChatError("forbidden", "You cannot message this person.")
-        raise ChatError("forbidden", "This room is locked.")
+            raise ChatError("forbidden", _("You cannot message this person."))
+        raise ChatError("forbidden", _("This room is locked."))
     message.pk, message.seq = row
     message.posted_seq = message.seq
     message._state.adding = False
@@ -238,9 +242,9 @@ def _reply_target(room: Room, reply_to: Any) -> Message | None:
         .first()
     )
     if parent is None:
-        raise ChatError("bad_request", "`reply_to` names no message in this room.")
+        raise ChatError("bad_request", _("`reply_to` names no message in this room."))
     if parent.deleted or parent.hidden:
-        raise ChatError("bad_request", "`reply_to` names a message that was removed.")
+        raise ChatError("bad_request", _("`reply_to` names a message that was removed."))
     return parent
 
 
@@ -265,7 +269,7 @@ def post_message(
         room = with_flags(user, room)
         check_can_post(user, room)
         if not can_read(user, room):
-            raise ChatError("not_found", f"There is no room {room.slug!r}.")
+            raise ChatError("not_found", _("There is no room %(slug)r.") % {"slug": room.slug})
         _check_rate(user, room)
         parent = _reply_target(room, reply_to)
         mentions = notify.find_mentions(user, room, body)
@@ -300,11 +304,11 @@ def post_message(
         if existing is not None:
             if not _same_post(existing, body if isinstance(body, str) else "", attachment):
                 raise ChatError(
-                    "conflict", "This client_id was already used for another message here."
+                    "conflict", _("This client_id was already used for another message here.")
                 ) from None
             return Posted(existing, created=False)
         if attachment is not None and isinstance(error, IntegrityError):
-            raise ChatError("bad_request", "This attachment was already sent.") from None
+            raise ChatError("bad_request", _("This attachment was already sent.")) from None
         raise
     transaction.on_commit(lambda: notify.after_post_soon(message, told))
     return Posted(message, created=True)
@@ -340,11 +344,11 @@ def _write(post: _Post) -> set[Any]:
         seq, locked = _take_seq(room)
         if locked and not post.may_post_locked:
             # Locked while we were checking: the rollback gives the seq back.
-            raise ChatError("forbidden", "This room is locked.")
+            raise ChatError("forbidden", _("This room is locked."))
         if Restriction.objects.applying_to(message.author, room).exists():
-            raise ChatError("forbidden", "You may not post in this room.")
+            raise ChatError("forbidden", _("You may not post in this room."))
         if blocked_in_dm(message.author, room):
-            raise ChatError("forbidden", "You cannot message this person.")
+            raise ChatError("forbidden", _("You cannot message this person."))
         if post.limited:
             # Exact under the lock: two posts racing at the limit cannot both pass.
             _check_rate(message.author, room)
@@ -436,11 +440,15 @@ FROM checked c LEFT JOIN numbered n ON n.ord = c.ord LEFT JOIN inserted ins ON i
 """
 
 # Why the batch statement left a post out, as the one-post path would have said it.
+# Lazy: a batch is written in one thread for posts of several, each answered in its own language.
 REFUSALS = {
-    "locked": ("forbidden", "This room is locked."),
-    "restricted": ("forbidden", "You may not post in this room."),
-    "blocked": ("forbidden", "You cannot message this person."),
-    "duplicate": ("conflict", "This client_id was already used for another message here."),
+    "locked": ("forbidden", gettext_lazy("This room is locked.")),
+    "restricted": ("forbidden", gettext_lazy("You may not post in this room.")),
+    "blocked": ("forbidden", gettext_lazy("You cannot message this person.")),
+    "duplicate": (
+        "conflict",
+        gettext_lazy("This client_id was already used for another message here."),
+    ),
 }
 
 # The most posts one statement writes; the rest wait for the next.
@@ -507,7 +515,7 @@ def _write_batch(posts: list[_Post]) -> list[BaseException | None]:
             rows = sorted(cursor.fetchall())
         outcomes: list[BaseException | None] = []
         written: list[Message] = []
-        for post, (_, refused, pk, seq) in zip(posts, rows, strict=True):
+        for post, (_index, refused, pk, seq) in zip(posts, rows, strict=True):
             if refused is not None:
                 outcomes.append(_refusal(post, refused))
                 continue
@@ -537,7 +545,9 @@ def _refusal(post: _Post, refused: str) -> ChatError:
         limit = post.message.room.rate_limit
         metrics.RATE_LIMITED.labels("room").inc()
         return ChatError(
-            "rate_limited", f"This room allows {limit} messages a minute.", retry_after=0.001
+            "rate_limited",
+            _("This room allows %(limit)s messages a minute.") % {"limit": limit},
+            retry_after=0.001,
         )
     return ChatError(*REFUSALS[refused])
 
@@ -701,9 +711,9 @@ def _one_to_one(room: Room) -> bool:
 def _own_message(user: Any, room: Room, message_id: Any) -> Message:
     message = room_message(room, message_id)
     if message.author_id != user.pk:
-        raise ChatError("forbidden", "You can only change your own messages.")
+        raise ChatError("forbidden", _("You can only change your own messages."))
     if message.deleted:
-        raise ChatError("forbidden", "This message was deleted.")
+        raise ChatError("forbidden", _("This message was deleted."))
     return message
 
 
@@ -711,7 +721,7 @@ def room_message(room: Room, message_id: Any) -> Message:
     message_id = cleaning.clean_id(message_id, "id")
     message = Message.objects.with_author().filter(room=room, pk=message_id).first()
     if message is None:
-        raise ChatError("not_found", "There is no such message in this room.")
+        raise ChatError("not_found", _("There is no such message in this room."))
     return message
 
 
@@ -721,13 +731,13 @@ def change(
     """Apply a change to a message under the room lock; it takes the room's next seq. `then`
     runs with the changed message in the same transaction."""
     with transaction.atomic():
-        seq, _ = _take_seq(message.room)
+        seq, _locked = _take_seq(message.room)
         current = Message.objects.select_for_update().get(pk=message.pk)
         if current.deleted:
-            raise ChatError("forbidden", "This message was deleted.")
+            raise ChatError("forbidden", _("This message was deleted."))
         if current.hidden and fields.get("hidden", True):
             # Hidden by a moderator: only a moderator's restore or erase changes it now.
-            raise ChatError("forbidden", "A moderator removed this message.")
+            raise ChatError("forbidden", _("A moderator removed this message."))
         if fields.get("deleted") and current.attachment_id is not None:
             # A deleted message's file goes from storage too, once the delete has committed.
             fields["attachment"] = None
@@ -760,7 +770,7 @@ def edit_message(user: Any, room: Room, message_id: Any, body: Any) -> Message:
     message = _own_message(user, room, message_id)
     window = timedelta(seconds=settings.CHAT_EDIT_WINDOW)
     if timezone.now() - message.created > window:
-        raise ChatError("forbidden", "The edit window for this message has passed.")
+        raise ChatError("forbidden", _("The edit window for this message has passed."))
     if message.body == body:
         return message
     mentions = notify.find_mentions(user, room, body)
@@ -838,7 +848,7 @@ def _known_request(
     if key is None:
         return False
     if key != (glyph, on):
-        raise ChatError("conflict", "This client_id was already used for another reaction here.")
+        raise ChatError("conflict", _("This client_id was already used for another reaction here."))
     return True
 
 
@@ -862,7 +872,7 @@ def react(
     check_can_post(user, room)
     message = room_message(room, message_id)
     if message.deleted or message.hidden:
-        raise ChatError("forbidden", "This message was deleted.")
+        raise ChatError("forbidden", _("This message was deleted."))
     if _known_request(user, message, glyph, client_id, on):
         return message  # the retry of a change that committed: answered, not applied again
     may_react_locked = is_moderator(user, room)
@@ -872,14 +882,14 @@ def react(
             # Under the room lock: a lock, ban, mute or block that committed since the checks
             # still holds.
             if locked and not may_react_locked:
-                raise ChatError("forbidden", "This room is locked.")
+                raise ChatError("forbidden", _("This room is locked."))
             if Restriction.objects.applying_to(user, room).exists():
-                raise ChatError("forbidden", "You may not react in this room.")
+                raise ChatError("forbidden", _("You may not react in this room."))
             if blocked_in_dm(user, room):
-                raise ChatError("forbidden", "You cannot message this person.")
+                raise ChatError("forbidden", _("You cannot message this person."))
             current = Message.objects.select_for_update().get(pk=message.pk)
             if current.deleted or current.hidden:
-                raise ChatError("forbidden", "This message was deleted.")
+                raise ChatError("forbidden", _("This message was deleted."))
             # Again under the lock: the same request sent twice at once is applied once.
             if _known_request(user, current, glyph, client_id, on):
                 raise _Unchanged
@@ -894,7 +904,8 @@ def react(
                 ):
                     raise ChatError(
                         "bad_request",
-                        f"A message takes at most {emoji.MAX_DISTINCT} different reactions.",
+                        _("A message takes at most %(most)s different reactions.")
+                        % {"most": emoji.MAX_DISTINCT},
                     )
                 Reaction.objects.create(message=current, user=user, emoji=glyph)
             else:
@@ -928,7 +939,7 @@ def mark_read(user: Any, room: Room, seq: Any) -> int:
         if membership is None:
             return seq
     else:
-        membership, _ = Membership.objects.get_or_create(room=room, user=user)
+        membership, _created = Membership.objects.get_or_create(room=room, user=user)
     moved = Membership.objects.filter(pk=membership.pk, read_seq__lt=seq).update(read_seq=seq)
     if moved:
         membership.room = room

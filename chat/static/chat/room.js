@@ -20,10 +20,6 @@ import { Alerts, startLevelControl } from "./notify.js";
 import { startScroll } from "./scroll.js";
 import { RoomsList, startRoomsToggle } from "./sidebar.js";
 
-// Why the open room ended when its owner or a moderator removed the reader (a `left` notify with
-// `removed`); the server's own "You no longer have access to this room." may follow.
-const REMOVED = "You were removed from this room.";
-
 const BADGES = {
   connecting: [_("Connecting…"), _("Opening a connection")],
   live: [_("Live"), _("Connected over WebSocket")],
@@ -186,7 +182,7 @@ class RoomView {
       // Removed from the open room: it ends here with the reason, what waits to be sent fails
       // with it, and the page stays (the directory would hide why).
       if (event.kind === "left") {
-        if (event.removed && event.room === this.slug) c.endRoom(this.slug, REMOVED);
+        if (event.removed && event.room === this.slug) c.endRoom(this.slug, _("You were removed from this room."));
         this.rooms.apply(event);
       }
       // The open room, looked at, is being read: its counts are about to be zero anyway.
