@@ -33,8 +33,14 @@ class ChatError(Exception):
     def __init__(self, code: str, detail: str, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.code = code
-        self.detail = detail
+        # A lazy translation stays lazy until read: a batch of posts is refused in one thread and
+        # each sender reads its refusal in its own, in its own language.
+        self._detail = detail
         self.retry_after = retry_after
+
+    @property
+    def detail(self) -> str:
+        return str(self._detail)
 
     @property
     def status(self) -> int:

@@ -16,8 +16,11 @@ from asgiref.sync import sync_to_async
 from channels.testing.websocket import WebsocketCommunicator
 from django.test import Client
 from django.urls import reverse
+from django.utils import translation
 
-from chat.errors import language_from_headers
+from chat import events, writepath
+from chat.errors import ChatError, language_from_headers
+from chat.fanout import encode
 from chat.models import Room
 from chat.tokens import make_token
 from chatsite.asgi import application
@@ -152,6 +155,18 @@ def test_a_refusal_detail_is_in_french_and_its_code_stays(alice: Any, room: Room
 
 
 @pytest.mark.django_db
+def test_a_batch_refusal_is_worded_in_each_readers_language() -> None:
+    """Group commit refuses the posts of a batch in one thread; each refusal is read by its own
+    sender, in that sender's language, and serialises as plain text on every transport."""
+    refusal = ChatError(*writepath.REFUSALS["locked"])
+    with translation.override("fr"):
+        french = encode(events.error(refusal.code, refusal.detail))
+    with translation.override("en"):
+        english = encode(events.error(refusal.code, refusal.detail))
+    assert json.loads(french)["detail"] == "Ce salon est verrouillé."
+    assert json.loads(english)["detail"] == "This room is locked."
+
+
 def test_the_scripts_catalog_follows_the_browser() -> None:
     url = reverse("chat:jsi18n")
     french = Client(headers={"accept-language": "fr"}).get(url)
