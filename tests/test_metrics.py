@@ -75,7 +75,8 @@ async def until(server: Server, check: Callable[[Samples], bool], timeout: float
 @pytest.fixture(scope="module")
 def metered(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Server]:
     with django_db_blocker.unblock():
-        server = Server({"CHAT_METRICS_TOKEN": TOKEN}).start()
+        # A short resume window, so that a resync takes a few messages, not a thousand.
+        server = Server({"CHAT_METRICS_TOKEN": TOKEN, "CHAT_RESUME_LIMIT": "3"}).start()
     try:
         yield server
     finally:
@@ -172,6 +173,20 @@ async def test_a_parked_long_poll_shows_as_a_waiter(
         live, lambda s: value(s, "chat_open_connections", transport="long-poll") == 0
     )
     assert value(done, "chat_long_poll_waiters") == 0
+
+
+async def test_a_cursor_too_far_behind_counts_one_resync(
+    live: Server, session: aiohttp.ClientSession, bob: Any, room: Room
+) -> None:
+    for n in range(5):
+        await sync_to_async(writepath.post_message)(bob, room, f"message {n}")
+    before = await sync_to_async(scrape, thread_sensitive=False)(live)
+    async with session.get("/api/rooms/general/messages?after=3") as near:
+        assert [m["body"] for m in (await near.json())["messages"]] == ["message 3", "message 4"]
+    async with session.get("/api/rooms/general/messages?after=0") as far:
+        assert (await far.json())["resync"] is True
+    after = await sync_to_async(scrape, thread_sensitive=False)(live)
+    assert moved(before, after, "chat_resyncs_total") == 1
 
 
 async def test_rate_limit_refusals_are_counted_by_where(
