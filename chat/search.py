@@ -118,11 +118,13 @@ def highlight(body: str, terms: set[str]) -> str:
 
 
 def scope(user: Any, slug: Any) -> list[Room]:
-    """The rooms searched: the one named (if the user is in it and may read it), else every room
-    the user is in now and not banned from."""
+    """The rooms searched: the one named (if the user is in it, or moderates it, and may read
+    it), else every room the user is in now and not banned from."""
     if slug is not None:
         room = access.get_room(user, slug)
-        if not Membership.objects.filter(room=room, user=user).exists():
+        # A room's moderators read it without being in it, and search it to moderate it.
+        member = Membership.objects.filter(room=room, user=user).exists()
+        if not member and not access.is_moderator(user, room):
             raise ChatError(
                 "forbidden", _("Search covers the rooms you are in: join this one first.")
             )

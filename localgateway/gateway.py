@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 _CONNECTIONS_PATH = re.compile(r"/([^/]+)/@connections/([^/]+)")
 _INVOKE_PATH = re.compile(r"/2015-03-31/functions/([^/]+)/invocations")
+# Not API Gateway's: answers once no frame, $disconnect or asynchronous invocation is running
+# (tests wait on it before they empty the database under the function).
+DRAIN_PATH = "/_localgateway/drain"
 
 
 @dataclass(eq=False)
@@ -240,6 +243,12 @@ class LocalGateway:
             return await connections.handle(self, request, *match.groups())
         if request.method == "POST" and (match := _INVOKE_PATH.fullmatch(request.path)):
             return await lambda_api.handle(self, request, match.group(1))
+        if request.path == DRAIN_PATH:
+            try:
+                await asyncio.wait_for(self.drain(), float(request.query.get("timeout", "10")))
+            except (TimeoutError, ValueError):
+                return web.json_response({"idle": False}, status=503)
+            return web.json_response({"idle": True})
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if upgrade and request.path in self.ws_paths:
             return await websocket.handle(self, request)

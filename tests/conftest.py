@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,12 +226,18 @@ def serverless_proc(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Ga
     gateway.stop()
 
 
-def quiesce(timeout: float = 5.0) -> None:
+def quiesce(timeout: float = 5.0, gateway: Server | None = None) -> None:
     """Wait for the $disconnect invocations of the test's closed sockets: the flush after a
     transactional test would otherwise race them (and deadlock on PostgreSQL)."""
     deadline = time.monotonic() + timeout
     while ApiConnection.objects.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    if gateway is not None:
+        # Then for every invocation still under way there: the fan-outs, presence and batches
+        # that those frames and disconnects started, before they touch the database again.
+        with contextlib.suppress(OSError):
+            url = f"{gateway.url}/_localgateway/drain?timeout={2 * timeout}"
+            urllib.request.urlopen(url, timeout=2 * timeout + 5).close()
     # Then until no other session works on the test database: frames, fan-out batches and what
     # they publish can still be running after the last row went (the flush would deadlock on
     # them). Twice in a row, so that a gap between two statements of one invocation is not idle.
@@ -258,7 +266,7 @@ def _others_busy() -> bool:
 def serverless_server(serverless_proc: Gateway, transactional_db: Any) -> Iterator[Gateway]:
     """The local gateway in front of Zappa's handler; the test's data is committed so it sees it."""
     yield serverless_proc
-    quiesce()
+    quiesce(gateway=serverless_proc)
 
 
 @pytest.fixture(params=["channels", "serverless"])

@@ -192,8 +192,17 @@ def test_a_reply_keeps_its_client_id_and_parent_over_an_http_retry(
             return
         route.continue_()
 
+    def polls(route: Route, request: Request) -> None:
+        # Until the retry is sent, the long-poll hears nothing: its copy of the message would
+        # settle the waiting one (the same client_id) and no retry would be needed.
+        if len(posts) < 2:
+            route.abort()
+            return
+        route.continue_()
+
     b = sessions(bob)
     b.page.route("**/api/rooms/general/messages", messages)
+    b.page.route("**/api/rooms/general/poll*", polls)
     b.open("general", FAST + "&transport=poll&retry_min=200")
     expect(b.badge).to_have_text("Fallback")
     reply_button(b.item(parent), "alice").click()

@@ -275,7 +275,7 @@ def test_a_gone_connection_deletes_exactly_its_row(serverless_server):
 @pytest.fixture
 def throttled_server(throttled_proc: Gateway, transactional_db: Any) -> Iterator[Gateway]:
     yield throttled_proc
-    quiesce()
+    quiesce(gateway=throttled_proc)
 
 
 def test_throttled_posts_are_retried_until_delivered(throttled_server):

@@ -288,7 +288,7 @@ def slow_gateway_proc(
 @pytest.fixture
 def slow_gateway(slow_gateway_proc: Gateway, transactional_db: Any) -> Iterator[Gateway]:
     yield slow_gateway_proc
-    quiesce(20)
+    quiesce(20, gateway=slow_gateway_proc)
 
 
 def test_a_room_behind_stalling_connections_hears_each_message_once(slow_gateway: Gateway) -> None:

@@ -125,7 +125,7 @@ def limited_server(
 ) -> Iterator[Server]:
     yield limited_servers[request.param]
     if request.param == "serverless":
-        quiesce()
+        quiesce(gateway=limited_servers[request.param])
 
 
 async def test_resume_user_too_far_behind_says_resync(

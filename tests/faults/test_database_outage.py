@@ -68,7 +68,7 @@ def gateway(database: Database) -> Iterator[Gateway]:
     gw = Gateway(env={"DATABASE_URL": database.url}).start()
     yield gw
     database.up()
-    quiesce()
+    quiesce(gateway=gw)
     gw.stop()
 
 

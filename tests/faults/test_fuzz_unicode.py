@@ -317,7 +317,7 @@ def target(
 ) -> Iterator[Server]:
     yield fuzz_servers[request.param]
     if request.param == "serverless":
-        quiesce()
+        quiesce(gateway=fuzz_servers[request.param])
 
 
 @pytest.fixture

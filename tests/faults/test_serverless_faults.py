@@ -28,7 +28,7 @@ def faulty_gateway(transactional_db: Any) -> Iterator[Gateway]:
     faults = ["--fault", "429=0.2", "--fault", "hang=0.04", "--seed", "11"]
     gateway = Gateway(*faults, env=env).start()
     yield gateway
-    quiesce(10)
+    quiesce(10, gateway=gateway)
     gateway.stop()
 
 
