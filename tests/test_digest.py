@@ -23,7 +23,7 @@ from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from chat import digest, dms, writepath
 from chat.models import Block, Inbox, Membership, Message, Room, UserEvent
@@ -119,6 +119,18 @@ def test_it_emails_one_digest_per_user_grouped_by_room(
     # Nothing is emailed twice.
     assert digest.send_digests()["sent"] == 0
     assert len(mail.outbox) == 2
+
+
+def test_a_site_in_french_sends_its_digests_in_french(alice: Any, bob: Any, general: Room) -> None:
+    post(bob, general, "@alice on se voit à midi ?")
+    age()
+    with translation.override("fr"):
+        assert digest.send_digests()["sent"] == 1
+    [message] = mail.outbox
+    assert message.subject == "1 message non lu sur Chat"
+    assert message.body.startswith("Bonjour alice,")
+    assert "bob vous a mentionné" in message.body and "Dans General" in message.body
+    assert '<html lang="fr">' in html_of(message)
 
 
 def test_it_waits_for_the_delay_and_skips_what_was_read_meanwhile(
