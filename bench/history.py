@@ -71,10 +71,12 @@ def fill(n: int) -> tuple[Any, float]:
             cur.execute(
                 """
                 INSERT INTO chat_message
-                    (room_id, author_id, body, client_id, created, edited, deleted, posted_seq, seq)
+                    (room_id, author_id, body, client_id, created, edited, deleted, posted_seq, seq,
+                     mentions, reactions)
                 SELECT %s, (%s::bigint[])[1 + g %% %s],
                        'bench message ' || g || ' lorem ipsum dolor sit amet, consectetur adipiscing',
-                       NULL, now() - make_interval(secs => %s - g), NULL, false, g, g
+                       NULL, now() - make_interval(secs => %s - g), NULL, false, g, g,
+                       '[]'::jsonb, '[]'::jsonb
                 FROM generate_series(1, %s) AS g
                 """,
                 [room.pk, [a.pk for a in authors], N_AUTHORS, n, n],
