@@ -226,6 +226,19 @@ def serverless_proc(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Ga
     gateway.stop()
 
 
+@contextlib.contextmanager
+def both_deployments(env: dict[str, str]) -> Iterator[dict[str, Server]]:
+    """A Channels server and a local gateway of a module's own, both started with `env` (a setting
+    is read when a process starts), stopped at the end."""
+    started: dict[str, Server] = {"channels": Server(env=env).start()}
+    try:
+        started["serverless"] = Gateway(env=env).start()
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
 def quiesce(timeout: float = 5.0, gateway: Server | None = None) -> None:
     """Wait for the $disconnect invocations of the test's closed sockets: the flush after a
     transactional test would otherwise race them (and deadlock on PostgreSQL)."""

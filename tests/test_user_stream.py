@@ -19,7 +19,7 @@ from django.test import Client
 
 from chat import dms, fanout, notify, writepath
 from chat.models import Room, UserEvent
-from tests.conftest import Gateway, Server, quiesce
+from tests.conftest import Gateway, Server, both_deployments, quiesce
 from tests.test_realtime import Peer, peer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
@@ -107,16 +107,8 @@ LIMITED = {"CHAT_RESUME_LIMIT": "2"}
 
 @pytest.fixture(scope="module")
 def limited_servers(django_db_setup: Any, django_db_blocker: Any) -> Iterator[dict[str, Server]]:
-    with django_db_blocker.unblock():
-        started: dict[str, Server] = {"channels": Server(env=LIMITED).start()}
-        try:
-            started["serverless"] = Gateway(env=LIMITED).start()
-        except BaseException:
-            started["channels"].stop()
-            raise
-    yield started
-    for server in started.values():
-        server.stop()
+    with django_db_blocker.unblock(), both_deployments(LIMITED) as started:
+        yield started
 
 
 @pytest.fixture(params=["channels", "serverless"])

@@ -50,7 +50,7 @@ from chat.models import (
     Restriction,
     Room,
 )
-from tests.conftest import Gateway, Server, quiesce
+from tests.conftest import Server, both_deployments, quiesce
 from tests.faults.conftest import REFUSALS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -299,16 +299,8 @@ def snapshot() -> tuple[Any, ...]:
 
 @pytest.fixture(scope="module")
 def fuzz_servers(django_db_setup: Any, django_db_blocker: Any) -> Iterator[dict[str, Server]]:
-    with django_db_blocker.unblock():
-        started: dict[str, Server] = {"channels": Server(env=ENV).start()}
-        try:
-            started["serverless"] = Gateway(env=ENV).start()
-        except BaseException:
-            started["channels"].stop()
-            raise
-    yield started
-    for server in started.values():
-        server.stop()
+    with django_db_blocker.unblock(), both_deployments(ENV) as started:
+        yield started
 
 
 @pytest.fixture(params=["channels", "serverless"])
