@@ -18,7 +18,7 @@ from django.test import Client
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from chat import apigateway, metrics, serverless, writepath
+from chat import apigateway, fanout, metrics, serverless, writepath
 from chat.models import Room
 from tests.conftest import Server
 from tests.test_realtime import peer
@@ -309,3 +309,25 @@ def test_the_http_path_prints_one_line_per_request_on_lambda(settings: Any, caps
     assert invocation.middleware(view)(Request()) == "answered"
     lines = _emf_lines(capsys.readouterr().out)
     assert len(lines) == 1 and lines[0]["Handler"] == "http" and lines[0]["resyncs"] == 1
+
+
+class SlowBackend:
+    """A fan-out backend whose publish takes 50 ms."""
+
+    def publish(self, room_id: int, event: dict[str, Any], text: str) -> None:
+        time.sleep(0.05)
+
+
+def _fanout_seconds() -> float:
+    return REGISTRY.get_sample_value("chat_fanout_seconds_sum") or 0.0
+
+
+def test_a_deferred_fanout_is_timed_when_it_runs(settings: Any) -> None:
+    """A Lambda frame's fan-out waits for its connection's lock to go: its latency is that of
+    the posts, measured when they are made, not the moment they were queued."""
+    settings.CHAT_FANOUT_BACKENDS = ["tests.test_metrics.SlowBackend"]
+    before = _fanout_seconds()
+    with fanout.deferred():
+        fanout.publish(1, {"type": "message", "seq": 1})
+        assert _fanout_seconds() == before
+    assert _fanout_seconds() - before >= 0.05
