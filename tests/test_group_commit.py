@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from chat import reads, writepath
+from chat import writepath
 from chat.errors import ChatError
 from chat.models import Attachment, Message, Restriction, Room
+from tests.test_write_path import follow_room
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -90,22 +91,7 @@ def test_racing_writers_get_gap_free_seqs_in_commit_order_each_acked_once(
             acks.append((m.pk, m.seq, posted.created))
         return acks
 
-    def read() -> None:
-        cursor = 0
-        try:
-            while True:
-                finished = done.is_set()
-                for change in reads.catch_up(room, cursor).changes:
-                    seen.append(change["seq"])
-                    cursor = change["seq"]
-                if finished:
-                    break
-        except BaseException as exc:
-            reader_errors.append(exc)
-        finally:
-            connection.close()
-
-    reader = threading.Thread(target=read)
+    reader = threading.Thread(target=follow_room, args=(room, done, seen, reader_errors))
     reader.start()
     results = in_threads([lambda u=u: write(u) for u in users])
     done.set()

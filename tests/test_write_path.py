@@ -101,6 +101,26 @@ def test_a_too_old_cursor_asks_for_resync(alice: Any, room: Room, settings: Any)
     assert [c["seq"] for c in reads.catch_up(room, 2).changes] == [3, 4]
 
 
+def follow_room(
+    room: Room, done: threading.Event, seen: list[int], errors: list[BaseException]
+) -> None:
+    """A reader following the room by its cursor, as every transport's catch-up does, until
+    `done` is set: each seq it reads goes into `seen`, in the order read."""
+    cursor = 0
+    try:
+        while True:
+            finished = done.is_set()
+            for change in reads.catch_up(room, cursor).changes:
+                seen.append(change["seq"])
+                cursor = change["seq"]
+            if finished:
+                break
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        connection.close()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_writers_never_leave_a_hole_for_readers(django_user_model: Any) -> None:
     assert connection.vendor == "postgresql"
@@ -119,22 +139,7 @@ def test_concurrent_writers_never_leave_a_hole_for_readers(django_user_model: An
         finally:
             connection.close()
 
-    def read() -> None:
-        cursor = 0
-        try:
-            while True:
-                finished = done.is_set()
-                for change in reads.catch_up(room, cursor).changes:
-                    seen.append(change["seq"])
-                    cursor = change["seq"]
-                if finished:
-                    break
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    reader = threading.Thread(target=read)
+    reader = threading.Thread(target=follow_room, args=(room, done, seen, errors))
     reader.start()
     threads = [threading.Thread(target=write, args=(u,)) for u in writers]
     for t in threads:
