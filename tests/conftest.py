@@ -239,6 +239,15 @@ def both_deployments(env: dict[str, str]) -> Iterator[dict[str, Server]]:
             server.stop()
 
 
+def one_of(servers: dict[str, Server], name: str) -> Iterator[Server]:
+    """For a fixture over `both_deployments`: the server named, and after the test, on the
+    serverless one, the wait for its invocations (`quiesce`)."""
+    server = servers[name]
+    yield server
+    if name == "serverless":
+        quiesce(gateway=server)
+
+
 def quiesce(timeout: float = 5.0, gateway: Server | None = None) -> None:
     """Wait for the $disconnect invocations of the test's closed sockets: the flush after a
     transactional test would otherwise race them (and deadlock on PostgreSQL)."""

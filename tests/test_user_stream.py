@@ -19,7 +19,7 @@ from django.test import Client
 
 from chat import dms, fanout, notify, writepath
 from chat.models import Room, UserEvent
-from tests.conftest import Gateway, Server, both_deployments, quiesce
+from tests.conftest import Gateway, Server, both_deployments, one_of
 from tests.test_realtime import Peer, peer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
@@ -115,9 +115,7 @@ def limited_servers(django_db_setup: Any, django_db_blocker: Any) -> Iterator[di
 def limited_server(
     request: pytest.FixtureRequest, limited_servers: dict[str, Server], transactional_db: Any
 ) -> Iterator[Server]:
-    yield limited_servers[request.param]
-    if request.param == "serverless":
-        quiesce(gateway=limited_servers[request.param])
+    yield from one_of(limited_servers, request.param)
 
 
 async def test_resume_user_too_far_behind_says_resync(

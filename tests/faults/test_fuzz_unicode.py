@@ -50,7 +50,7 @@ from chat.models import (
     Restriction,
     Room,
 )
-from tests.conftest import Server, both_deployments, quiesce
+from tests.conftest import Server, both_deployments, one_of
 from tests.faults.conftest import REFUSALS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -307,9 +307,7 @@ def fuzz_servers(django_db_setup: Any, django_db_blocker: Any) -> Iterator[dict[
 def target(
     request: pytest.FixtureRequest, fuzz_servers: dict[str, Server], transactional_db: Any
 ) -> Iterator[Server]:
-    yield fuzz_servers[request.param]
-    if request.param == "serverless":
-        quiesce(gateway=fuzz_servers[request.param])
+    yield from one_of(fuzz_servers, request.param)
 
 
 @pytest.fixture
