@@ -9,7 +9,7 @@ Markdown table, the one in the README.
 The results file (see `scenarios()` in bench/run.py):
 
     {"machine": {"cpus": 2, "load_before": [..], "load_after": [..]}, "quick": true, "runs": 1,
-     "scenarios": [{"name": "fanout", "load": "8 msg/s per client",
+     "scenarios": [{"name": "fanout", "load": "4×10×8/s",
                     "p50": 3.1, "p95": 9.0, "p99": 15.2, "deliveries_per_s": 3180.0,
                     "baseline": {"p50": .., "p95": .., "p99": .., "deliveries_per_s": ..}}, ...]}
 

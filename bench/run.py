@@ -55,14 +55,16 @@ def scenarios(name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
     keys = ("p50", "p95", "p99", "deliveries_per_s")
     if name == "fanout":
         out = []
-        for rate, by_target in data.get("summary", {}).items():
+        for key, by_target in data.get("summary", {}).items():
             chat, base = by_target.get("chat"), by_target.get("baseline")
             if chat is None:
                 continue
+            # Keys are ROOMSxCLIENTSxRATE (bench/fanout.py's loads).
+            rooms, clients, rate = key.split("x")
             out.append(
                 {
                     "name": name,
-                    "load": f"{rate} msg/s per client",
+                    "load": f"{rooms}×{clients}×{rate}/s",
                     **{k: chat.get(k) for k in keys},
                     "baseline": {k: base.get(k) for k in keys} if base else None,
                 }

@@ -27,7 +27,7 @@ RESULTS: dict[str, Any] = {
     "scenarios": [
         {
             "name": "fanout",
-            "load": "8 msg/s per client",
+            "load": "4×10×8/s",
             "p50": 3.0,
             "p95": 9.0,
             "p99": 15.0,
@@ -103,11 +103,11 @@ def test_it_draws_a_run_where_nothing_finished(tmp_path: Path) -> None:
 
 def test_run_keeps_a_fanout_without_baseline() -> None:
     chat = {"p50": 2.0, "p95": 5.0, "p99": 8.0, "deliveries_per_s": 300.0, "lost": 0}
-    data = {"summary": {"1": {"chat": chat}}}
+    data = {"summary": {"1x200x1": {"chat": chat}}}
 
     (scenario,) = run.scenarios("fanout", data)
 
-    assert scenario["load"] == "1 msg/s per client"
+    assert scenario["load"] == "1×200×1/s"
     assert scenario["p95"] == 5.0
     assert scenario["deliveries_per_s"] == 300.0
     assert scenario["baseline"] is None
