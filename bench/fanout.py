@@ -265,6 +265,9 @@ async def load(
         "rss_mb": status_at_end.get("VmRSS", 0) / 1024,
         "hwm_mb": status_at_end.get("VmHWM", 0) / 1024,
         "server_cpu": (scpu1 - scpu0) / wall,
+        # What one delivery costs the server: comparable between runs on a machine whose load
+        # varies, where deliveries/s and latency are not.
+        "cpu_us_per_delivery": 1e6 * (scpu1 - scpu0) / max(1, delivered),
         "gen_cpu": (cpu1 - cpu0) / wall,
     }
 
@@ -374,6 +377,7 @@ COLUMNS = [
     ("unacked", "unacked", 0),
     ("RSS MB", "rss_mb", 1),
     ("srv CPU", "server_cpu", 2),
+    ("µs/deliv", "cpu_us_per_delivery", 1),
     ("gen CPU", "gen_cpu", 2),
 ]
 
@@ -687,6 +691,9 @@ async def notify_load(
         "drain_s": max(0.0, last_any - send_end),
         "errors": errors,
         "server_cpu": (scpu1 - scpu0) / wall,
+        # What one delivery costs the server: comparable between runs on a machine whose load
+        # varies, where deliveries/s and latency are not.
+        "cpu_us_per_delivery": 1e6 * (scpu1 - scpu0) / max(1, delivered),
         "gen_cpu": (cpu1 - cpu0) / wall,
         "load1": load1,
     }
@@ -787,6 +794,7 @@ NOTIFY_COLUMNS = [
     ("s.dup+ooo", "stream_dup_ooo", 0),
     ("m.miss", "mentions_missing", 0),
     ("srv CPU", "server_cpu", 2),
+    ("µs/deliv", "cpu_us_per_delivery", 1),
     ("gen CPU", "gen_cpu", 2),
     ("load1", "load1", 2),
 ]

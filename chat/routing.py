@@ -5,11 +5,14 @@ it, unless CHAT_WS_PATH or CHAT_WS_URL say otherwise):
 
     ProtocolTypeRouter({
         "http": URLRouter([*longpoll_urlpatterns("community/chat/"), re_path(r"", django_asgi)]),
-        "websocket": SameOriginOrToken(
+        "websocket": direct_frames(SameOriginOrToken(
             AuthMiddlewareStack(URLRouter([path("community/chat/", URLRouter(websocket_urlpatterns))])),
             allowed_origins(),
-        ),
+        )),
     })
+
+`direct_frames` (chat.consumers) is optional: outermost, it lets sockets write their frames past
+the middleware in between, which in a large room costs as much as the frames themselves.
 
 The long-poll routes are optional: chat.urls serves the same paths as Django views. Routed here,
 a waiter skips Django's sync middleware and holds no thread while it waits (chat/longpoll.py).

@@ -17,7 +17,7 @@ from django.urls import re_path  # noqa: E402
 
 from chat import routing  # noqa: E402
 from chat.accesslog import asgi_access  # noqa: E402
-from chat.consumers import SameOriginOrToken  # noqa: E402
+from chat.consumers import SameOriginOrToken, direct_frames  # noqa: E402
 from chat.protocol import allowed_origins  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -33,9 +33,11 @@ application = ProtocolTypeRouter(
                 re_path(r"", django_http),
             ]
         ),
-        "websocket": SameOriginOrToken(
-            AuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns)),
-            allowed_origins(),
+        "websocket": direct_frames(
+            SameOriginOrToken(
+                AuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns)),
+                allowed_origins(),
+            )
         ),
     }
 )
