@@ -44,6 +44,7 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,12 @@ async def load(
     seconds: float,
     drain: float,
     compression: str | None,
-    pid: int,
+    pid: int | Sequence[int],
     profile: str | None = None,
 ) -> dict[str, Any]:
+    # Several server processes (bench/processes.py): their CPU and memory are summed, and the
+    # profile, if any, is of the first.
+    pids = [pid] if isinstance(pid, int) else list(pid)
     clients = [Client(r, i, url) for r, row in enumerate(urls) for i, url in enumerate(row)]
     ready: asyncio.Queue[int] = asyncio.Queue()
     done_sending: asyncio.Queue[int] = asyncio.Queue()
@@ -173,7 +177,7 @@ async def load(
     for _ in clients:
         await asyncio.wait_for(ready.get(), 120)
     await asyncio.sleep(0.5)  # let presence announcements settle
-    cpu0, scpu0 = common.self_cpu_seconds(), common.cpu_seconds(pid)
+    cpu0, scpu0 = common.self_cpu_seconds(), sum(common.cpu_seconds(p) for p in pids)
     times["start"] = time.time() + 0.2
     times["end"] = times["start"] + seconds
     go.set()
@@ -184,7 +188,7 @@ async def load(
             str(Path(sys.executable).parent / "py-spy"),
             "record",
             "--pid",
-            str(pid),
+            str(pids[0]),
             "--duration",
             str(int(seconds)),
             "--format",
@@ -198,7 +202,7 @@ async def load(
     for _ in clients:
         await done_sending.get()
     send_end = time.time()
-    status_at_end = common.proc_status(pid)
+    status_at_end = [common.proc_status(p) for p in pids]
     # Drain: every send acknowledged and every client caught up with its room's last seq.
     deadline = time.time() + drain
     while time.time() < deadline:
@@ -212,7 +216,7 @@ async def load(
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)  # late duplicates would arrive now
     wall = time.time() - times["start"]
-    cpu1, scpu1 = common.self_cpu_seconds(), common.cpu_seconds(pid)
+    cpu1, scpu1 = common.self_cpu_seconds(), sum(common.cpu_seconds(p) for p in pids)
     finish.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     if spy is not None:
@@ -262,8 +266,8 @@ async def load(
         "duplicated": dup,
         "out_of_order": ooo,
         "errors": errors,
-        "rss_mb": status_at_end.get("VmRSS", 0) / 1024,
-        "hwm_mb": status_at_end.get("VmHWM", 0) / 1024,
+        "rss_mb": sum(s.get("VmRSS", 0) for s in status_at_end) / 1024,
+        "hwm_mb": sum(s.get("VmHWM", 0) for s in status_at_end) / 1024,
         "server_cpu": (scpu1 - scpu0) / wall,
         # What one delivery costs the server: comparable between runs on a machine whose load
         # varies, where deliveries/s and latency are not.

@@ -38,6 +38,7 @@ SCRIPTS = (
     "search",
     "fanout",
     "fanout_notify",
+    "processes",
     "longpoll",
     "longpoll_serverless",
     "serverless_fanout",
@@ -82,6 +83,22 @@ def scenarios(name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
                 "baseline": None,
             }
             for mode, m in medians.items()
+        ]
+    if name == "processes":
+        summary = data.get("summary", {})
+        med = summary.get("median")
+        if not med:
+            return []
+        n = summary.get("processes")
+        count = {1: "one process", 2: "two processes"}.get(n, f"{n} processes")
+        shape = f"{summary.get('rooms')}x{summary.get('clients')}x{summary.get('rate'):g}"
+        return [
+            {
+                "name": name,
+                "load": f"{shape} {count}",
+                **{k: med.get(k) for k in keys},
+                "baseline": None,
+            }
         ]
     if name == "search":
         # The view's time per request (what a client waits for, less the network), per band of
@@ -142,6 +159,9 @@ def main() -> int:
         # The user's stream: 200 members, 10 with the room open, rounds of notifications on/off.
         "fanout_notify": ["--notify", "--runs", str(runs)]
         + (["--seconds", "5"] if args.quick else []),
+        # Two server processes on one database and Redis, 4 rooms x 10 clients x 10 msg/s, the
+        # clients of each room split between them: nothing lost, each message once, in order.
+        "processes": ["--runs", str(runs)] + (["--seconds", "5"] if args.quick else []),
         "longpoll": ["--runs", str(runs)],
         # The same script on the local gateway (Lambda's LISTEN/NOTIFY wait), 100 waiters.
         "longpoll_serverless": ["--serverless", "--waiters", "100", "--runs", str(runs)],

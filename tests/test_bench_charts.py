@@ -133,3 +133,20 @@ def test_run_reports_each_search_band_by_its_view_times() -> None:
     assert (typical["p50"], typical["p95"], typical["p99"]) == (11.0, 22.0, 42.0)
     assert typical["baseline"] is None and "deliveries_per_s" not in typical
     assert (rare["p50"], rare["p99"]) == (3.0, 9.0) and math.isnan(rare["p95"])
+
+
+def test_run_reports_two_processes_by_their_shape_and_medians() -> None:
+    median = {"p50": 40.0, "p95": 90.0, "p99": 120.0, "deliveries_per_s": 3950.0, "lost": 0}
+    data = {"summary": {"processes": 2, "rooms": 4, "clients": 10, "rate": 10.0, "median": median}}
+
+    (scenario,) = run.scenarios("processes", data)
+
+    assert scenario["name"] == "processes"
+    assert scenario["load"] == "4x10x10 two processes"
+    assert (scenario["p50"], scenario["p95"], scenario["p99"]) == (40.0, 90.0, 120.0)
+    assert scenario["deliveries_per_s"] == 3950.0
+    assert scenario["baseline"] is None
+
+
+def test_run_draws_nothing_for_processes_that_did_not_finish_a_run() -> None:
+    assert run.scenarios("processes", {"budgets": [], "summary": {}}) == []
