@@ -23,11 +23,22 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from chat import presence
+from chat import metrics, presence, reads
 from chat.conf import settings
-from chat.fanout import CONTROL_GROUP, CONTROL_TYPE, USER_TYPE, group_name, user_group
+from chat.events import Event
+from chat.fanout import (
+    CONTROL_GROUP,
+    CONTROL_TYPE,
+    USER_TYPE,
+    encode,
+    group_name,
+    layer_message,
+    user_group,
+)
+from chat.models import Room
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,9 @@ class RoomHub:
         self.last_seq: dict[int, int] = {}
         self.held: dict[int, dict[int, dict[str, Any]]] = {}
         self.timers: dict[int, asyncio.TimerHandle] = {}
+        # Rooms whose missing events are being read from the database, and those reads.
+        self.filling: set[int] = set()
+        self.fills: set[asyncio.Task[None]] = set()
         # Rooms whose group subscription failed (Redis down): retried every second.
         self.unjoined: set[int] = set()
         # Consumers told about control messages, and whether the control group is joined.
@@ -159,7 +173,8 @@ class RoomHub:
 
         Writers in several threads and processes commit in seq order but publish a moment later,
         so events can arrive slightly out of order. Passed on as they come, every socket would see
-        a gap and read the database; held here for a moment, the missing one usually arrives.
+        a gap and read the database; held here for a moment, the missing one usually arrives, and
+        if it does not the hub reads it once for all of them (_release).
         """
         if message.get("type") == CONTROL_TYPE:
             for watcher in list(self.watchers):
@@ -187,7 +202,7 @@ class RoomHub:
         if seq > last + 1:
             held = self.held.setdefault(room_id, {})
             held[seq] = message
-            if room_id not in self.timers:
+            if room_id not in self.timers and room_id not in self.filling:
                 loop = asyncio.get_running_loop()
                 self.timers[room_id] = loop.call_later(REORDER_WAIT, self._release, room_id)
             return
@@ -202,12 +217,49 @@ class RoomHub:
             self._cancel_timer(room_id)
 
     def _release(self, room_id: int) -> None:
-        """The missing event did not come: pass on what is held; sockets fill the gap."""
+        """The missing event did not come: read it from the database, once for every listener
+        of this process. Passed on with a gap, every socket of the room would read it on its
+        own: in a 200-member room that is 200 reads for one late event, just when the process is
+        too busy to wait for it."""
         self.timers.pop(room_id, None)
+        if room_id in self.filling or room_id not in self.listeners:
+            return
+        self.filling.add(room_id)
+        task = asyncio.create_task(
+            self._fill(room_id), name="room-hub-fill", context=contextvars.Context()
+        )
+        self.fills.add(task)
+        task.add_done_callback(self.fills.discard)
+
+    async def _fill(self, room_id: int) -> None:
+        after = self.last_seq.get(room_id)
+        changes: list[Event] | None = None
+        if after is not None:
+            try:
+                changes = await database_sync_to_async(_missing, thread_sensitive=False)(
+                    room_id, after
+                )
+            except Exception:
+                # The database is away: the held events go on with their gap; cursors fill it.
+                log.warning(
+                    "room hub could not read room %s after %s", room_id, after, exc_info=True
+                )
+        self.filling.discard(room_id)
+        if room_id not in self.listeners:
+            return
+        if changes:
+            metrics.GAP_FILLS.labels(metrics.HUB).inc()
+        for event in changes or ():
+            # Events that came while reading are already passed on.
+            if event["seq"] > self.last_seq.get(room_id, 0):
+                self._deliver(layer_message(room_id, event, encode(event)))
+                self.last_seq[room_id] = event["seq"]
+        # What is held beyond it: in order, a gap (a resync, a failed read) left to the cursors.
         held = self.held.pop(room_id, {})
         for seq in sorted(held):
-            self._deliver(held[seq])
-            self.last_seq[room_id] = max(self.last_seq.get(room_id, 0), seq)
+            if seq > self.last_seq.get(room_id, 0):
+                self._deliver(held[seq])
+                self.last_seq[room_id] = seq
 
     def _cancel_timer(self, room_id: int) -> None:
         timer = self.timers.pop(room_id, None)
@@ -291,6 +343,14 @@ class RoomHub:
                     await self._user_add(key)
                 if self.control_joined:
                     await self._control_add()
+
+
+def _missing(room_id: int, after: int) -> list[Event] | None:
+    """The room's changes after `after`, as its sockets would read them; None when too many to
+    replay (each socket then resyncs on its own)."""
+    room = Room.objects.get(pk=room_id)
+    caught = reads.catch_up(room, after, room.seq)
+    return None if caught.resync else caught.changes
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoomHub] = weakref.WeakKeyDictionary()

@@ -43,6 +43,8 @@ from chat.conf import settings
 # Transports, as labels.
 WEBSOCKET = "websocket"
 LONG_POLL = "long-poll"
+# A room hub's read for every socket of its process (chat/hub.py), counted once.
+HUB = "hub"
 
 # Gauges are summed over the live workers in multiprocess mode (ignored otherwise).
 OPEN_CONNECTIONS = Gauge(

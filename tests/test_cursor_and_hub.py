@@ -3,13 +3,21 @@ routing of events and moderation's control messages."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
+from prometheus_client import REGISTRY
 
+from chat import hub as hub_module
+from chat import writepath
 from chat.cursor import Cursors, Verdict
-from chat.fanout import CONTROL_TYPE
+from chat.events import Event
+from chat.fanout import CONTROL_TYPE, encode, layer_message
 from chat.hub import RoomHub
+from chat.models import Room
 
 
 def live(room: int, seq: int | None, kind: str = "message") -> dict[str, Any]:
@@ -74,3 +82,88 @@ async def test_control_messages_reach_watchers_only_never_room_listeners() -> No
     for task in (hub.reader, hub.maintainer):
         assert task is not None
         task.cancel()
+
+
+def hub_fills() -> float:
+    return REGISTRY.get_sample_value("chat_gap_fills_total", {"transport": "hub"}) or 0.0
+
+
+@sync_to_async
+def three_messages(django_user_model: Any) -> tuple[int, list[Event]]:
+    author = django_user_model.objects.create_user("hub-author")
+    room = Room.objects.create(slug="hub-fill", title="Hub fill")
+    posted = [writepath.post_message(author, room, f"m{i}", f"c{i}").message for i in range(3)]
+    return room.pk, [m.to_event() for m in posted]
+
+
+async def listening(
+    hub: RoomHub, room_id: int, count: int
+) -> tuple[list[list[Any]], asyncio.Event]:
+    """Two listeners of the room; the event is set once both have heard `count` events."""
+    heard: list[list[Any]] = [[], []]
+    done = asyncio.Event()
+
+    def listener(i: int) -> Any:
+        def hear(message: dict[str, Any]) -> None:
+            heard[i].append(message)
+            if all(len(h) >= count for h in heard):
+                done.set()
+
+        return hear
+
+    for i in range(2):
+        await hub.join(room_id, listener(i))
+    return heard, done
+
+
+async def stop(hub: RoomHub) -> None:
+    for task in (hub.reader, hub.maintainer, *hub.fills):
+        if task is not None:
+            task.cancel()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_event_that_does_not_come_is_read_once_for_every_listener(
+    django_user_model: Any,
+) -> None:
+    room_id, (first, second, third) = await three_messages(django_user_model)
+    hub = RoomHub()
+    heard, done = await listening(hub, room_id, 3)
+    before = hub_fills()
+
+    hub.dispatch({"type": "chat.event", **layer_message(room_id, first, encode(first))})
+    hub.dispatch({"type": "chat.event", **layer_message(room_id, third, encode(third))})
+    await asyncio.wait_for(done.wait(), 10)
+
+    for got in heard:
+        assert [m["seq"] for m in got] == [first["seq"], second["seq"], third["seq"]]
+        assert json.loads(got[1]["text"]) == json.loads(encode(second))
+    assert hub_fills() == before + 1  # one read for both listeners
+    await stop(hub)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_when_the_read_fails_the_held_events_go_on_and_cursors_see_the_gap(
+    django_user_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room_id, (first, _, third) = await three_messages(django_user_model)
+
+    def database_away(room_id: int, after: int) -> None:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(hub_module, "_missing", database_away)
+    hub = RoomHub()
+    heard, done = await listening(hub, room_id, 2)
+    before = hub_fills()
+
+    hub.dispatch({"type": "chat.event", **layer_message(room_id, first, encode(first))})
+    hub.dispatch({"type": "chat.event", **layer_message(room_id, third, encode(third))})
+    await asyncio.wait_for(done.wait(), 10)
+
+    cursors = Cursors()
+    cursors.start(room_id, first["seq"] - 1)
+    for got in heard:
+        assert [m["seq"] for m in got] == [first["seq"], third["seq"]]
+    assert [cursors.offer(m) for m in heard[0]] == [Verdict.SEND, Verdict.FILL]
+    assert hub_fills() == before
+    await stop(hub)
