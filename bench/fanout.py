@@ -1067,11 +1067,11 @@ def load_budgets(
         # Without the baseline in the run there is nothing to compare with: the budget fails.
         out.append(
             common.budget(
-                f"{name} deliveries/s as a ratio of the baseline",
-                math.nan if ratio is None else ratio,
-                limits["min_ratio"],
+                f"{name} deliveries/s as % of the baseline's (same run)",
+                math.nan if ratio is None else 100 * ratio,
+                100 * limits["min_ratio"],
                 "min",
-                "x",
+                "%",
             )
         )
     out.append(
