@@ -19,8 +19,6 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
 from django.utils import translation
-from websockets.frames import Opcode
-from websockets.protocol import State as WebSocketState
 
 from chat import events, metrics, presence, protocol, reads
 from chat.accesslog import ConnectionLine, header, pick_request_id, set_request_id
@@ -52,46 +50,6 @@ def direct_frames(app: Any) -> Any:
         return await app({**scope, SERVER_SEND: send}, receive, send)
 
     return with_server_send
-
-
-# A socket whose server-side buffer holds more than this is written through the writer task,
-# which waits for the buffer to drain: a slow reader never grows the process's memory.
-DIRECT_BUFFER_LIMIT = 64 * 1024
-
-
-class DirectWriter:
-    """Writes a live event's frame to the socket at once, from the hub's dispatch, when nothing
-    is ahead of it: no task to wake, no queue, no await. Possible when direct_frames() handed
-    over the server's send and the server is uvicorn's `websockets` implementation (the one
-    chatsite.serve runs), whose protocol writes a frame synchronously (as websockets' own
-    broadcast does); anything else, and any doubt, goes through the writer task. In a 200-member
-    room this took half the time a delivery cost the process."""
-
-    def __init__(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    @classmethod
-    def of(cls, server_send: Any) -> DirectWriter | None:
-        protocol = getattr(server_send, "__self__", None)
-        needed = ("write_frame_sync", "state", "transport", "closed_event", "_paused")
-        if protocol is None or not all(hasattr(protocol, name) for name in needed):
-            return None
-        return cls(protocol)
-
-    def ready(self) -> bool:
-        protocol = self.protocol
-        transport = protocol.transport
-        return (
-            protocol.state is WebSocketState.OPEN
-            and not protocol.closed_event.is_set()
-            and not protocol._paused
-            and transport is not None
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() <= DIRECT_BUFFER_LIMIT
-        )
-
-    def write(self, text: str) -> None:
-        self.protocol.write_frame_sync(True, Opcode.TEXT, text.encode())
 
 
 def in_thread(func: Any) -> Any:
@@ -133,10 +91,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # Where text frames go once accepted: the server's send if direct_frames() gave it, else
     # through the middleware like everything else.
     frame_send: Any = None
-    # Live events written from the hub's dispatch when nothing is ahead of them (DirectWriter).
-    direct: DirectWriter | None = None
-    # True while the writer task handles an item: live events then queue behind it.
-    writing = False
 
     async def connect(self) -> None:
         # This task serves the socket to the end: its lines carry this id, and its own line
@@ -167,7 +121,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.lagging: set[Any] = set()
         await self.accept()
         self.frame_send = self.scope.get(SERVER_SEND) or self.base_send
-        self.direct = DirectWriter.of(self.scope.get(SERVER_SEND))
         metrics.OPEN_CONNECTIONS.labels(metrics.WEBSOCKET).inc()
         self.writer = asyncio.create_task(self._write(), name="ws-writer")
         self.tasks = {self.writer, asyncio.create_task(self._heartbeat(), name="ws-presence")}
@@ -207,7 +160,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.conn is None:
             return
         metrics.OPEN_CONNECTIONS.labels(metrics.WEBSOCKET).dec()
-        self.direct = None
         for task in self.tasks:
             task.cancel()
         rooms = await self._leave_hub()
@@ -240,32 +192,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def deliver(self, message: dict[str, Any]) -> None:
         """Called by the hub for every live event of a subscribed room; must not block."""
-        direct = self.direct
-        if (
-            direct is not None
-            and not self.writing
-            and not self.lagging
-            and self.outbox.empty()
-            and direct.ready()
-        ):
-            # Nothing is ahead of this event: the writer's own decision, made here.
-            if self._skip(message):
-                return
-            verdict = (self.stream if message["room"] == USER else self.cursors).offer(message)
-            if verdict is Verdict.SEND:
-                try:
-                    direct.write(message["text"])
-                except Exception:
-                    # The socket went away: the writer's path finds out and cleans up.
-                    log.debug("direct write failed", exc_info=True)
-                    self.direct = None
-                else:
-                    self.line.frames_out += 1
-                    metrics.DELIVERIES.inc()
-                return
-            if verdict is not Verdict.FILL:
-                return  # DROP, or HOLD (kept by the cursor until the subscribe reply)
-            # A gap: the writer fills it from the database (offering it again finds the gap).
         try:
             self.outbox.put_nowait(("live", message))
         except asyncio.QueueFull:
@@ -288,7 +214,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if message["op"] == "close":
             # Banned: stop the writer first, so nothing more of any room reaches this socket,
             # then say why and close.
-            self.direct = None
             self.writer.cancel()
             rooms = await self._leave_hub()
             told = await in_thread(protocol.banned)(self.conn, rooms, message.get("room"))
@@ -305,9 +230,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _write(self) -> None:
         try:
             while True:
-                self.writing = False
                 kind, item = await self.outbox.get()
-                self.writing = True
                 if kind == "reply":
                     await self._send_replies(item)
                 else:
@@ -324,9 +247,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             log.exception("websocket writer failed; closing")
             await self.close(code=1011)
-        finally:
-            # Nothing is written past a writer that stopped.
-            self.direct = None
 
     async def _send_replies(self, replies: list[dict[str, Any]]) -> None:
         for event in replies:
@@ -341,12 +261,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     for held in self.cursors.subscribed(room_id, event["seq"]):
                         await self._send_live(held)
 
-    def _skip(self, message: dict[str, Any]) -> bool:
-        """A user's own typing does not come back to them."""
-        return message["kind"] == "typing" and message.get("user") == self.username
-
     async def _send_live(self, message: dict[str, Any]) -> None:
-        if self._skip(message):
+        if message["kind"] == "typing" and message.get("user") == self.username:
             return
         verdict = (self.stream if message["room"] == USER else self.cursors).offer(message)
         if verdict is Verdict.SEND:
