@@ -331,3 +331,56 @@ def test_a_deferred_fanout_is_timed_when_it_runs(settings: Any) -> None:
         fanout.publish(1, {"type": "message", "seq": 1})
         assert _fanout_seconds() == before
     assert _fanout_seconds() - before >= 0.05
+
+
+@pytest.mark.timeout(180)
+async def test_a_reader_that_stops_reading_is_filled_in_order_once_it_reads_again(
+    django_db_setup: Any, django_db_blocker: Any, transactional_db: Any, alice: Any, bob: Any
+) -> None:
+    """A client that stops reading: once the kernel's buffers are full the socket's writer waits
+    on it, its queue overflows (CHAT_SEND_QUEUE), and the room is filled from the database when
+    the client reads again: every message once, in order, and the gap fill counted."""
+    import socket
+
+    from websockets.asyncio.client import connect
+
+    from chat.tokens import make_token
+
+    room = await sync_to_async(Room.objects.create)(slug="general", title="General")
+    with django_db_blocker.unblock():
+        server = await sync_to_async(
+            # Every message replayed, not a resync (the gap can be longer than the default).
+            Server(
+                {"CHAT_METRICS_TOKEN": TOKEN, "CHAT_SEND_QUEUE": "10", "CHAT_RESUME_LIMIT": "5000"}
+            ).start,
+            thread_sensitive=False,
+        )()
+    try:
+        token = await sync_to_async(make_token)(bob)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        # Uncompressed: a repeated body would otherwise shrink to a few bytes a frame.
+        ws = await connect(
+            f"{server.ws_url}?token={token}", sock=sock, max_queue=1, compression=None
+        )
+        await ws.send(json.dumps({"action": "subscribe", "room": "general"}))
+        while json.loads(await ws.recv())["type"] != "subscribed":
+            pass
+        before = await sync_to_async(scrape, thread_sensitive=False)(server)
+        # About 5.5 MB: more than the kernel's buffers hold (a socket's send buffer grows to
+        # 4 MB here), while bob reads nothing.
+        body, count = "z" * 3900, 1400
+        for i in range(count):
+            await sync_to_async(writepath.post_message)(alice, room, f"{i} {body}", f"s{i}")
+        seqs: list[int] = []
+        while len(seqs) < count:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if event["type"] == "message":
+                seqs.append(event["seq"])
+        assert seqs == list(range(1, count + 1))
+        after = await sync_to_async(scrape, thread_sensitive=False)(server)
+        assert moved(before, after, "chat_gap_fills_total", transport="websocket") >= 1
+        await ws.close()
+    finally:
+        await sync_to_async(server.stop, thread_sensitive=False)()
