@@ -133,3 +133,28 @@ def test_run_reports_each_search_band_by_its_view_times() -> None:
     assert (typical["p50"], typical["p95"], typical["p99"]) == (11.0, 22.0, 42.0)
     assert typical["baseline"] is None and "deliveries_per_s" not in typical
     assert (rare["p50"], rare["p99"]) == (3.0, 9.0) and math.isnan(rare["p95"])
+
+
+def test_the_sockets_scenario_is_the_fan_out_with_the_idle_sockets_open() -> None:
+    data = {
+        "budgets": [],
+        "summary": {
+            "load": "4x10x10, 10k idle",
+            "p50": 5.0,
+            "p95": 20.0,
+            "p99": 40.0,
+            "deliveries_per_s": 3990.0,
+            "rss_after_mb": 700.0,
+        },
+    }
+    (scenario,) = run.scenarios("sockets", data)
+    assert scenario == {
+        "name": "sockets",
+        "load": "4x10x10, 10k idle",
+        "p50": 5.0,
+        "p95": 20.0,
+        "p99": 40.0,
+        "deliveries_per_s": 3990.0,
+        "baseline": None,
+    }
+    assert run.scenarios("sockets", {"budgets": []}) == []  # it did not finish
