@@ -25,7 +25,8 @@ leaves unacknowledged nothing, with a p99 ≤ 100 ms; no idle socket is refused 
 
     .venv/bin/python bench/sockets.py [--sockets 10000] [--idle-rooms 100] [--concurrency 50]
         [--idle-compression deflate|none] [--seconds 10] [--rounds 3] [--runs 1]
-        [--profile-connect out.txt] [--profile-idle out.txt] [--py-spy PATH]
+        [--profile-connect out.txt] [--profile-idle out.txt] [--profile-load out.txt]
+        [--py-spy PATH]
 """
 
 from __future__ import annotations
@@ -290,7 +291,9 @@ async def session(
     for k in range(args.rounds):
         # Tokens made now: the connects may have taken longer than a token lives.
         load_urls = await asyncio.to_thread(fanout.chat_urls, server, args.rooms, args.clients)
+        profiler = spy(pid, args.profile_load if k == 0 else None, args.py_spy)
         r = await fanout.load(load_urls, args.rate, args.seconds, args.drain, "deflate", pid)
+        unspy(profiler)
         r["load1"] = load_avg()
         rounds.append(r)
         print(
@@ -411,6 +414,7 @@ def main() -> int:
     )
     ap.add_argument("--profile-connect", help="py-spy output while connecting (.txt raw, .svg)")
     ap.add_argument("--profile-idle", help="py-spy output while idle (.txt raw, .svg)")
+    ap.add_argument("--profile-load", help="py-spy output during the first fan-out round")
     ap.add_argument(
         "--py-spy", default=str(Path(sys.executable).parent / "py-spy"), help="py-spy binary"
     )
