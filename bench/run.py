@@ -43,6 +43,7 @@ SCRIPTS = (
     "longpoll_serverless",
     "serverless_fanout",
     "cold_start",
+    "sockets",
 )
 # Benchmarks that are another script with other arguments.
 SOURCES = {"longpoll_serverless": "longpoll", "fanout_notify": "fanout"}
@@ -91,12 +92,25 @@ def scenarios(name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
             return []
         n = summary.get("processes")
         count = {1: "one process", 2: "two processes"}.get(n, f"{n} processes")
-        shape = f"{summary.get('rooms')}x{summary.get('clients')}x{summary.get('rate'):g}"
+        shape = f"{summary.get('rooms')}×{summary.get('clients')}×{summary.get('rate'):g}/s"
         return [
             {
                 "name": name,
-                "load": f"{shape} {count}",
+                "load": f"{shape}, {count}",
                 **{k: med.get(k) for k in keys},
+                "baseline": None,
+            }
+        ]
+    if name == "sockets":
+        # The fan-out load with thousands of idle sockets open on the same process.
+        summary = data.get("summary", {})
+        if not summary:
+            return []
+        return [
+            {
+                "name": name,
+                "load": summary.get("load", "?"),
+                **{k: summary.get(k) for k in keys},
                 "baseline": None,
             }
         ]
@@ -167,6 +181,10 @@ def main() -> int:
         "longpoll_serverless": ["--serverless", "--waiters", "100", "--runs", str(runs)],
         "serverless_fanout": ["--runs", str(runs)],
         "cold_start": ["--runs", str(runs)],
+        # 10,000 idle sockets on one process (RSS ≤ 1 GB), then 4x10x10 with them open: one
+        # server, `runs` rounds of the fan-out.
+        "sockets": ["--rounds", str(runs)]
+        + (["--seconds", "5", "--idle", "10"] if args.quick else []),
     }
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(chosen) - set(SCRIPTS)

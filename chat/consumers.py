@@ -123,8 +123,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.frame_send = self.scope.get(SERVER_SEND) or self.base_send
         metrics.OPEN_CONNECTIONS.labels(metrics.WEBSOCKET).inc()
         self.writer = asyncio.create_task(self._write(), name="ws-writer")
-        self.tasks = {self.writer, asyncio.create_task(self._heartbeat(), name="ws-presence")}
+        self.tasks = {self.writer}
         await get_hub().watch(self.control)
+        # The hub's heartbeat keeps this socket's presence entries alive (presence_entries).
+        get_hub().hold_presence(self.presence_entries)
         # Joined before its position is read: nothing committed in between is missed.
         await get_hub().join_user(user.pk, self.deliver)
         self.stream.start(USER, await in_thread(reads.user_seq)(user))
@@ -169,6 +171,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Stop receiving anything; the rooms this socket received, for the protocol's goodbye."""
         assert self.conn is not None
         get_hub().unwatch(self.control)
+        get_hub().release_presence(self.presence_entries)
         await get_hub().leave_user(self.conn.user.pk, self.deliver)
         rooms = [(room_id, self.slugs[room_id]) for room_id in self.cursors.rooms()]
         for room_id, _ in rooms:
@@ -298,22 +301,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=encode(event))
         self.stream.filled(USER, caught.seq)
 
-    async def _heartbeat(self) -> None:
-        interval = max(1.0, settings.CHAT_PRESENCE_TTL / 3)
-        while True:
-            await asyncio.sleep(interval)
-            rooms = self.cursors.started()
-            if rooms:
-                try:
-                    await in_thread(self._refresh_presence)(rooms)
-                except Exception:
-                    # Keep beating: one failure must not drop the user from presence for good.
-                    log.warning("presence refresh failed", exc_info=True)
-
-    def _refresh_presence(self, rooms: list[int]) -> None:
+    def presence_entries(self) -> presence.Entries:
+        """The rooms this socket is in the presence of, for the hub's heartbeat: those whose
+        subscribe reply has come (the join itself was made, and announced, by the subscribe)."""
         assert self.conn is not None
-        for room_id in rooms:
-            presence.refresh(room_id, self.conn.conn_id, self.username)
+        return {room_id: {self.conn.conn_id: self.username} for room_id in self.cursors.started()}
 
 
 def _catch_up(room_id: int, cursor: int) -> reads.CatchUp:

@@ -43,6 +43,8 @@ from chat.models import Room
 log = logging.getLogger(__name__)
 
 Listener = Callable[[dict[str, Any]], None]
+# A connection's presence entries as of now: per room, connection id -> username.
+Holder = Callable[[], presence.Entries]
 
 # The in-memory layer forgets group members after a day; re-adding every hour keeps rooms alive.
 GROUP_REFRESH_SECONDS = 3600
@@ -73,6 +75,9 @@ class RoomHub:
         # Per user (the id as text): listeners of the user's stream; users not yet subscribed.
         self.user_listeners: dict[str, set[Listener]] = {}
         self.unjoined_users: set[str] = set()
+        # The connections in presence here: the hub refreshes all their entries in one heartbeat
+        # (presence.beat) instead of each socket running its own.
+        self.holders: set[Holder] = set()
 
     async def join(self, room_id: int, listener: Listener) -> None:
         """Start receiving the room's events. Returns once the subscription is in place."""
@@ -132,6 +137,51 @@ class RoomHub:
 
     def unwatch(self, watcher: Listener) -> None:
         self.watchers.discard(watcher)
+
+    def hold_presence(self, holder: Holder) -> None:
+        """Keep the holder's presence entries alive (asked at every heartbeat) until released.
+        The holder must also be a watcher or listener: the heartbeat runs while the hub has any."""
+        self.holders.add(holder)
+
+    def release_presence(self, holder: Holder) -> None:
+        self.holders.discard(holder)
+
+    def _entries(self, holders: list[Holder]) -> presence.Entries:
+        entries: presence.Entries = {}
+        for holder in holders:
+            try:
+                held = holder()
+            except Exception:
+                log.exception("a presence holder failed")
+                continue
+            for room_id, conns in held.items():
+                entries.setdefault(room_id, {}).update(conns)
+        return entries
+
+    async def _beat(self) -> None:
+        """Refresh every local presence entry and sweep the rooms, in one worker thread."""
+        holders = list(self.holders)
+        entries = self._entries(holders)
+        try:
+            await presence.beat(entries, self.rooms())
+        except Exception:
+            # Keep beating: one failure must not drop this process's users from presence.
+            log.warning("presence heartbeat failed", exc_info=True)
+        if not entries:
+            return
+        # A connection that left a room while the refresh was on its way may have been written
+        # back after its leave took it out: take such entries out again.
+        now = self._entries([h for h in holders if h in self.holders])
+        gone = {
+            room_id: {c: u for c, u in conns.items() if c not in now.get(room_id, {})}
+            for room_id, conns in entries.items()
+        }
+        gone = {room_id: conns for room_id, conns in gone.items() if conns}
+        if gone:
+            try:
+                await presence.drop(gone)
+            except Exception:
+                log.warning("presence clean-up failed", exc_info=True)
 
     async def _start(self) -> None:
         if self.channel is None:
@@ -310,13 +360,18 @@ class RoomHub:
             self.control_joined = True
 
     async def _maintain(self) -> None:
+        # Entries live CHAT_PRESENCE_TTL: refreshed three times a lifetime, one missed beat (Redis
+        # away for a moment) does not drop anyone.
         sweep_every = max(1.0, settings.CHAT_PRESENCE_TTL / 3)
-        since_sweep = since_refresh = 0.0
+        loop = asyncio.get_running_loop()
+        # By the clock, not by counting ticks: a loop busy with thousands of sockets sleeps longer
+        # than asked, and the entries must still be refreshed within their TTL.
+        last_beat = loop.time()
+        since_refresh = 0.0
         while self.listeners or self.watchers or self.user_listeners:
             await asyncio.sleep(1.0)
             if self.watchers and not self.control_joined:
                 await self._control_add()
-            since_sweep += 1.0
             since_refresh += 1.0
             for room_id in list(self.unjoined):
                 if room_id in self.listeners:
@@ -328,13 +383,9 @@ class RoomHub:
                     await self._user_add(key)
                 else:
                     self.unjoined_users.discard(key)
-            if since_sweep >= sweep_every:
-                since_sweep = 0.0
-                for room_id in self.rooms():
-                    try:
-                        await presence.sweep(room_id)
-                    except Exception:
-                        log.warning("presence sweep failed for room %s", room_id, exc_info=True)
+            if loop.time() - last_beat >= sweep_every:
+                last_beat = loop.time()
+                await self._beat()
             if since_refresh >= GROUP_REFRESH_SECONDS:
                 since_refresh = 0.0
                 for room_id in self.rooms():

@@ -28,11 +28,19 @@ from chat.models import Room, Subscription, username_lookup
 log = logging.getLogger(__name__)
 
 
+# Per room: connection id -> username, the entries one process holds.
+Entries = dict[int, dict[str, str]]
+
+
 class Store(Protocol):
     def touch(self, room_id: int, conn: str, user: str, ttl: float) -> bool: ...
     def leave(self, room_id: int, conn: str, user: str) -> bool: ...
     def users(self, room_id: int) -> list[str]: ...
     def sweep(self, room_id: int) -> bool: ...
+
+    # Optional: extend many entries' expiry at once, without reading anything back (a store
+    # without it is touched entry by entry).
+    # def refresh(self, entries: Entries, ttl: float) -> None: ...
 
 
 def _member(conn: str, user: str) -> str:
@@ -61,6 +69,18 @@ class RedisStore:
         pipe.expire(key, int(ttl) + 60)
         before, _, _ = pipe.execute()
         return user not in {_user(m) for m in before}
+
+    def refresh(self, entries: Entries, ttl: float) -> None:
+        """Every entry of the process in one round trip: touch() reads the room's whole set to
+        tell a join, which a refresh does not need (O(1) per entry instead of O(members))."""
+        expiry = time.time() + ttl
+        pipe = self.redis.pipeline(transaction=False)
+        for room_id, conns in entries.items():
+            if conns:
+                key = self.key(room_id)
+                pipe.zadd(key, {_member(c, u): expiry for c, u in conns.items()})
+                pipe.expire(key, int(ttl) + 60)
+        pipe.execute()
 
     def leave(self, room_id: int, conn: str, user: str) -> bool:
         key = self.key(room_id)
@@ -103,6 +123,14 @@ class MemoryStore:
             self.rooms.setdefault(room_id, {})[_member(conn, user)] = time.time() + ttl
             return user not in before
 
+    def refresh(self, entries: Entries, ttl: float) -> None:
+        expiry = time.time() + ttl
+        with self.lock:
+            for room_id, conns in entries.items():
+                room = self.rooms.setdefault(room_id, {})
+                for conn, user in conns.items():
+                    room[_member(conn, user)] = expiry
+
     def leave(self, room_id: int, conn: str, user: str) -> bool:
         with self.lock:
             removed = self.rooms.get(room_id, {}).pop(_member(conn, user), None)
@@ -138,6 +166,9 @@ class SubscriptionStore:
             room_id=room_id, **{username_lookup("connection__user"): user}
         ).values_list("connection__connection_id", flat=True)
         return list(conns[:2]) == [conn]
+
+    def refresh(self, entries: Entries, ttl: float) -> None:
+        pass  # the rows are the entries: nothing expires
 
     def leave(self, room_id: int, conn: str, user: str) -> bool:
         return not Subscription.objects.filter(
@@ -200,9 +231,18 @@ def join(room_id: int, slug: str, conn: str, user: str) -> bool:
     return changed
 
 
-def refresh(room_id: int, conn: str, user: str) -> None:
+def refresh(entries: Entries) -> None:
+    """Extend the expiry of a process's entries (its heartbeat, chat/hub.py): one call for all
+    of them, whatever the number of connections."""
+    ttl = settings.CHAT_PRESENCE_TTL
     try:
-        store().touch(room_id, conn, user, settings.CHAT_PRESENCE_TTL)
+        held = store()
+        if hasattr(held, "refresh"):
+            held.refresh(entries, ttl)
+            return
+        for room_id, conns in entries.items():
+            for conn, user in conns.items():
+                held.touch(room_id, conn, user, ttl)
     except redis.RedisError:
         log.warning("presence store unavailable", exc_info=True)
 
@@ -227,4 +267,32 @@ def _sweep(room_id: int) -> None:
             announce(room_id, slug)
 
 
+def _beat(entries: Entries, rooms: list[int]) -> None:
+    """A process's heartbeat: refresh its entries, then sweep the rooms it listens to (announcing
+    those whose list lost someone), in one worker thread rather than one per room or connection."""
+    if entries:
+        refresh(entries)
+    for room_id in rooms:
+        try:
+            _sweep(room_id)
+        except Exception:
+            log.warning("presence sweep failed for room %s", room_id, exc_info=True)
+
+
+def _drop(entries: Entries) -> None:
+    """Take out entries that a refresh may have written back after their connection left: the
+    leave's announcement went out already, so one is made only if the list changes now."""
+    for room_id, conns in entries.items():
+        slug: str | None = None
+        for conn, user in conns.items():
+            if leave(room_id, "", conn, user, announcing=False):
+                slug = (
+                    slug or Room.objects.filter(pk=room_id).values_list("slug", flat=True).first()
+                )
+        if slug:
+            announce(room_id, slug)
+
+
 sweep = database_sync_to_async(_sweep, thread_sensitive=False)
+beat = database_sync_to_async(_beat, thread_sensitive=False)
+drop = database_sync_to_async(_drop, thread_sensitive=False)

@@ -9,7 +9,8 @@ What uvicorn 0.38 enforces, and what it cannot:
 
 - WebSocket messages over CHAT_MAX_FRAME bytes are refused from the frame header (close 1009)
   before the payload is read; the default would buffer 16 MB per message. Only the `websockets`
-  implementation enforces `--ws-max-size` (wsproto ignores it), so it is pinned.
+  implementation enforces `--ws-max-size` (wsproto ignores it), so it is pinned; as
+  chatsite/wsprotocol.py, whose compression takes a few KB per socket instead of about 256 KB.
 - Pings find dead peers: a socket that does not answer within the ping timeout is closed.
 - Idle keep-alive connections close after `--timeout-keep-alive` seconds, once a response is out.
 - After the upgrade request, websockets gives the application's accept 10 seconds.
@@ -44,7 +45,8 @@ def uvicorn_args() -> list[str]:
         "--http",
         "httptools",
         "--ws",
-        "websockets",
+        # uvicorn's `websockets` implementation with small compression windows (chatsite/wsprotocol.py).
+        "chatsite.wsprotocol:ChatWebSocketProtocol",
         "--ws-max-size",
         str(settings.CHAT_MAX_FRAME),
         "--ws-ping-interval",

@@ -142,7 +142,7 @@ def test_run_reports_two_processes_by_their_shape_and_medians() -> None:
     (scenario,) = run.scenarios("processes", data)
 
     assert scenario["name"] == "processes"
-    assert scenario["load"] == "4x10x10 two processes"
+    assert scenario["load"] == "4×10×10/s, two processes"
     assert (scenario["p50"], scenario["p95"], scenario["p99"]) == (40.0, 90.0, 120.0)
     assert scenario["deliveries_per_s"] == 3950.0
     assert scenario["baseline"] is None
@@ -150,3 +150,28 @@ def test_run_reports_two_processes_by_their_shape_and_medians() -> None:
 
 def test_run_draws_nothing_for_processes_that_did_not_finish_a_run() -> None:
     assert run.scenarios("processes", {"budgets": [], "summary": {}}) == []
+
+
+def test_the_sockets_scenario_is_the_fan_out_with_the_idle_sockets_open() -> None:
+    data = {
+        "budgets": [],
+        "summary": {
+            "load": "4x10x10, 10k idle",
+            "p50": 5.0,
+            "p95": 20.0,
+            "p99": 40.0,
+            "deliveries_per_s": 3990.0,
+            "rss_after_mb": 700.0,
+        },
+    }
+    (scenario,) = run.scenarios("sockets", data)
+    assert scenario == {
+        "name": "sockets",
+        "load": "4x10x10, 10k idle",
+        "p50": 5.0,
+        "p95": 20.0,
+        "p99": 40.0,
+        "deliveries_per_s": 3990.0,
+        "baseline": None,
+    }
+    assert run.scenarios("sockets", {"budgets": []}) == []  # it did not finish

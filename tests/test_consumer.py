@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -10,7 +12,8 @@ from asgiref.sync import sync_to_async
 from channels.testing.websocket import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
-from chat import moderation, writepath
+from chat import moderation, presence, writepath
+from chat.hub import get_hub
 from chat.models import Message, Room
 from chat.tokens import make_token
 from chatsite.asgi import application
@@ -176,6 +179,63 @@ async def test_presence_lists_who_is_online(alice: Any, bob: Any, room: Room) ->
     await b.disconnect()
     await presence_becomes(a, ["alice"])
     await a.disconnect()
+
+
+async def test_the_process_heartbeat_keeps_every_socket_present(
+    alice: Any, bob: Any, room: Room, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One heartbeat per process (the hub's) refreshes the entries of all its sockets, in one call
+    to the store, later than the joins' expiry: nobody drops out while connected."""
+    settings.CHAT_PRESENCE_TTL = 3  # a beat every second
+    store = presence.store()
+    refreshed: list[presence.Entries] = []
+    beat = threading.Event()
+    real_refresh = store.refresh
+
+    def refresh(entries: presence.Entries, ttl: float) -> None:
+        real_refresh(entries, ttl)
+        refreshed.append(entries)
+        beat.set()
+
+    monkeypatch.setattr(store, "refresh", refresh)
+    a, b = await connect(alice, "&room=general"), await connect(bob, "&room=general")
+    for comm in (a, b):
+        await receive_until(comm, "subscribed")
+    key = store.key(room.pk)
+    joined = {m.decode(): s for m, s in store.redis.zrange(key, 0, -1, withscores=True)}
+    assert sorted(m.split("|")[1] for m in joined) == ["alice", "bob"]
+    while not any(len(e.get(room.pk, {})) == 2 for e in refreshed):
+        beat.clear()
+        assert await asyncio.to_thread(beat.wait, 5), "no heartbeat"
+    after = {m.decode(): s for m, s in store.redis.zrange(key, 0, -1, withscores=True)}
+    assert after.keys() == joined.keys()
+    assert all(after[m] > joined[m] for m in joined)
+    await a.disconnect()
+    await presence_becomes(b, ["bob"])
+    await b.disconnect()
+
+
+async def test_a_heartbeat_does_not_bring_back_an_entry_that_left_during_it(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that leaves while the heartbeat's refresh is on its way is not left in the
+    presence list by that refresh (it would linger for a whole TTL)."""
+    hub = get_hub()
+    await hub.watch(lambda message: None)  # the hub's heartbeat runs while it has anyone
+
+    def holder() -> presence.Entries:
+        return {room.pk: {"ws-gone": "alice"}}
+
+    hub.hold_presence(holder)
+    real_beat = presence.beat
+
+    async def beat_after_leave(entries: presence.Entries, rooms: list[int]) -> None:
+        hub.release_presence(holder)  # left (and its leave ran) before the refresh landed
+        await real_beat(entries, rooms)
+
+    monkeypatch.setattr(presence, "beat", beat_after_leave)
+    await hub._beat()
+    assert "alice" not in await sync_to_async(presence.users)(room.pk)
 
 
 BAD_FRAMES = [

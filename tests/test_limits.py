@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from chat import tokens
 from chat.models import Message, Room
 from chatsite import serve
+from chatsite.wsprotocol import WINDOW_BITS, ChatWebSocketProtocol
 from tests.conftest import ROOT, Server
 
 pytestmark = pytest.mark.timeout(120)
@@ -67,7 +69,11 @@ def served(transactional_db: Any) -> Iterator[Served]:
 def test_the_entry_passes_the_protocols_frame_limit_to_uvicorn() -> None:
     args = serve.uvicorn_args()
     assert args[args.index("--ws-max-size") + 1] == str(settings.CHAT_MAX_FRAME)
-    assert args[args.index("--ws") + 1] == "websockets"  # wsproto ignores --ws-max-size
+    # uvicorn's `websockets` implementation (wsproto ignores --ws-max-size), with the chat's
+    # compression settings.
+    protocol = args[args.index("--ws") + 1]
+    assert protocol == "chatsite.wsprotocol:ChatWebSocketProtocol"
+    assert issubclass(ChatWebSocketProtocol, WebSocketProtocol)
     printed = subprocess.run(
         [sys.executable, "-m", "chatsite.serve", "--print", "--port", "9"],
         cwd=ROOT,
@@ -149,3 +155,24 @@ def test_the_server_refuses_an_oversized_frame_from_its_header_alone(
     assert data[0] == 0x88, data[:20]
     assert struct.unpack("!H", data[2:4])[0] == 1009
     assert waited < 3
+
+
+def test_compression_is_offered_with_small_windows(served: Served, alice: Any) -> None:
+    """permessage-deflate with 4 KB windows both ways (a few KB per socket, not zlib's 256 KB),
+    as the server says in the handshake."""
+    Room.objects.create(slug="general", title="General")
+    token = tokens.make_token(alice)
+
+    async def scenario() -> tuple[str, Any]:
+        async with connect(f"{served.ws_url}?token={token}&room=general") as ws:
+            while json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] != "subscribed":
+                pass
+            return ws.response.headers["Sec-WebSocket-Extensions"], ws.protocol.extensions
+
+    header, extensions = asyncio.run(scenario())
+    params = dict(p.strip().partition("=")[::2] for p in header.split(";")[1:])
+    assert header.startswith("permessage-deflate")
+    assert params["server_max_window_bits"] == str(WINDOW_BITS)
+    assert params["client_max_window_bits"] == str(WINDOW_BITS)
+    (deflate,) = extensions
+    assert deflate.remote_max_window_bits == WINDOW_BITS
