@@ -152,12 +152,13 @@ class Server:
 
     @classmethod
     def uvicorn(cls, env: dict[str, str]) -> Server:
+        """The production command (`python -m chatsite.serve`: uvicorn with the chat's limits,
+        pings and WebSocket protocol); it execs uvicorn, so the pid is the server's."""
         return cls(
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "chatsite.asgi:application",
+                "chatsite.serve",
                 "--host",
                 "127.0.0.1",
                 "--port",

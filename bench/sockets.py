@@ -69,27 +69,6 @@ class Idle:
     sockets: list[Any] = field(default_factory=list)
 
 
-def serve(env: dict[str, str]) -> common.Server:
-    """The production server command (its pings every 20 s are part of what idle sockets cost);
-    chatsite.serve execs uvicorn, so the pid is the server's."""
-    return common.Server(
-        [
-            sys.executable,
-            "-m",
-            "chatsite.serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env,
-        name="uvicorn",
-    )
-
-
 def idle_fixtures(sockets: int, rooms: int) -> tuple[list[Any], list[str]]:
     """The idle users and their public rooms (made once, kept): bulk inserts, so that 10,000
     users take seconds."""
@@ -355,7 +334,7 @@ async def session(
 
 def one_run(args: argparse.Namespace, users: list[Any], slugs: list[str]) -> dict[str, Any]:
     env = common.bench_env(**dict(kv.split("=", 1) for kv in args.server_env))
-    with serve(env) as server:
+    with common.Server.uvicorn(env) as server:
         return asyncio.run(session(server, users, slugs, args))
 
 
