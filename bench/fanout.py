@@ -196,7 +196,15 @@ async def load(
             "--output",
             profile,
             "--threads",
-            "--gil" if "gil" in Path(profile).name else "--idle",
+            # "gil" in the name: samples holding the GIL; "cpu": running threads; else every
+            # thread, waiting ones too.
+            *(
+                ["--gil"]
+                if "gil" in Path(profile).name
+                else []
+                if "cpu" in Path(profile).name
+                else ["--idle"]
+            ),
             stdout=asyncio.subprocess.DEVNULL,
         )
     for _ in clients:
