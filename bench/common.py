@@ -269,6 +269,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 1
     return "\n".join(lines)
 
 
+def table_row(label: str, r: dict[str, Any], columns: Sequence[tuple[str, str, int]]) -> list[Any]:
+    """One row of a results table: per (header, key, digits) column, r[key] rounded to its digits
+    (NaN stays NaN: a figure that did not come out, printed as "-")."""
+    out: list[Any] = [label]
+    for _, key, digits in columns:
+        v = r[key]
+        if isinstance(v, float) and v == v:
+            v = round(v, digits) if digits else round(v)
+        out.append(v)
+    return out
+
+
 def budget(name: str, value: float, limit: float, kind: str, unit: str) -> dict[str, Any]:
     """A budget line: kind is "max" (value ≤ limit) or "min" (value ≥ limit)."""
     ok = value == value and (value <= limit if kind == "max" else value >= limit)

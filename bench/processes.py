@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-from fanout import COLUMNS, chat_urls, load, row
+from fanout import COLUMNS, chat_urls, load
 
 # What each run adds to fanout.py's columns.
 EXTRA = [
@@ -125,13 +125,8 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table_row(label: str, r: dict[str, Any]) -> list[Any]:
-    def cell(value: float, digits: int) -> float | int:
-        # NaN (no figures from a process that exited) stays NaN: the table prints it as "-".
-        if value != value:
-            return value
-        return round(value, digits) if digits else round(value)
-
-    return row(label, r) + [cell(r[key], digits) for _, key, digits in EXTRA]
+    # NaN (no figures from a process that exited) stays NaN: the table prints it as "-".
+    return common.table_row(label, r, [*COLUMNS, *EXTRA])
 
 
 def main() -> int:

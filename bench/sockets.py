@@ -358,11 +358,7 @@ COLUMNS = [
 
 
 def row(label: str, r: dict[str, Any]) -> list[Any]:
-    out: list[Any] = [label]
-    for _, key, digits in COLUMNS:
-        v = r[key]
-        out.append(round(v, digits) if isinstance(v, float) and digits else v)
-    return out
+    return common.table_row(label, r, COLUMNS)
 
 
 def main() -> int:
