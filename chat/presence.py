@@ -293,6 +293,5 @@ def _drop(entries: Entries) -> None:
             announce(room_id, slug)
 
 
-sweep = database_sync_to_async(_sweep, thread_sensitive=False)
 beat = database_sync_to_async(_beat, thread_sensitive=False)
 drop = database_sync_to_async(_drop, thread_sensitive=False)
