@@ -88,8 +88,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = "__no_layer_per_socket__"
 
     conn: ChannelsConnection | None = None
-    # Where text frames go once accepted: the server's send if direct_frames() gave it, else
-    # through the middleware like everything else.
+    # Where text frames go once accepted, if direct_frames() gave the server's send; without it
+    # they go through the middleware like everything else.
     frame_send: Any = None
 
     async def connect(self) -> None:
@@ -120,7 +120,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.slugs: dict[int, str] = {}
         self.lagging: set[Any] = set()
         await self.accept()
-        self.frame_send = self.scope.get(SERVER_SEND) or self.base_send
+        self.frame_send = self.scope.get(SERVER_SEND)
         metrics.OPEN_CONNECTIONS.labels(metrics.WEBSOCKET).inc()
         self.writer = asyncio.create_task(self._write(), name="ws-writer")
         self.tasks = {self.writer}

@@ -122,23 +122,32 @@ async def stop(hub: RoomHub) -> None:
             task.cancel()
 
 
+async def without_the_second(
+    room_id: int, first: Event, third: Event, count: int
+) -> tuple[RoomHub, list[list[Any]], float]:
+    """A hub with two listeners of the room, handed the first and third events (the second lost
+    on the way), once both have heard `count` events; and how many hub fills that took."""
+    hub = RoomHub()
+    heard, done = await listening(hub, room_id, count)
+    before = hub_fills()
+    for event in (first, third):
+        hub.dispatch(layer_message(room_id, event, encode(event)))
+    await asyncio.wait_for(done.wait(), 10)
+    return hub, heard, hub_fills() - before
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_an_event_that_does_not_come_is_read_once_for_every_listener(
     django_user_model: Any,
 ) -> None:
     room_id, (first, second, third) = await three_messages(django_user_model)
-    hub = RoomHub()
-    heard, done = await listening(hub, room_id, 3)
-    before = hub_fills()
 
-    for event in (first, third):  # the second one lost on the way
-        hub.dispatch(layer_message(room_id, event, encode(event)))
-    await asyncio.wait_for(done.wait(), 10)
+    hub, heard, fills = await without_the_second(room_id, first, third, 3)
 
     for got in heard:
         assert [m["seq"] for m in got] == [first["seq"], second["seq"], third["seq"]]
         assert json.loads(got[1]["text"]) == json.loads(encode(second))
-    assert hub_fills() == before + 1  # one read for both listeners
+    assert fills == 1  # one read for both listeners
     await stop(hub)
 
 
@@ -152,18 +161,13 @@ async def test_when_the_read_fails_the_held_events_go_on_and_cursors_see_the_gap
         raise OSError("connection refused")
 
     monkeypatch.setattr(hub_module, "_missing", database_away)
-    hub = RoomHub()
-    heard, done = await listening(hub, room_id, 2)
-    before = hub_fills()
 
-    for event in (first, third):  # the second one lost on the way
-        hub.dispatch(layer_message(room_id, event, encode(event)))
-    await asyncio.wait_for(done.wait(), 10)
+    hub, heard, fills = await without_the_second(room_id, first, third, 2)
 
     cursors = Cursors()
     cursors.start(room_id, first["seq"] - 1)
     for got in heard:
         assert [m["seq"] for m in got] == [first["seq"], third["seq"]]
     assert [cursors.offer(m) for m in heard[0]] == [Verdict.SEND, Verdict.FILL]
-    assert hub_fills() == before
+    assert fills == 0
     await stop(hub)
